@@ -1,0 +1,117 @@
+//! The provider model: which hosts a credential is for, how it is injected,
+//! where `moat grant` finds it, and how it is validated.
+//!
+//! Built-in providers are Rust (one file each); shipped YAML providers live in
+//! the top-level `providers/` directory, embedded at build time; users add
+//! their own in `$MOAT_HOME/providers/*.yaml`.
+
+pub mod hosts;
+pub mod placeholder;
+pub mod registry;
+pub mod validate;
+pub mod yaml;
+
+mod builtin;
+
+use std::path::PathBuf;
+
+pub use hosts::HostPattern;
+pub use placeholder::Format as PlaceholderFormat;
+pub use registry::Registry;
+
+/// Where a provider definition came from (and so what may override it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled Rust; never overridden.
+    Builtin,
+    /// YAML shipped inside the binary.
+    Shipped,
+    /// YAML in `$MOAT_HOME/providers/`.
+    Custom(PathBuf),
+}
+
+impl Origin {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Origin::Builtin => "built-in",
+            Origin::Shipped => "shipped",
+            Origin::Custom(_) => "custom",
+        }
+    }
+}
+
+/// How the header value is built from the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    /// `prefix + token` (`Bearer `, `token `, or nothing).
+    Prefixed(String),
+    /// `Basic base64(user:token)` (GitHub's git endpoints).
+    Basic { user: String },
+}
+
+/// One header injected on a set of hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRule {
+    pub hosts: Vec<HostPattern>,
+    pub header: String,
+    pub value: HeaderValue,
+}
+
+/// How the proxy puts the credential on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// Set (replace) a header per host.
+    Headers(Vec<HeaderRule>),
+    /// Replace the placeholder with the token in path, query, headers, body.
+    Substitute,
+    /// Not HTTP header injection (AWS credential_process, SSH agent, npm's
+    /// per-registry hosts, MCP's configured header): the provider's own code.
+    Special(&'static str),
+}
+
+/// A validation request made by `moat grant` before saving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validate {
+    /// May contain `${token}`.
+    pub url: String,
+    pub method: String,
+    pub header: Option<String>,
+    pub prefix: String,
+}
+
+/// How `moat grant <provider>` obtains the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// A single token: `--token-stdin`, `source_env`, then a hidden prompt.
+    Token,
+    /// A provider-specific flow not in this build yet (the text says what to do).
+    Pending(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub name: String,
+    /// Human name for messages ("GitHub credential saved").
+    pub title: String,
+    pub description: String,
+    pub aliases: Vec<String>,
+    pub hosts: Vec<HostPattern>,
+    pub injection: Injection,
+    pub source_env: Vec<String>,
+    pub container_env: Option<String>,
+    pub placeholder: Option<PlaceholderFormat>,
+    pub validate: Option<Validate>,
+    pub prompt: Option<String>,
+    pub flow: Flow,
+    pub origin: Origin,
+}
+
+impl Provider {
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name == name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+fn hosts(list: &[&str]) -> Vec<HostPattern> {
+    list.iter().map(|h| HostPattern::parse(h).expect("built-in host patterns are valid")).collect()
+}
