@@ -1,0 +1,194 @@
+//! Local stand-ins for upstream services, for Moat's tests, demo and
+//! benchmarks: a throwaway CA and HTTPS servers on 127.0.0.1 that record what
+//! they receive. Nothing here ever reaches beyond loopback.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+
+/// A test certificate authority. Its PEM goes in `MOAT_UPSTREAM_CA`.
+pub struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "Moat Test Upstream CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        Ok(Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)? })
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Write the CA certificate to `dir/test-ca.pem` and return the path.
+    pub fn write_pem(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join("test-ca.pem");
+        std::fs::write(&path, self.pem())?;
+        Ok(path)
+    }
+
+    /// A rustls server config with a leaf for `names`, offering `alpn`.
+    pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
+        let key = KeyPair::generate()?;
+        let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let leaf = params.signed_by(&key, &self.issuer)?;
+        let chain = vec![leaf.der().clone(), CertificateDer::from(self.issuer.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// All values of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// What a handler answers: status, content type, body.
+pub type Reply = (u16, &'static str, String);
+pub type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// An HTTPS server on 127.0.0.1 (h1 and h2) that records every request.
+/// Runs on its own thread; stops when dropped.
+pub struct StubServer {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StubServer {
+    pub fn start(ca: &TestCa, names: &[&str], handler: Handler) -> Result<Self> {
+        let config = ca.server_config(names, &[b"h2", b"http/1.1"])?;
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let seen2 = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                tokio::select! {
+                    _ = serve(listener, config, handler, seen2) => {}
+                    _ = rx => {}
+                }
+            });
+        });
+        Ok(Self { addr, seen, shutdown: Some(tx), thread: Some(thread) })
+    }
+
+    /// Requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// `HOST:443=127.0.0.1:PORT` for `MOAT_RESOLVE`.
+    pub fn resolve_entry(&self, host: &str) -> String {
+        format!("{host}:443={}", self.addr)
+    }
+}
+
+impl Drop for StubServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accept TLS connections and serve `handler` on each (h1 or h2 by ALPN).
+pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let acceptor = acceptor.clone();
+        let handler = handler.clone();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let handler = handler.clone();
+                let seen = seen.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let record = Seen {
+                        method: parts.method.to_string(),
+                        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                        headers: parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                            .collect(),
+                        body,
+                    };
+                    let (status, ctype, text) = handler(&record);
+                    if let Ok(mut s) = seen.lock() {
+                        s.push(record);
+                    }
+                    let resp = Response::builder()
+                        .status(status)
+                        .header("content-type", ctype)
+                        .body(Full::new(Bytes::from(text)))
+                        .expect("valid response");
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+/// A stand-in for GitHub's `GET /user`: tokens starting `ghp_` are valid
+/// (login `octocat`) unless they start `ghp_bad`; anything else is a 401.
+pub fn fake_github() -> Handler {
+    Arc::new(|seen: &Seen| {
+        let auth = seen.header("authorization").first().map(|s| s.to_string()).unwrap_or_default();
+        let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        match seen.path.as_str() {
+            "/user" if token.starts_with("ghp_") && !token.starts_with("ghp_bad") => {
+                (200, "application/json", r#"{"login":"octocat","id":1}"#.into())
+            }
+            "/user" => (401, "application/json", r#"{"message":"Bad credentials"}"#.into()),
+            _ => (404, "application/json", r#"{"message":"Not Found"}"#.into()),
+        }
+    })
+}

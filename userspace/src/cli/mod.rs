@@ -1,1 +1,145 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The command line. One file per command group; this file holds the shared
+//! flags, the context every command gets, and error reporting.
+
+mod grant;
+mod output;
+mod revoke;
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::home::MoatHome;
+use crate::providers::Registry;
+use crate::store::{ProfileName, Store};
+
+const ABOUT: &str = "Run AI agents with credentials they never see.";
+const LONG_ABOUT: &str = "\
+Run AI agents with credentials they never see.
+
+Moat stores your tokens encrypted on this machine (AES-256-GCM; the key in the
+system keychain, or a 0600 key file) and injects them per destination host from
+a TLS-intercepting proxy, so the agent only ever holds placeholders.
+
+Start with:
+  moat grant github            store a credential (from GITHUB_TOKEN/GH_TOKEN or a prompt)
+  moat grant list              what is stored
+  moat grant providers         what can be granted, and for which hosts
+  moat revoke github           delete a stored credential
+
+Environment:
+  MOAT_HOME         state directory (default ~/.moat)
+  MOAT_PROFILE      credential profile (same as --profile)
+  MOAT_KEY_BACKEND  auto | keyring | file (where the encryption key lives)
+  MOAT_RESOLVE      HOST:PORT=ADDR:PORT,... overrides for Moat's own connections
+  MOAT_UPSTREAM_CA  PEM file of extra CA roots to trust upstream";
+
+#[derive(Parser)]
+#[command(name = "moat", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
+pub struct Cli {
+    /// Credential profile to use (a separate set of credentials)
+    #[arg(long, global = true, env = "MOAT_PROFILE", value_name = "PROFILE")]
+    profile: Option<String>,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store a credential, or list what is stored and what can be granted
+    Grant(grant::GrantArgs),
+    /// Delete a stored credential
+    Revoke(revoke::RevokeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Example: moat completions bash > /etc/bash_completion.d/moat")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Internal: keychain access as the sudo caller
+    #[command(name = "__keyring", hide = true)]
+    Keyring { op: String },
+}
+
+/// What every command may need, built on demand.
+pub struct Ctx {
+    pub json: bool,
+    profile: Option<String>,
+}
+
+impl Ctx {
+    pub fn home(&self) -> Result<MoatHome> {
+        Ok(MoatHome::from_env()?)
+    }
+
+    pub fn profile(&self) -> Result<Option<ProfileName>> {
+        self.profile.as_deref().filter(|p| !p.is_empty()).map(ProfileName::parse).transpose().map_err(Into::into)
+    }
+
+    pub fn store(&self) -> Result<Store> {
+        Ok(Store::from_env(self.home()?, self.profile()?)?)
+    }
+
+    /// All providers; problems with user provider files are printed as warnings.
+    pub fn registry(&self) -> Result<Registry> {
+        let (registry, warnings) = Registry::load(&self.home()?.providers_dir());
+        for w in warnings {
+            eprintln!("moat: warning: {w}");
+        }
+        Ok(registry)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let ctx = Ctx { json: cli.json, profile: cli.profile };
+    let result = match cli.command {
+        Command::Grant(args) => grant::run(&ctx, args),
+        Command::Revoke(args) => revoke::run(&ctx, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "moat", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Keyring { op } => crate::store::keyring::helper_main(&op).context("keychain helper"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moat: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Run a future on a small runtime (commands are synchronous at the top).
+pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    Ok(rt.block_on(fut))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,190 @@
-//! net
+//! Moat's own outbound connections (grant validation, token refresh, and the
+//! proxy's upstream side): `MOAT_RESOLVE` overrides, `MOAT_UPSTREAM_CA` trust,
+//! and the host's `HTTPS_PROXY`/`NO_PROXY`.
+//!
+//! Errors name the host and port, never the URL: a URL may carry a token.
+
+pub mod resolve;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+pub use resolve::{Resolve, ResolveError};
+pub use tls::TlsError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_BODY: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot connect to {host}:{port}: {reason}")]
+    Connect { host: String, port: u16, reason: String },
+    #[error("cannot reach {host}:{port} through proxy {proxy}: {reason}")]
+    Proxy { host: String, port: u16, proxy: String, reason: String },
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Handshake { host: String, reason: String },
+    #[error("HTTP exchange with {host} failed: {reason}")]
+    Http { host: String, reason: String },
+    #[error("{host}:{port} did not answer within {secs} s")]
+    Timeout { host: String, port: u16, secs: u64 },
+    #[error("not an http(s) URL with a host: {0}")]
+    BadUrl(&'static str),
+}
+
+/// A stream to an upstream, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How Moat reaches the outside world.
+pub struct Upstream {
+    resolve: Resolve,
+    tls: Arc<rustls::ClientConfig>,
+    proxies: Matcher,
+}
+
+/// A response read whole (bounded), for small API calls.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Upstream {
+    /// From the environment: `MOAT_RESOLVE`, `MOAT_UPSTREAM_CA`, and the proxy
+    /// variables (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, lowercase too).
+    pub fn from_env() -> Result<Self, NetError> {
+        let resolve = Resolve::parse(&std::env::var("MOAT_RESOLVE").unwrap_or_default(), "MOAT_RESOLVE")?;
+        let ca = std::env::var_os("MOAT_UPSTREAM_CA").filter(|v| !v.is_empty()).map(PathBuf::from);
+        Self::new(resolve, ca.as_deref(), Matcher::from_env())
+    }
+
+    pub fn new(resolve: Resolve, extra_ca: Option<&std::path::Path>, proxies: Matcher) -> Result<Self, NetError> {
+        let roots = tls::root_store(extra_ca)?;
+        let tls = tls::client_config(roots, &[b"http/1.1"])?;
+        Ok(Self { resolve, tls, proxies })
+    }
+
+    /// A TCP stream to `host:port`: the `MOAT_RESOLVE` address if one is set
+    /// (the user's explicit choice, never proxied), else through the host's
+    /// proxy if it applies, else direct.
+    pub async fn connect(&self, host: &str, port: u16, tls: bool) -> Result<TcpStream, NetError> {
+        let fut = self.connect_inner(host, port, tls);
+        tokio::time::timeout(CONNECT_TIMEOUT, fut).await.unwrap_or_else(|_| {
+            Err(NetError::Timeout { host: host.to_owned(), port, secs: CONNECT_TIMEOUT.as_secs() })
+        })
+    }
+
+    async fn connect_inner(&self, host: &str, port: u16, tls: bool) -> Result<TcpStream, NetError> {
+        let connect_err = |e: std::io::Error| NetError::Connect { host: host.to_owned(), port, reason: e.to_string() };
+        if let Some(addr) = self.resolve.lookup(host, port) {
+            tracing::debug!(host, port, %addr, "connecting (MOAT_RESOLVE)");
+            return TcpStream::connect(addr).await.map_err(connect_err);
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let dst: http::Uri = format!("{scheme}://{host}:{port}/").parse().map_err(|_| NetError::BadUrl("bad host"))?;
+        let Some(proxy) = self.proxies.intercept(&dst) else {
+            return TcpStream::connect((host, port)).await.map_err(connect_err);
+        };
+        let proxy_uri = proxy.uri().clone();
+        let proxy_err = |reason: String| NetError::Proxy {
+            host: host.to_owned(),
+            port,
+            proxy: proxy_uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default(),
+            reason,
+        };
+        if proxy_uri.scheme_str() != Some("http") {
+            return Err(proxy_err("only http:// proxies are supported".into()));
+        }
+        tracing::debug!(host, port, proxy = ?proxy_uri.authority(), "connecting through proxy");
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let mut tunnel = Tunnel::new(proxy_uri.clone(), http);
+        if let Some(auth) = proxy.basic_auth() {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await.map_err(|e| proxy_err(e.to_string()))?;
+        let io = tunnel.call(dst).await.map_err(|e| proxy_err(e.to_string()))?;
+        Ok(io.into_inner())
+    }
+
+    /// A verified TLS stream to `host:port` (SNI and certificate check use `host`).
+    pub async fn connect_tls(&self, host: &str, port: u16) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
+        let tcp = self.connect(host, port, true).await?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| NetError::BadUrl("invalid host name"))?;
+        let handshake = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp);
+        let err = |reason: String| NetError::Handshake { host: host.to_owned(), reason };
+        tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// One HTTP/1.1 request, response body read whole (at most 1 MiB).
+    /// Header values are marked sensitive so nothing logs them.
+    pub async fn fetch(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Fetched, NetError> {
+        let uri: http::Uri = url.parse().map_err(|_| NetError::BadUrl("unparsable URL"))?;
+        let host = uri.host().ok_or(NetError::BadUrl("no host"))?.to_owned();
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(NetError::BadUrl("scheme must be http or https")),
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let fut = async {
+            let io: Box<dyn Io> = if https {
+                Box::new(self.connect_tls(&host, port).await?)
+            } else {
+                Box::new(self.connect(&host, port, false).await?)
+            };
+            let http_err = |e: &dyn std::fmt::Display| NetError::Http { host: host.clone(), reason: e.to_string() };
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| http_err(&e))?;
+            tokio::spawn(conn);
+            let authority = if uri.port_u16().is_some() { format!("{host}:{port}") } else { host.clone() };
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, authority)
+                .header(http::header::USER_AGENT, concat!("moat/", env!("CARGO_PKG_VERSION")))
+                .header(http::header::ACCEPT, "application/json");
+            for (name, value) in headers {
+                let mut v = http::HeaderValue::from_str(value).map_err(|_| http_err(&"a header value has invalid characters"))?;
+                v.set_sensitive(true);
+                req = req.header(*name, v);
+            }
+            let req = req.body(Full::new(body)).map_err(|e| http_err(&e))?;
+            let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
+            let status = resp.status().as_u16();
+            let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| http_err(&e))?.to_bytes();
+            Ok(Fetched { status, body })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| Err(NetError::Timeout { host: host.clone(), port, secs: REQUEST_TIMEOUT.as_secs() }))
+    }
+}

@@ -1,0 +1,343 @@
+//! `moat grant <provider>`, `moat grant list|providers|show`.
+
+use std::io::{IsTerminal, Read};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use super::{Ctx, output};
+use crate::net::Upstream;
+use crate::providers::validate::{self, Outcome};
+use crate::providers::{Flow, Injection, Origin, Provider, Registry};
+use crate::store::credential::rfc3339;
+use crate::store::{Created, CredName, Credential, Kind, Store};
+
+const GRANT_HELP: &str = "\
+Examples:
+  moat grant github                      token from GITHUB_TOKEN/GH_TOKEN, else a hidden prompt
+  echo \"$TOKEN\" | moat grant gitlab --token-stdin
+  moat grant openai --no-validate        save without the validation request
+  moat grant mcp context7                stored as mcp-context7
+  moat grant github --profile work       into the 'work' profile
+  moat grant list --json
+  moat grant providers";
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, after_help = GRANT_HELP)]
+pub struct GrantArgs {
+    #[command(subcommand)]
+    sub: Option<GrantSub>,
+    /// Provider to grant (see 'moat grant providers')
+    #[arg(required = true)]
+    provider: Option<String>,
+    /// For 'mcp': the MCP server's name (stored as mcp-<name>)
+    server: Option<String>,
+    /// Save without making the provider's validation request
+    #[arg(long)]
+    no_validate: bool,
+    /// Read the token from standard input (a pipe) instead of env or a prompt
+    #[arg(long)]
+    token_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum GrantSub {
+    /// List stored credentials (name, provider, profile, source, created, expiry)
+    List,
+    /// List providers that can be granted: built-in, shipped and custom, with hosts
+    Providers,
+    /// Show a stored credential's details (not its value, unless --reveal)
+    Show {
+        /// Credential name (as in 'moat grant list')
+        name: String,
+        /// Also print the secret value (this host's user owns it; the sandbox never sees it)
+        #[arg(long)]
+        reveal: bool,
+    },
+}
+
+pub fn run(ctx: &Ctx, args: GrantArgs) -> Result<()> {
+    match args.sub {
+        Some(GrantSub::List) => list(ctx),
+        Some(GrantSub::Providers) => providers(ctx),
+        Some(GrantSub::Show { name, reveal }) => show(ctx, &name, reveal),
+        None => {
+            let provider = args.provider.clone().ok_or_else(|| anyhow!("name a provider: moat grant <provider>"))?;
+            grant(ctx, &provider, &args)
+        }
+    }
+}
+
+fn unknown_provider(registry: &Registry, name: &str) -> anyhow::Error {
+    anyhow!("unknown provider '{name}'; known providers: {} (details: moat grant providers)", registry.names().join(", "))
+}
+
+fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
+    let registry = ctx.registry()?;
+    let provider = registry.get(requested).ok_or_else(|| unknown_provider(&registry, requested))?;
+    if let Flow::Pending(what) = provider.flow {
+        bail!("{what}; the provider is listed so runs and scripts can name it");
+    }
+    let name = credential_name(provider, args.server.as_deref())?;
+    let store = ctx.store()?;
+
+    let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
+    let mut cred = Credential::new_static(&provider.name, token, source);
+    if !args.no_validate {
+        if let Some(identity) = validate_token(provider, cred.token.expose_secret())? {
+            cred.metadata.insert("identity".into(), identity);
+        }
+    }
+    if let Ok(previous) = store.get(&name) {
+        cred.created_at = previous.created_at;
+    }
+    if let Created::Yes(place) = store.put(&name, &cred)? {
+        eprintln!("moat: {place}");
+    }
+    if ctx.json {
+        output::json(&json!({ "name": name.as_str(), "provider": provider.name, "profile": store.profile().map(|p| p.as_str()), "saved": true }));
+    } else if name.as_str() == provider.name {
+        println!("{} credential saved", provider.title);
+    } else {
+        println!("{} credential '{name}' saved", provider.title);
+    }
+    Ok(())
+}
+
+fn credential_name(provider: &Provider, server: Option<&str>) -> Result<CredName> {
+    match (provider.name.as_str(), server) {
+        ("mcp", Some(server)) => Ok(CredName::parse(&format!("mcp-{server}"))?),
+        ("mcp", None) => bail!("name the MCP server: moat grant mcp <name> (as in moat.yaml's mcp: entries)"),
+        (_, Some(extra)) => bail!("unexpected argument '{extra}': 'moat grant {}' takes no name", provider.name),
+        (name, None) => Ok(CredName::parse(name)?),
+    }
+}
+
+/// The token and where it came from: `--token-stdin`, the provider's
+/// environment variables in order, then a hidden prompt on a terminal.
+fn obtain_token(provider: &Provider, name: &CredName, from_stdin: bool) -> Result<(SecretString, String)> {
+    if from_stdin {
+        if std::io::stdin().is_terminal() {
+            bail!("--token-stdin reads a pipe; try: printf %s \"$TOKEN\" | moat grant {}", provider.name);
+        }
+        let mut buf = zeroize::Zeroizing::new(String::new());
+        std::io::stdin().read_to_string(&mut buf).context("reading the token from stdin")?;
+        return Ok((checked_token(&buf, "standard input")?, "stdin".into()));
+    }
+    for var in &provider.source_env {
+        if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            let value = zeroize::Zeroizing::new(value.to_string_lossy().into_owned());
+            eprintln!("Using token from {var}");
+            return Ok((checked_token(&value, var)?, format!("env:{var}")));
+        }
+    }
+    if std::io::stdin().is_terminal() {
+        match &provider.prompt {
+            Some(text) => eprintln!("{text}"),
+            None => eprintln!("Enter the credential for {name}."),
+        }
+        let entered = zeroize::Zeroizing::new(rpassword::prompt_password("Token: ").context("reading the token")?);
+        return Ok((checked_token(&entered, "the prompt")?, "prompt".into()));
+    }
+    let tried = if provider.source_env.is_empty() {
+        format!("{} reads no environment variable", provider.name)
+    } else {
+        format!("none of {} is set", provider.source_env.join(", "))
+    };
+    bail!(
+        "no token for '{}': {tried}, and stdin is not a terminal to prompt on; set one of those variables or pipe the token with --token-stdin",
+        provider.name
+    )
+}
+
+fn checked_token(raw: &str, origin: &str) -> Result<SecretString> {
+    let token = raw.trim();
+    if token.is_empty() {
+        bail!("the token from {origin} is empty");
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("the token from {origin} contains spaces or control characters; check what was pasted");
+    }
+    Ok(SecretString::from(token))
+}
+
+/// Make the provider's validation request. `Ok(Some(login))` when the API
+/// names the token's owner. Any failure: nothing is saved.
+fn validate_token(provider: &Provider, token: &str) -> Result<Option<String>> {
+    let Some(req) = validate::build(provider, token) else { return Ok(None) };
+    eprintln!("Validating token...");
+    let upstream = Upstream::from_env()?;
+    let header = req.header.as_ref().map(|(n, v)| (n.as_str(), v.expose_secret()));
+    let headers: Vec<(&str, &str)> = header.into_iter().collect();
+    let fetched = super::block_on(upstream.fetch(&req.method, req.url.expose_secret(), &headers, Default::default()))?
+        .map_err(|e| anyhow!("cannot validate the token: {e}. Nothing was saved; fix the connection, or save without checking: --no-validate"))?;
+    match validate::judge(fetched.status, &fetched.body, token) {
+        Outcome::Valid { identity: Some(who) } => {
+            eprintln!("Authenticated as: {who}");
+            Ok(Some(who))
+        }
+        Outcome::Valid { identity: None } => {
+            eprintln!("Token is valid.");
+            Ok(None)
+        }
+        Outcome::Rejected { status, message } => bail!(
+            "{} rejected the token (HTTP {status}: {message}). Nothing was saved; check the token and grant again",
+            provider.title
+        ),
+        Outcome::Unexpected { status, message } => bail!(
+            "validation at {} answered HTTP {status} ({message}). Nothing was saved; try again, or save without checking: --no-validate",
+            req.describe_host()
+        ),
+    }
+}
+
+fn list(ctx: &Ctx) -> Result<()> {
+    let store = ctx.store()?;
+    let profile = store.profile().map(|p| p.as_str().to_owned());
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for name in store.names()? {
+        match store.get(&name) {
+            Ok(c) => {
+                let expires = c.expires_at.map(rfc3339);
+                rows.push(vec![
+                    name.to_string(),
+                    c.provider.clone(),
+                    profile.clone().unwrap_or_else(|| "default".into()),
+                    c.source.clone(),
+                    rfc3339(c.created_at),
+                    expires.clone().unwrap_or_else(|| "never".into()),
+                ]);
+                items.push(json!({
+                    "name": name.as_str(), "provider": c.provider, "kind": kind(c.kind), "profile": profile,
+                    "source": c.source, "created": rfc3339(c.created_at), "updated": rfc3339(c.updated_at),
+                    "expires": expires, "error": null,
+                }));
+            }
+            Err(e) => {
+                rows.push(vec![name.to_string(), "?".into(), profile.clone().unwrap_or_else(|| "default".into()), format!("unreadable: {e}"), String::new(), String::new()]);
+                items.push(json!({ "name": name.as_str(), "profile": profile, "error": e.to_string() }));
+            }
+        }
+    }
+    if ctx.json {
+        output::json(&serde_json::Value::Array(items));
+    } else if rows.is_empty() {
+        let scope = profile.map(|p| format!(" in profile '{p}'")).unwrap_or_default();
+        println!("No credentials stored{scope}. Store one with: moat grant <provider> (see moat grant providers)");
+    } else {
+        output::table(&["NAME", "PROVIDER", "PROFILE", "SOURCE", "CREATED", "EXPIRES"], &rows);
+    }
+    Ok(())
+}
+
+fn kind(k: Kind) -> &'static str {
+    match k {
+        Kind::Static => "static",
+        Kind::Oauth => "oauth",
+    }
+}
+
+fn injection_json(p: &Provider) -> serde_json::Value {
+    use crate::providers::HeaderValue;
+    match &p.injection {
+        Injection::Headers(rules) => json!(rules
+            .iter()
+            .map(|r| {
+                let (prefix, basic_user) = match &r.value {
+                    HeaderValue::Prefixed(prefix) => (Some(prefix.as_str()), None),
+                    HeaderValue::Basic { user } => (None, Some(user.as_str())),
+                };
+                json!({ "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(), "header": r.header, "prefix": prefix, "basic_user": basic_user })
+            })
+            .collect::<Vec<_>>()),
+        Injection::Substitute => json!("token substitution"),
+        Injection::Special(what) => json!(what),
+    }
+}
+
+fn providers(ctx: &Ctx) -> Result<()> {
+    let registry = ctx.registry()?;
+    if ctx.json {
+        let items: Vec<_> = registry
+            .all()
+            .iter()
+            .map(|p| {
+                let file = match &p.origin {
+                    Origin::Custom(f) => Some(f.display().to_string()),
+                    _ => None,
+                };
+                json!({
+                    "name": p.name, "description": p.description, "aliases": p.aliases, "origin": p.origin.label(),
+                    "file": file, "hosts": p.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "inject": injection_json(p), "source_env": p.source_env, "container_env": p.container_env,
+                    "validates": p.validate.is_some(), "available": matches!(p.flow, Flow::Token),
+                })
+            })
+            .collect();
+        output::json(&serde_json::Value::Array(items));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = registry
+        .all()
+        .iter()
+        .map(|p| {
+            let hosts = if p.hosts.is_empty() {
+                match p.name.as_str() {
+                    "npm" => "per registry".to_owned(),
+                    "ssh" => "the granted host".to_owned(),
+                    "mcp" => "from moat.yaml".to_owned(),
+                    _ => "-".to_owned(),
+                }
+            } else {
+                p.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            };
+            let name = if p.aliases.is_empty() { p.name.clone() } else { format!("{} ({})", p.name, p.aliases.join(", ")) };
+            vec![name, p.origin.label().to_owned(), hosts, p.description.clone()]
+        })
+        .collect();
+    output::table(&["PROVIDER", "TYPE", "HOSTS", "DESCRIPTION"], &rows);
+    Ok(())
+}
+
+fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
+    let name = CredName::parse(name)?;
+    let store: Store = ctx.store()?;
+    let c = store.get(&name)?;
+    if reveal {
+        eprintln!("moat: warning: printing the secret value of '{name}'; it is now on your terminal and maybe in its scrollback");
+    }
+    let secret_names: Vec<&String> = c.secrets.keys().collect();
+    if ctx.json {
+        let mut v = json!({
+            "name": name.as_str(), "provider": c.provider, "kind": kind(c.kind), "profile": store.profile().map(|p| p.as_str()),
+            "source": c.source, "created": rfc3339(c.created_at), "updated": rfc3339(c.updated_at),
+            "expires": c.expires_at.map(rfc3339), "metadata": c.metadata, "secrets": secret_names,
+        });
+        if reveal {
+            v["token"] = json!(c.token.expose_secret());
+        }
+        output::json(&v);
+        return Ok(());
+    }
+    println!("name:      {name}");
+    println!("provider:  {}", c.provider);
+    println!("kind:      {}", kind(c.kind));
+    println!("profile:   {}", store.profile().map(|p| p.as_str()).unwrap_or("default"));
+    println!("source:    {}", c.source);
+    println!("created:   {}", rfc3339(c.created_at));
+    println!("updated:   {}", rfc3339(c.updated_at));
+    println!("expires:   {}", c.expires_at.map(rfc3339).unwrap_or_else(|| "never".into()));
+    for (k, v) in &c.metadata {
+        println!("{k}: {v}");
+    }
+    if !secret_names.is_empty() {
+        println!("also holds: {}", secret_names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    if reveal {
+        println!("token:     {}", c.token.expose_secret());
+    }
+    Ok(())
+}
