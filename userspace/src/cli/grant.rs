@@ -143,11 +143,13 @@ fn obtain_token(provider: &Provider, name: &CredName, from_stdin: bool) -> Resul
     }
     let tried = if provider.source_env.is_empty() {
         format!("{} reads no environment variable", provider.name)
+    } else if let [only] = provider.source_env.as_slice() {
+        format!("{only} is not set")
     } else {
         format!("none of {} is set", provider.source_env.join(", "))
     };
     bail!(
-        "no token for '{}': {tried}, and stdin is not a terminal to prompt on; set one of those variables or pipe the token with --token-stdin",
+        "no token for '{}': {tried}, and stdin is not a terminal to prompt on; set the variable, or pipe the token with --token-stdin",
         provider.name
     )
 }

@@ -120,8 +120,8 @@ impl Upstream {
         if let Some(auth) = proxy.basic_auth() {
             tunnel = tunnel.with_auth(auth.clone());
         }
-        std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await.map_err(|e| proxy_err(e.to_string()))?;
-        let io = tunnel.call(dst).await.map_err(|e| proxy_err(e.to_string()))?;
+        std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await.map_err(|e| proxy_err(chain(&e)))?;
+        let io = tunnel.call(dst).await.map_err(|e| proxy_err(chain(&e)))?;
         Ok(io.into_inner())
     }
 
@@ -130,11 +130,16 @@ impl Upstream {
         let tcp = self.connect(host, port, true).await?;
         let name = ServerName::try_from(host.to_owned()).map_err(|_| NetError::BadUrl("invalid host name"))?;
         let handshake = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp);
-        let err = |reason: String| NetError::Handshake { host: host.to_owned(), reason };
+        let err = |mut reason: String| {
+            if reason.contains("UnknownIssuer") {
+                reason.push_str(" (the server's certificate is not signed by a trusted CA; for a private or test CA set MOAT_UPSTREAM_CA=/path/ca.pem)");
+            }
+            NetError::Handshake { host: host.to_owned(), reason }
+        };
         tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(chain(&e)))
     }
 
     /// One HTTP/1.1 request, response body read whole (at most 1 MiB).
@@ -187,4 +192,19 @@ impl Upstream {
             .await
             .unwrap_or_else(|_| Err(NetError::Timeout { host: host.clone(), port, secs: REQUEST_TIMEOUT.as_secs() }))
     }
+}
+
+/// An error and its causes, `outer: inner: root`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    out
 }

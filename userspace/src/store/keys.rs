@@ -201,7 +201,7 @@ impl Keys {
                 Ok(None) => {
                     reachable_empty.get_or_insert(kind);
                 }
-                Err(e @ KeyError::Unavailable { .. }) if self.policy == Policy::Auto => unreachable.push(e.to_string()),
+                Err(KeyError::Unavailable { reason, .. }) if self.policy == Policy::Auto => unreachable.push(reason),
                 Err(e) => return Err(e),
             }
         }
@@ -209,7 +209,7 @@ impl Keys {
             let reason = if unreachable.is_empty() {
                 "no key found in ".to_owned() + &order.iter().map(|k| k.describe()).collect::<Vec<_>>().join(" or ")
             } else {
-                unreachable.join("; ")
+                format!("the system keychain is not reachable: {}", unreachable.join("; "))
             };
             return Err(KeyError::WouldOrphan { count: sealed.len(), reason, fix: orphan_fix(sealed) });
         }
