@@ -17,11 +17,23 @@ const GH: &str = "ghp_0123456789abcdefghijklmnopqrstuvwxyz";
 #[test]
 fn grant_from_env_then_list_show_revoke() {
     let env = Env::new();
-    let out = ok(&env.run(&["grant", "github", "--no-validate"], &[("GITHUB_TOKEN", GH)])).clone();
+    let out = ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GITHUB_TOKEN", GH)],
+    ))
+    .clone();
     assert_eq!(stdout(&out).trim(), "GitHub credential saved");
-    assert!(stderr(&out).contains("Using token from GITHUB_TOKEN"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Using token from GITHUB_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
     // GH_TOKEN is the second source.
-    let out = ok(&env.run(&["grant", "github", "--no-validate"], &[("GH_TOKEN", "ghp_second")])).clone();
+    let out = ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GH_TOKEN", "ghp_second")],
+    ))
+    .clone();
     assert!(stderr(&out).contains("Using token from GH_TOKEN"));
     assert_eq!(env.reveal("github", &[]).unwrap(), "ghp_second");
 
@@ -31,7 +43,10 @@ fn grant_from_env_then_list_show_revoke() {
     assert_eq!(mode(&env.home()), 0o700);
     assert_eq!(mode(&env.home().join("encryption.key")), 0o600);
     let raw = fs::read(&file).unwrap();
-    assert!(!raw.windows(10).any(|w| w == b"ghp_second"), "token stored in clear");
+    assert!(
+        !raw.windows(10).any(|w| w == b"ghp_second"),
+        "token stored in clear"
+    );
     assert!(raw.starts_with(b"MOATCRED"));
 
     let list = ok(&env.run(&["grant", "list", "--json"], &[])).clone();
@@ -43,11 +58,17 @@ fn grant_from_env_then_list_show_revoke() {
     assert_eq!(items[0]["source"], "env:GH_TOKEN");
     assert!(items[0]["profile"].is_null());
     let created = items[0]["created"].as_str().unwrap();
-    assert!(created.len() == 20 && created.ends_with('Z') && created.as_bytes()[10] == b'T', "{created}");
+    assert!(
+        created.len() == 20 && created.ends_with('Z') && created.as_bytes()[10] == b'T',
+        "{created}"
+    );
     assert!(!stdout(&list).contains("ghp_second"));
 
     let table = stdout(ok(&env.run(&["grant", "list"], &[])));
-    assert!(table.starts_with("NAME") && table.contains("github") && table.contains("env:GH_TOKEN"), "{table}");
+    assert!(
+        table.starts_with("NAME") && table.contains("github") && table.contains("env:GH_TOKEN"),
+        "{table}"
+    );
 
     let show = ok(&env.run(&["grant", "show", "github"], &[])).clone();
     assert!(stdout(&show).contains("provider:  github"));
@@ -61,14 +82,24 @@ fn grant_from_env_then_list_show_revoke() {
     assert!(!file.exists());
     let err = fails(&env.run(&["revoke", "github"], &[]));
     assert!(err.contains("no credential 'github'"), "{err}");
-    assert_eq!(stdout(ok(&env.run(&["grant", "list", "--json"], &[]))).trim(), "[]");
+    assert_eq!(
+        stdout(ok(&env.run(&["grant", "list", "--json"], &[]))).trim(),
+        "[]"
+    );
 }
 
 #[test]
 fn revoke_unknown_lists_what_exists() {
     let env = Env::new();
-    ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-one")]));
-    ok(&env.run_stdin(&["grant", "mcp", "context7", "--token-stdin"], &[], "mcp-secret\n"));
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-one")],
+    ));
+    ok(&env.run_stdin(
+        &["grant", "mcp", "context7", "--token-stdin"],
+        &[],
+        "mcp-secret\n",
+    ));
     let err = fails(&env.run(&["revoke", "gitlab"], &[]));
     assert!(err.contains("stored: mcp-context7, openai"), "{err}");
     assert_eq!(env.reveal("mcp-context7", &[]).unwrap(), "mcp-secret");
@@ -77,7 +108,11 @@ fn revoke_unknown_lists_what_exists() {
 #[test]
 fn token_stdin_and_missing_sources() {
     let env = Env::new();
-    ok(&env.run_stdin(&["grant", "gitlab", "--token-stdin", "--no-validate"], &[("GITLAB_TOKEN", "from-env")], "  glpat-piped \n"));
+    ok(&env.run_stdin(
+        &["grant", "gitlab", "--token-stdin", "--no-validate"],
+        &[("GITLAB_TOKEN", "from-env")],
+        "  glpat-piped \n",
+    ));
     assert_eq!(env.reveal("gitlab", &[]).unwrap(), "glpat-piped");
     // Non-interactive, no source: non-zero with the env vars it tried.
     let err = fails(&env.run(&["grant", "gitlab", "--no-validate"], &[]));
@@ -86,34 +121,71 @@ fn token_stdin_and_missing_sources() {
     let err = fails(&env.run_stdin(&["grant", "gitlab", "--token-stdin"], &[], "\n"));
     assert!(err.contains("empty"), "{err}");
     let err = fails(&env.run(&["grant", "nosuch"], &[]));
-    assert!(err.contains("unknown provider 'nosuch'") && err.contains("github"), "{err}");
+    assert!(
+        err.contains("unknown provider 'nosuch'") && err.contains("github"),
+        "{err}"
+    );
     // Aliases work and store under the provider's name.
-    ok(&env.run(&["grant", "tg", "--no-validate"], &[("TELEGRAM_BOT_TOKEN", "123:abc")]));
+    ok(&env.run(
+        &["grant", "tg", "--no-validate"],
+        &[("TELEGRAM_BOT_TOKEN", "123:abc")],
+    ));
     assert_eq!(env.reveal("telegram", &[]).unwrap(), "123:abc");
 }
 
 #[test]
 fn profiles_are_isolated() {
     let env = Env::new();
-    ok(&env.run(&["grant", "github", "--no-validate", "--profile", "work"], &[("GITHUB_TOKEN", "ghp_work")]));
-    ok(&env.run(&["grant", "github", "--no-validate"], &[("GITHUB_TOKEN", "ghp_default")]));
-    assert!(env.home().join("credentials/profiles/work/github.enc").exists());
+    ok(&env.run(
+        &["grant", "github", "--no-validate", "--profile", "work"],
+        &[("GITHUB_TOKEN", "ghp_work")],
+    ));
+    ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GITHUB_TOKEN", "ghp_default")],
+    ));
+    assert!(
+        env.home()
+            .join("credentials/profiles/work/github.enc")
+            .exists()
+    );
     assert_eq!(env.reveal("github", &[]).unwrap(), "ghp_default");
-    assert_eq!(env.reveal("github", &[("MOAT_PROFILE", "work")]).unwrap(), "ghp_work");
-    ok(&env.run(&["grant", "openai", "--no-validate"], &[("MOAT_PROFILE", "work"), ("OPENAI_API_KEY", "sk-w")]));
-    let list: serde_json::Value = serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json", "--profile", "work"], &[])).stdout).unwrap();
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        env.reveal("github", &[("MOAT_PROFILE", "work")]).unwrap(),
+        "ghp_work"
+    );
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("MOAT_PROFILE", "work"), ("OPENAI_API_KEY", "sk-w")],
+    ));
+    let list: serde_json::Value = serde_json::from_slice(
+        &ok(&env.run(&["grant", "list", "--json", "--profile", "work"], &[])).stdout,
+    )
+    .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["github", "openai"]);
     assert_eq!(list[0]["profile"], "work");
-    let list: serde_json::Value = serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &[])).stdout).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &[])).stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     ok(&env.run(&["revoke", "github", "--profile", "work"], &[]));
     assert_eq!(env.reveal("github", &[]).unwrap(), "ghp_default");
     for bad in ["-leading-dash", "has spaces", "uses.dots"] {
         let err = fails(&env.run(&["grant", "list", &format!("--profile={bad}")], &[]));
         assert!(err.contains("starts with a letter or digit"), "{err}");
-        let err = fails(&env.run(&["grant", "github", "--no-validate"], &[("MOAT_PROFILE", bad), ("GITHUB_TOKEN", GH)]));
-        assert!(err.contains(&format!("invalid profile name '{bad}'")), "{err}");
+        let err = fails(&env.run(
+            &["grant", "github", "--no-validate"],
+            &[("MOAT_PROFILE", bad), ("GITHUB_TOKEN", GH)],
+        ));
+        assert!(
+            err.contains(&format!("invalid profile name '{bad}'")),
+            "{err}"
+        );
     }
 }
 
@@ -140,7 +212,10 @@ fn concurrent_grants_lose_nothing() {
         ok(&c.wait_with_output().unwrap());
     }
     for i in 0..20 {
-        assert_eq!(env.reveal(&format!("p{i:02}"), &[]).unwrap(), format!("value-{i}"));
+        assert_eq!(
+            env.reveal(&format!("p{i:02}"), &[]).unwrap(),
+            format!("value-{i}")
+        );
     }
     // 20 writers of the same name: the survivor is one of them, intact.
     let children: Vec<_> = (0..20)
@@ -158,15 +233,25 @@ fn concurrent_grants_lose_nothing() {
         ok(&c.wait_with_output().unwrap());
     }
     let survivor = env.reveal("p00", &[]).unwrap();
-    assert!((0..20).any(|i| survivor == format!("same-{i}")), "{survivor}");
-    let debris: Vec<_> = fs::read_dir(env.home().join("credentials")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    assert!(
+        (0..20).any(|i| survivor == format!("same-{i}")),
+        "{survivor}"
+    );
+    let debris: Vec<_> = fs::read_dir(env.home().join("credentials"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(debris.is_empty(), "{debris:?}");
 }
 
 #[test]
 fn kill_9_during_grant_leaves_a_readable_value() {
     let env = Env::new();
-    ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-initial")]));
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-initial")],
+    ));
     let mut written: HashSet<String> = HashSet::from(["sk-initial".to_owned()]);
     for i in 0..40u64 {
         let value = format!("sk-attempt-{i}");
@@ -183,12 +268,21 @@ fn kill_9_during_grant_leaves_a_readable_value() {
         std::thread::sleep(Duration::from_micros((i * 397) % 6000));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let now = env.reveal("openai", &[]).expect("credential must stay readable after kill -9");
+        let now = env
+            .reveal("openai", &[])
+            .expect("credential must stay readable after kill -9");
         assert!(written.contains(&now), "unexpected value {now}");
     }
     // The next writer clears any temp file a killed one left.
-    ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-final")]));
-    let names: Vec<String> = fs::read_dir(env.home().join("credentials")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-final")],
+    ));
+    let names: Vec<String> = fs::read_dir(env.home().join("credentials"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, ["openai.enc"]);
     assert_eq!(env.reveal("openai", &[]).unwrap(), "sk-final");
 }
@@ -200,11 +294,21 @@ fn validation_against_local_tls_server() {
     let ca_file = ca.write_pem(env.dir.path()).unwrap();
     let server = StubServer::start(&ca, &["api.github.com"], fake_github()).unwrap();
     let resolve = server.resolve_entry("api.github.com");
-    let net = [("MOAT_RESOLVE", resolve.as_str()), ("MOAT_UPSTREAM_CA", ca_file.to_str().unwrap())];
+    let net = [
+        ("MOAT_RESOLVE", resolve.as_str()),
+        ("MOAT_UPSTREAM_CA", ca_file.to_str().unwrap()),
+    ];
 
-    let good = env.run(&["grant", "github"], &[net[0], net[1], ("GITHUB_TOKEN", GH)]);
+    let good = env.run(
+        &["grant", "github"],
+        &[net[0], net[1], ("GITHUB_TOKEN", GH)],
+    );
     ok(&good);
-    assert!(stderr(&good).contains("Authenticated as: octocat"), "{}", stderr(&good));
+    assert!(
+        stderr(&good).contains("Authenticated as: octocat"),
+        "{}",
+        stderr(&good)
+    );
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/user");
@@ -215,22 +319,42 @@ fn validation_against_local_tls_server() {
 
     // A rejected token: clear error, nothing saved, token not echoed.
     let env2 = Env::new();
-    let err = fails(&env2.run(&["grant", "github"], &[net[0], net[1], ("GITHUB_TOKEN", "ghp_bad_token_value")]));
-    assert!(err.contains("rejected the token") && err.contains("401") && err.contains("Bad credentials"), "{err}");
+    let err = fails(&env2.run(
+        &["grant", "github"],
+        &[net[0], net[1], ("GITHUB_TOKEN", "ghp_bad_token_value")],
+    ));
+    assert!(
+        err.contains("rejected the token")
+            && err.contains("401")
+            && err.contains("Bad credentials"),
+        "{err}"
+    );
     assert!(!err.contains("ghp_bad_token_value"), "{err}");
     assert!(!env2.home().join("credentials/github.enc").exists());
 
     // Without the test CA the upstream is untrusted.
     let err = fails(&env2.run(&["grant", "github"], &[net[0], ("GITHUB_TOKEN", GH)]));
-    assert!(err.contains("api.github.com") && err.contains("MOAT_UPSTREAM_CA"), "{err}");
+    assert!(
+        err.contains("api.github.com") && err.contains("MOAT_UPSTREAM_CA"),
+        "{err}"
+    );
 
     // --no-validate makes no request.
     let before = server.seen().len();
-    ok(&env2.run(&["grant", "github", "--no-validate"], &[net[0], net[1], ("GITHUB_TOKEN", "ghp_bad_but_saved")]));
+    ok(&env2.run(
+        &["grant", "github", "--no-validate"],
+        &[net[0], net[1], ("GITHUB_TOKEN", "ghp_bad_but_saved")],
+    ));
     assert_eq!(server.seen().len(), before);
 
     // Malformed MOAT_RESOLVE is quoted back.
-    let err = fails(&env2.run(&["grant", "github"], &[("MOAT_RESOLVE", "api.github.com=1.2.3.4"), ("GITHUB_TOKEN", GH)]));
+    let err = fails(&env2.run(
+        &["grant", "github"],
+        &[
+            ("MOAT_RESOLVE", "api.github.com=1.2.3.4"),
+            ("GITHUB_TOKEN", GH),
+        ],
+    ));
     assert!(err.contains("'api.github.com=1.2.3.4'"), "{err}");
 }
 
@@ -239,16 +363,42 @@ fn validation_with_token_in_url_and_custom_provider() {
     let env = Env::new();
     let ca = TestCa::new().unwrap();
     let ca_file = ca.write_pem(env.dir.path()).unwrap();
-    let handler: moat_testkit::Handler = std::sync::Arc::new(|s: &moat_testkit::Seen| match s.path.as_str() {
-        "/bot123:ABC/getMe" => (200, "application/json", r#"{"ok":true,"result":{"username":"moat_test_bot"}}"#.into()),
-        "/v1/me" if s.header("x-acme-key") == ["acme-secret"] && s.method == "POST" => (200, "application/json", r#"{"username":"ada"}"#.into()),
-        _ => (401, "application/json", r#"{"description":"Unauthorized"}"#.into()),
-    });
+    let handler: moat_testkit::Handler =
+        std::sync::Arc::new(|s: &moat_testkit::Seen| match s.path.as_str() {
+            "/bot123:ABC/getMe" => (
+                200,
+                "application/json",
+                r#"{"ok":true,"result":{"username":"moat_test_bot"}}"#.into(),
+            ),
+            "/v1/me" if s.header("x-acme-key") == ["acme-secret"] && s.method == "POST" => {
+                (200, "application/json", r#"{"username":"ada"}"#.into())
+            }
+            _ => (
+                401,
+                "application/json",
+                r#"{"description":"Unauthorized"}"#.into(),
+            ),
+        });
     let server = StubServer::start(&ca, &["api.telegram.org", "api.acme.test"], handler).unwrap();
-    let resolve = format!("{},{}", server.resolve_entry("api.telegram.org"), server.resolve_entry("api.acme.test"));
-    let net = [("MOAT_RESOLVE", resolve.as_str()), ("MOAT_UPSTREAM_CA", ca_file.to_str().unwrap())];
-    let out = ok(&env.run(&["grant", "telegram"], &[net[0], net[1], ("TELEGRAM_BOT_TOKEN", "123:ABC")])).clone();
-    assert!(stderr(&out).contains("Authenticated as: moat_test_bot"), "{}", stderr(&out));
+    let resolve = format!(
+        "{},{}",
+        server.resolve_entry("api.telegram.org"),
+        server.resolve_entry("api.acme.test")
+    );
+    let net = [
+        ("MOAT_RESOLVE", resolve.as_str()),
+        ("MOAT_UPSTREAM_CA", ca_file.to_str().unwrap()),
+    ];
+    let out = ok(&env.run(
+        &["grant", "telegram"],
+        &[net[0], net[1], ("TELEGRAM_BOT_TOKEN", "123:ABC")],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Authenticated as: moat_test_bot"),
+        "{}",
+        stderr(&out)
+    );
     assert!(server.seen()[0].header("authorization").is_empty());
 
     fs::write(
@@ -256,8 +406,16 @@ fn validation_with_token_in_url_and_custom_provider() {
         "name: acme\ndescription: Acme\nhosts: [api.acme.test]\ninject:\n  header: X-Acme-Key\nsource_env: [ACME_KEY]\nvalidate:\n  url: https://api.acme.test/v1/me\n  method: POST\n",
     )
     .unwrap();
-    let out = ok(&env.run(&["grant", "acme"], &[net[0], net[1], ("ACME_KEY", "acme-secret")])).clone();
-    assert!(stderr(&out).contains("Authenticated as: ada"), "{}", stderr(&out));
+    let out = ok(&env.run(
+        &["grant", "acme"],
+        &[net[0], net[1], ("ACME_KEY", "acme-secret")],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Authenticated as: ada"),
+        "{}",
+        stderr(&out)
+    );
     let err = fails(&env.run(&["grant", "acme"], &[net[0], net[1], ("ACME_KEY", "wrong")]));
     assert!(err.contains("401"), "{err}");
 }
@@ -266,54 +424,123 @@ fn validation_with_token_in_url_and_custom_provider() {
 fn provider_files_errors_and_precedence() {
     let env = Env::new();
     let dir = env.providers_dir();
-    fs::write(dir.join("broken.yaml"), "name: broken\ndescription: d\nhosts: [a.test]\ninject:\n  header: X\n  prefx: y\n").unwrap();
-    fs::write(dir.join("github.yaml"), "name: github\ndescription: hijack\nhosts: [evil.test]\ninject: {header: X}\n").unwrap();
+    fs::write(
+        dir.join("broken.yaml"),
+        "name: broken\ndescription: d\nhosts: [a.test]\ninject:\n  header: X\n  prefx: y\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("github.yaml"),
+        "name: github\ndescription: hijack\nhosts: [evil.test]\ninject: {header: X}\n",
+    )
+    .unwrap();
     fs::write(dir.join("gitlab.yaml"), "name: gitlab\ndescription: Corp GitLab\nhosts: [git.corp.test]\ninject: {header: PRIVATE-TOKEN}\nsource_env: [GITLAB_TOKEN]\n").unwrap();
     let out = ok(&env.run(&["grant", "providers", "--json"], &[])).clone();
     let err = stderr(&out);
-    assert!(err.contains("broken.yaml:6") && err.contains("prefx"), "{err}");
-    assert!(err.contains("github.yaml") && err.contains("cannot be overridden"), "{err}");
+    assert!(
+        err.contains("broken.yaml:6") && err.contains("prefx"),
+        "{err}"
+    );
+    assert!(
+        err.contains("github.yaml") && err.contains("cannot be overridden"),
+        "{err}"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let by_name = |n: &str| v.as_array().unwrap().iter().find(|p| p["name"] == n).cloned();
+    let by_name = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .cloned()
+    };
     assert!(by_name("broken").is_none());
     assert_eq!(by_name("github").unwrap()["origin"], "built-in");
     assert_eq!(by_name("gitlab").unwrap()["origin"], "custom");
-    assert_eq!(by_name("gitlab").unwrap()["hosts"], serde_json::json!(["git.corp.test"]));
+    assert_eq!(
+        by_name("gitlab").unwrap()["hosts"],
+        serde_json::json!(["git.corp.test"])
+    );
     assert_eq!(by_name("vercel").unwrap()["origin"], "shipped");
-    for name in ["github", "claude", "anthropic", "openai", "gemini", "graphite", "meta", "npm", "aws", "ssh", "mcp", "telegram", "datadog"] {
+    for name in [
+        "github",
+        "claude",
+        "anthropic",
+        "openai",
+        "gemini",
+        "graphite",
+        "meta",
+        "npm",
+        "aws",
+        "ssh",
+        "mcp",
+        "telegram",
+        "datadog",
+    ] {
         assert!(by_name(name).is_some(), "{name} not listed");
     }
     let table = stdout(ok(&env.run(&["grant", "providers"], &[])));
-    assert!(table.contains("api.github.com, github.com") && table.contains("*.openai.com"), "{table}");
+    assert!(
+        table.contains("api.github.com, github.com") && table.contains("*.openai.com"),
+        "{table}"
+    );
 }
 
 #[test]
 fn changed_key_and_damaged_files_give_clear_errors() {
     let env = Env::new();
-    ok(&env.run(&["grant", "github", "--no-validate"], &[("GITHUB_TOKEN", GH)]));
-    ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-x")]));
+    ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GITHUB_TOKEN", GH)],
+    ));
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-x")],
+    ));
     let creds = env.home().join("credentials");
 
     // Truncated and garbage files: named, no panic.
     let original = fs::read(creds.join("openai.enc")).unwrap();
     fs::write(creds.join("openai.enc"), &original[..12]).unwrap();
     let err = fails(&env.run(&["grant", "show", "openai"], &[]));
-    assert!(err.contains("openai.enc") && err.contains("truncated"), "{err}");
-    fs::write(creds.join("openai.enc"), b"this is not a credential file at all, just text").unwrap();
+    assert!(
+        err.contains("openai.enc") && err.contains("truncated"),
+        "{err}"
+    );
+    fs::write(
+        creds.join("openai.enc"),
+        b"this is not a credential file at all, just text",
+    )
+    .unwrap();
     let err = fails(&env.run(&["grant", "show", "openai"], &[]));
-    assert!(err.contains("openai.enc") && err.contains("not a Moat credential file"), "{err}");
+    assert!(
+        err.contains("openai.enc") && err.contains("not a Moat credential file"),
+        "{err}"
+    );
     let mut flipped = original.clone();
     *flipped.last_mut().unwrap() ^= 0x40;
     fs::write(creds.join("openai.enc"), &flipped).unwrap();
     let err = fails(&env.run(&["grant", "show", "openai"], &[]));
-    assert!(err.contains("message authentication failed") && err.contains("modified or corrupted"), "{err}");
+    assert!(
+        err.contains("message authentication failed") && err.contains("modified or corrupted"),
+        "{err}"
+    );
     // list survives a bad entry.
-    let list: serde_json::Value = serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &[])).stdout).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &[])).stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
-    assert!(list[1]["error"].as_str().unwrap().contains("authentication failed"));
+    assert!(
+        list[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed")
+    );
 
     // A different key under the same backend.
-    fs::write(env.home().join("encryption.key"), "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\n").unwrap();
+    fs::write(
+        env.home().join("encryption.key"),
+        "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\n",
+    )
+    .unwrap();
     let err = fails(&env.run(&["grant", "show", "github"], &[]));
     assert!(
         err.contains("decrypting credential 'github': cipher: message authentication failed — the encryption key changed since it was stored; run 'moat grant github' again"),
@@ -321,7 +548,11 @@ fn changed_key_and_damaged_files_give_clear_errors() {
     );
     // Group-readable key file is refused with the fix.
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(env.home().join("encryption.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(
+        env.home().join("encryption.key"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let err = fails(&env.run(&["grant", "show", "github"], &[]));
     assert!(err.contains("chmod 600"), "{err}");
 }
@@ -329,12 +560,21 @@ fn changed_key_and_damaged_files_give_clear_errors() {
 #[test]
 fn never_creates_a_key_that_would_orphan_credentials() {
     let env = Env::new();
-    ok(&env.run(&["grant", "github", "--no-validate"], &[("GITHUB_TOKEN", GH)]));
+    ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GITHUB_TOKEN", GH)],
+    ));
     let key = env.home().join("encryption.key");
     let saved = fs::read(&key).unwrap();
     fs::remove_file(&key).unwrap();
-    let err = fails(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-x")]));
-    assert!(err.contains("will not create a new key") && err.contains("orphan"), "{err}");
+    let err = fails(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-x")],
+    ));
+    assert!(
+        err.contains("will not create a new key") && err.contains("orphan"),
+        "{err}"
+    );
     assert!(!key.exists(), "a new key was created");
     let err = fails(&env.run(&["grant", "show", "github"], &[]));
     assert!(err.contains("encryption.key"), "{err}");
@@ -343,22 +583,43 @@ fn never_creates_a_key_that_would_orphan_credentials() {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(env.reveal("github", &[]).unwrap(), GH);
-    ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-x")]));
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-x")],
+    ));
 }
 
 #[test]
 fn file_backend_when_no_keychain_answers() {
     let env = Env::new();
-    let out = ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-x")])).clone();
-    assert!(stderr(&out).contains("no keychain answered"), "{}", stderr(&out));
+    let out = ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-x")],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("no keychain answered"),
+        "{}",
+        stderr(&out)
+    );
     assert!(env.home().join("encryption.key").exists());
     // Said once: the second grant is quiet about it.
-    let out = ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-y")])).clone();
+    let out = ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-y")],
+    ))
+    .clone();
     assert!(!stderr(&out).contains("keychain"), "{}", stderr(&out));
     // Forcing the keychain without one fails, and creates nothing.
     let env2 = Env::new();
-    let err = fails(&env2.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-x"), ("MOAT_KEY_BACKEND", "keyring")]));
-    assert!(err.contains("keychain") && err.contains("not reachable"), "{err}");
+    let err = fails(&env2.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-x"), ("MOAT_KEY_BACKEND", "keyring")],
+    ));
+    assert!(
+        err.contains("keychain") && err.contains("not reachable"),
+        "{err}"
+    );
     assert!(!env2.home().join("encryption.key").exists());
     let err = fails(&env2.run(&["grant", "list"], &[("MOAT_KEY_BACKEND", "vault")]));
     assert!(err.contains("auto, keyring, file"), "{err}");
@@ -372,11 +633,30 @@ fn sudo_caller_owns_what_moat_creates() {
     let root = me == 0;
     // As root, SUDO_UID/SUDO_GID name the caller; otherwise they are ignored.
     let uid = if root { "65534" } else { "4242" };
-    ok(&env.run(&["grant", "openai", "--no-validate"], &[("OPENAI_API_KEY", "sk-x"), ("SUDO_UID", uid), ("SUDO_GID", uid), ("MOAT_KEY_BACKEND", "file")]));
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[
+            ("OPENAI_API_KEY", "sk-x"),
+            ("SUDO_UID", uid),
+            ("SUDO_GID", uid),
+            ("MOAT_KEY_BACKEND", "file"),
+        ],
+    ));
     let expect = if root { 65534 } else { me };
-    for p in ["", "credentials", "credentials/openai.enc", "encryption.key", ".lock"] {
+    for p in [
+        "",
+        "credentials",
+        "credentials/openai.enc",
+        "encryption.key",
+        ".lock",
+    ] {
         let path = env.home().join(p);
-        assert_eq!(fs::metadata(&path).unwrap().uid(), expect, "{}", path.display());
+        assert_eq!(
+            fs::metadata(&path).unwrap().uid(),
+            expect,
+            "{}",
+            path.display()
+        );
     }
 }
 
@@ -384,11 +664,20 @@ fn sudo_caller_owns_what_moat_creates() {
 fn help_and_completions() {
     let env = Env::new();
     let help = stdout(ok(&env.run(&["grant", "--help"], &[])));
-    assert!(help.contains("--token-stdin") && help.contains("Examples:"), "{help}");
+    assert!(
+        help.contains("--token-stdin") && help.contains("Examples:"),
+        "{help}"
+    );
     let help = stdout(ok(&env.run(&["--help"], &[])));
-    assert!(help.contains("MOAT_RESOLVE") && help.contains("--profile"), "{help}");
+    assert!(
+        help.contains("MOAT_RESOLVE") && help.contains("--profile"),
+        "{help}"
+    );
     for shell in ["bash", "zsh", "fish"] {
         let script = stdout(ok(&env.run(&["completions", shell], &[])));
-        assert!(script.contains("grant") && script.contains("revoke"), "{shell}");
+        assert!(
+            script.contains("grant") && script.contains("revoke"),
+            "{shell}"
+        );
     }
 }

@@ -13,7 +13,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
@@ -26,9 +28,17 @@ impl TestCa {
     pub fn new() -> Result<Self> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "Moat Test Upstream CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        Ok(Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)? })
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Moat Test Upstream CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Ok(Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
+        })
     }
 
     pub fn pem(&self) -> String {
@@ -43,11 +53,19 @@ impl TestCa {
     }
 
     /// A rustls server config with a leaf for `names`, offering `alpn`.
-    pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
+    pub fn server_config(
+        &self,
+        names: &[&str],
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ServerConfig>> {
         let key = KeyPair::generate()?;
-        let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         let leaf = params.signed_by(&key, &self.issuer)?;
-        let chain = vec![leaf.der().clone(), CertificateDer::from(self.issuer.der().to_vec())];
+        let chain = vec![
+            leaf.der().clone(),
+            CertificateDer::from(self.issuer.der().to_vec()),
+        ];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -71,7 +89,11 @@ pub struct Seen {
 impl Seen {
     /// All values of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -98,7 +120,11 @@ impl StubServer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let seen2 = seen.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).expect("listener");
                 tokio::select! {
@@ -107,7 +133,12 @@ impl StubServer {
                 }
             });
         });
-        Ok(Self { addr, seen, shutdown: Some(tx), thread: Some(thread) })
+        Ok(Self {
+            addr,
+            seen,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Requests received so far.
@@ -133,28 +164,50 @@ impl Drop for StubServer {
 }
 
 /// Accept TLS connections and serve `handler` on each (h1 or h2 by ALPN).
-pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
             let svc = service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
                 let seen = seen.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     let record = Seen {
                         method: parts.method.to_string(),
-                        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                        path: parts
+                            .uri
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default(),
                         headers: parts
                             .headers
                             .iter()
-                            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                            .map(|(k, v)| {
+                                (
+                                    k.to_string(),
+                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                )
+                            })
                             .collect(),
                         body,
                     };
@@ -181,13 +234,23 @@ pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, han
 /// (login `octocat`) unless they start `ghp_bad`; anything else is a 401.
 pub fn fake_github() -> Handler {
     Arc::new(|seen: &Seen| {
-        let auth = seen.header("authorization").first().map(|s| s.to_string()).unwrap_or_default();
+        let auth = seen
+            .header("authorization")
+            .first()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let token = auth.strip_prefix("Bearer ").unwrap_or("");
         match seen.path.as_str() {
-            "/user" if token.starts_with("ghp_") && !token.starts_with("ghp_bad") => {
-                (200, "application/json", r#"{"login":"octocat","id":1}"#.into())
-            }
-            "/user" => (401, "application/json", r#"{"message":"Bad credentials"}"#.into()),
+            "/user" if token.starts_with("ghp_") && !token.starts_with("ghp_bad") => (
+                200,
+                "application/json",
+                r#"{"login":"octocat","id":1}"#.into(),
+            ),
+            "/user" => (
+                401,
+                "application/json",
+                r#"{"message":"Bad credentials"}"#.into(),
+            ),
             _ => (404, "application/json", r#"{"message":"Not Found"}"#.into()),
         }
     })

@@ -10,13 +10,20 @@ fn main() -> anyhow::Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--ca-out" => ca_out = args.next().map(PathBuf::from),
-            other => anyhow::bail!("unknown argument {other}; usage: moat-stub-upstream --ca-out FILE"),
+            other => {
+                anyhow::bail!("unknown argument {other}; usage: moat-stub-upstream --ca-out FILE")
+            }
         }
     }
-    let ca_out = ca_out.ok_or_else(|| anyhow::anyhow!("usage: moat-stub-upstream --ca-out FILE"))?;
+    let ca_out =
+        ca_out.ok_or_else(|| anyhow::anyhow!("usage: moat-stub-upstream --ca-out FILE"))?;
     let ca = moat_testkit::TestCa::new()?;
     std::fs::write(&ca_out, ca.pem())?;
-    let server = moat_testkit::StubServer::start(&ca, &["api.github.com", "github.com"], moat_testkit::fake_github())?;
+    let server = moat_testkit::StubServer::start(
+        &ca,
+        &["api.github.com", "github.com"],
+        moat_testkit::fake_github(),
+    )?;
     println!("ready {}", server.addr);
     loop {
         std::thread::park();

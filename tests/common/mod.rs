@@ -14,7 +14,9 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn home(&self) -> PathBuf {
@@ -35,20 +37,40 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.user_home())
             .env("MOAT_HOME", self.home())
-            .env("DBUS_SESSION_BUS_ADDRESS", format!("unix:path={}/no-bus", self.dir.path().display()))
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                format!("unix:path={}/no-bus", self.dir.path().display()),
+            )
             .stdin(Stdio::null());
         c
     }
 
     pub fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        self.cmd().args(args).envs(envs.iter().copied()).output().expect("run moat")
+        self.cmd()
+            .args(args)
+            .envs(envs.iter().copied())
+            .output()
+            .expect("run moat")
     }
 
     /// `moat --token-stdin` style: feed `input` on stdin.
     pub fn run_stdin(&self, args: &[&str], envs: &[(&str, &str)], input: &str) -> Output {
         use std::io::Write;
-        let mut child = self.cmd().args(args).envs(envs.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let mut child = self
+            .cmd()
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     }
 
@@ -64,7 +86,8 @@ impl Env {
         if !out.status.success() {
             return Err(stderr(&out));
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
         Ok(v["token"].as_str().unwrap_or_default().to_owned())
     }
 }
@@ -79,14 +102,26 @@ pub fn stderr(o: &Output) -> String {
 
 #[track_caller]
 pub fn ok(o: &Output) -> &Output {
-    assert!(o.status.success(), "moat failed ({:?})\nstdout: {}\nstderr: {}", o.status, stdout(o), stderr(o));
+    assert!(
+        o.status.success(),
+        "moat failed ({:?})\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
     o
 }
 
 /// A failure is a clean error (exit 1 with a message), never a panic (101).
 #[track_caller]
 pub fn fails(o: &Output) -> String {
-    assert_eq!(o.status.code(), Some(1), "expected a clean failure\nstdout: {}\nstderr: {}", stdout(o), stderr(o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected a clean failure\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
     let err = stderr(o);
     assert!(err.contains("moat: error: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -39,13 +39,13 @@ impl MoatHome {
         if let Some(dir) = non_empty_var("MOAT_HOME") {
             return Ok(Self::new(PathBuf::from(dir), owner));
         }
-        if owner.is_some() {
-            if let Some(user) = non_empty_var("SUDO_USER") {
-                let name = user.to_string_lossy().into_owned();
-                let found = nix::unistd::User::from_name(&name).ok().flatten();
-                let user = found.ok_or(HomeError::UnknownSudoUser(name))?;
-                return Ok(Self::new(user.dir.join(".moat"), owner));
-            }
+        if owner.is_some()
+            && let Some(user) = non_empty_var("SUDO_USER")
+        {
+            let name = user.to_string_lossy().into_owned();
+            let found = nix::unistd::User::from_name(&name).ok().flatten();
+            let user = found.ok_or(HomeError::UnknownSudoUser(name))?;
+            return Ok(Self::new(user.dir.join(".moat"), owner));
         }
         let home = non_empty_var("HOME").ok_or(HomeError::NoHome)?;
         Ok(Self::new(PathBuf::from(home).join(".moat"), owner))

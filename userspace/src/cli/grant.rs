@@ -64,19 +64,27 @@ pub fn run(ctx: &Ctx, args: GrantArgs) -> Result<()> {
         Some(GrantSub::Providers) => providers(ctx),
         Some(GrantSub::Show { name, reveal }) => show(ctx, &name, reveal),
         None => {
-            let provider = args.provider.clone().ok_or_else(|| anyhow!("name a provider: moat grant <provider>"))?;
+            let provider = args
+                .provider
+                .clone()
+                .ok_or_else(|| anyhow!("name a provider: moat grant <provider>"))?;
             grant(ctx, &provider, &args)
         }
     }
 }
 
 fn unknown_provider(registry: &Registry, name: &str) -> anyhow::Error {
-    anyhow!("unknown provider '{name}'; known providers: {} (details: moat grant providers)", registry.names().join(", "))
+    anyhow!(
+        "unknown provider '{name}'; known providers: {} (details: moat grant providers)",
+        registry.names().join(", ")
+    )
 }
 
 fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
     let registry = ctx.registry()?;
-    let provider = registry.get(requested).ok_or_else(|| unknown_provider(&registry, requested))?;
+    let provider = registry
+        .get(requested)
+        .ok_or_else(|| unknown_provider(&registry, requested))?;
     if let Flow::Pending(what) = provider.flow {
         bail!("{what}; the provider is listed so runs and scripts can name it");
     }
@@ -85,10 +93,10 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
 
     let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
     let mut cred = Credential::new_static(&provider.name, token, source);
-    if !args.no_validate {
-        if let Some(identity) = validate_token(provider, cred.token.expose_secret())? {
-            cred.metadata.insert("identity".into(), identity);
-        }
+    if !args.no_validate
+        && let Some(identity) = validate_token(provider, cred.token.expose_secret())?
+    {
+        cred.metadata.insert("identity".into(), identity);
     }
     if let Ok(previous) = store.get(&name) {
         cred.created_at = previous.created_at;
@@ -97,7 +105,9 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
         eprintln!("moat: {place}");
     }
     if ctx.json {
-        output::json(&json!({ "name": name.as_str(), "provider": provider.name, "profile": store.profile().map(|p| p.as_str()), "saved": true }));
+        output::json(
+            &json!({ "name": name.as_str(), "provider": provider.name, "profile": store.profile().map(|p| p.as_str()), "saved": true }),
+        );
     } else if name.as_str() == provider.name {
         println!("{} credential saved", provider.title);
     } else {
@@ -109,21 +119,35 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
 fn credential_name(provider: &Provider, server: Option<&str>) -> Result<CredName> {
     match (provider.name.as_str(), server) {
         ("mcp", Some(server)) => Ok(CredName::parse(&format!("mcp-{server}"))?),
-        ("mcp", None) => bail!("name the MCP server: moat grant mcp <name> (as in moat.yaml's mcp: entries)"),
-        (_, Some(extra)) => bail!("unexpected argument '{extra}': 'moat grant {}' takes no name", provider.name),
+        ("mcp", None) => {
+            bail!("name the MCP server: moat grant mcp <name> (as in moat.yaml's mcp: entries)")
+        }
+        (_, Some(extra)) => bail!(
+            "unexpected argument '{extra}': 'moat grant {}' takes no name",
+            provider.name
+        ),
         (name, None) => Ok(CredName::parse(name)?),
     }
 }
 
 /// The token and where it came from: `--token-stdin`, the provider's
 /// environment variables in order, then a hidden prompt on a terminal.
-fn obtain_token(provider: &Provider, name: &CredName, from_stdin: bool) -> Result<(SecretString, String)> {
+fn obtain_token(
+    provider: &Provider,
+    name: &CredName,
+    from_stdin: bool,
+) -> Result<(SecretString, String)> {
     if from_stdin {
         if std::io::stdin().is_terminal() {
-            bail!("--token-stdin reads a pipe; try: printf %s \"$TOKEN\" | moat grant {}", provider.name);
+            bail!(
+                "--token-stdin reads a pipe; try: printf %s \"$TOKEN\" | moat grant {}",
+                provider.name
+            );
         }
         let mut buf = zeroize::Zeroizing::new(String::new());
-        std::io::stdin().read_to_string(&mut buf).context("reading the token from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut buf)
+            .context("reading the token from stdin")?;
         return Ok((checked_token(&buf, "standard input")?, "stdin".into()));
     }
     for var in &provider.source_env {
@@ -138,7 +162,9 @@ fn obtain_token(provider: &Provider, name: &CredName, from_stdin: bool) -> Resul
             Some(text) => eprintln!("{text}"),
             None => eprintln!("Enter the credential for {name}."),
         }
-        let entered = zeroize::Zeroizing::new(rpassword::prompt_password("Token: ").context("reading the token")?);
+        let entered = zeroize::Zeroizing::new(
+            rpassword::prompt_password("Token: ").context("reading the token")?,
+        );
         return Ok((checked_token(&entered, "the prompt")?, "prompt".into()));
     }
     let tried = if provider.source_env.is_empty() {
@@ -160,7 +186,9 @@ fn checked_token(raw: &str, origin: &str) -> Result<SecretString> {
         bail!("the token from {origin} is empty");
     }
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("the token from {origin} contains spaces or control characters; check what was pasted");
+        bail!(
+            "the token from {origin} contains spaces or control characters; check what was pasted"
+        );
     }
     Ok(SecretString::from(token))
 }
@@ -168,15 +196,22 @@ fn checked_token(raw: &str, origin: &str) -> Result<SecretString> {
 /// Make the provider's validation request. `Ok(Some(login))` when the API
 /// names the token's owner. Any failure: nothing is saved.
 fn validate_token(provider: &Provider, token: &str) -> Result<Option<String>> {
-    let Some(req) = validate::build(provider, token) else { return Ok(None) };
+    let Some(req) = validate::build(provider, token) else {
+        return Ok(None);
+    };
     eprintln!("Validating token...");
     let upstream = Upstream::from_env()?;
-    let header = req.header.as_ref().map(|(n, v)| (n.as_str(), v.expose_secret()));
+    let header = req
+        .header
+        .as_ref()
+        .map(|(n, v)| (n.as_str(), v.expose_secret()));
     let headers: Vec<(&str, &str)> = header.into_iter().collect();
     let fetched = super::block_on(upstream.fetch(&req.method, req.url.expose_secret(), &headers, Default::default()))?
         .map_err(|e| anyhow!("cannot validate the token: {e}. Nothing was saved; fix the connection, or save without checking: --no-validate"))?;
     match validate::judge(fetched.status, &fetched.body, token) {
-        Outcome::Valid { identity: Some(who) } => {
+        Outcome::Valid {
+            identity: Some(who),
+        } => {
             eprintln!("Authenticated as: {who}");
             Ok(Some(who))
         }
@@ -219,18 +254,36 @@ fn list(ctx: &Ctx) -> Result<()> {
                 }));
             }
             Err(e) => {
-                rows.push(vec![name.to_string(), "?".into(), profile.clone().unwrap_or_else(|| "default".into()), format!("unreadable: {e}"), String::new(), String::new()]);
-                items.push(json!({ "name": name.as_str(), "profile": profile, "error": e.to_string() }));
+                rows.push(vec![
+                    name.to_string(),
+                    "?".into(),
+                    profile.clone().unwrap_or_else(|| "default".into()),
+                    format!("unreadable: {e}"),
+                    String::new(),
+                    String::new(),
+                ]);
+                items.push(
+                    json!({ "name": name.as_str(), "profile": profile, "error": e.to_string() }),
+                );
             }
         }
     }
     if ctx.json {
         output::json(&serde_json::Value::Array(items));
     } else if rows.is_empty() {
-        let scope = profile.map(|p| format!(" in profile '{p}'")).unwrap_or_default();
-        println!("No credentials stored{scope}. Store one with: moat grant <provider> (see moat grant providers)");
+        let scope = profile
+            .map(|p| format!(" in profile '{p}'"))
+            .unwrap_or_default();
+        println!(
+            "No credentials stored{scope}. Store one with: moat grant <provider> (see moat grant providers)"
+        );
     } else {
-        output::table(&["NAME", "PROVIDER", "PROFILE", "SOURCE", "CREATED", "EXPIRES"], &rows);
+        output::table(
+            &[
+                "NAME", "PROVIDER", "PROFILE", "SOURCE", "CREATED", "EXPIRES",
+            ],
+            &rows,
+        );
     }
     Ok(())
 }
@@ -294,10 +347,23 @@ fn providers(ctx: &Ctx) -> Result<()> {
                     _ => "-".to_owned(),
                 }
             } else {
-                p.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                p.hosts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
-            let name = if p.aliases.is_empty() { p.name.clone() } else { format!("{} ({})", p.name, p.aliases.join(", ")) };
-            vec![name, p.origin.label().to_owned(), hosts, p.description.clone()]
+            let name = if p.aliases.is_empty() {
+                p.name.clone()
+            } else {
+                format!("{} ({})", p.name, p.aliases.join(", "))
+            };
+            vec![
+                name,
+                p.origin.label().to_owned(),
+                hosts,
+                p.description.clone(),
+            ]
         })
         .collect();
     output::table(&["PROVIDER", "TYPE", "HOSTS", "DESCRIPTION"], &rows);
@@ -309,7 +375,9 @@ fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
     let store: Store = ctx.store()?;
     let c = store.get(&name)?;
     if reveal {
-        eprintln!("moat: warning: printing the secret value of '{name}'; it is now on your terminal and maybe in its scrollback");
+        eprintln!(
+            "moat: warning: printing the secret value of '{name}'; it is now on your terminal and maybe in its scrollback"
+        );
     }
     let secret_names: Vec<&String> = c.secrets.keys().collect();
     if ctx.json {
@@ -327,16 +395,29 @@ fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
     println!("name:      {name}");
     println!("provider:  {}", c.provider);
     println!("kind:      {}", kind(c.kind));
-    println!("profile:   {}", store.profile().map(|p| p.as_str()).unwrap_or("default"));
+    println!(
+        "profile:   {}",
+        store.profile().map(|p| p.as_str()).unwrap_or("default")
+    );
     println!("source:    {}", c.source);
     println!("created:   {}", rfc3339(c.created_at));
     println!("updated:   {}", rfc3339(c.updated_at));
-    println!("expires:   {}", c.expires_at.map(rfc3339).unwrap_or_else(|| "never".into()));
+    println!(
+        "expires:   {}",
+        c.expires_at.map(rfc3339).unwrap_or_else(|| "never".into())
+    );
     for (k, v) in &c.metadata {
-        println!("{k}: {v}");
+        println!("{:<10} {v}", format!("{k}:"));
     }
     if !secret_names.is_empty() {
-        println!("also holds: {}", secret_names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "also holds: {}",
+            secret_names
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if reveal {
         println!("token:     {}", c.token.expose_secret());

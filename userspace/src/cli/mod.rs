@@ -80,7 +80,12 @@ impl Ctx {
     }
 
     pub fn profile(&self) -> Result<Option<ProfileName>> {
-        self.profile.as_deref().filter(|p| !p.is_empty()).map(ProfileName::parse).transpose().map_err(Into::into)
+        self.profile
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(ProfileName::parse)
+            .transpose()
+            .map_err(Into::into)
     }
 
     pub fn store(&self) -> Result<Store> {
@@ -100,7 +105,10 @@ impl Ctx {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let ctx = Ctx { json: cli.json, profile: cli.profile };
+    let ctx = Ctx {
+        json: cli.json,
+        profile: cli.profile,
+    };
     let result = match cli.command {
         Command::Grant(args) => grant::run(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
@@ -108,7 +116,9 @@ pub fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "moat", &mut std::io::stdout());
             Ok(())
         }
-        Command::Keyring { op } => crate::store::keyring::helper_main(&op).context("keychain helper"),
+        Command::Keyring { op } => {
+            crate::store::keyring::helper_main(&op).context("keychain helper")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,12 +136,19 @@ fn init_logging(verbose: u8) {
         2 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Run a future on a small runtime (commands are synchronous at the top).
 pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     Ok(rt.block_on(fut))
 }
 

@@ -7,7 +7,9 @@ use super::Ctx;
 use crate::store::CredName;
 
 #[derive(Args)]
-#[command(after_help = "Examples:\n  moat revoke github\n  moat revoke ssh:github.com\n  moat revoke mcp-context7 --profile work")]
+#[command(
+    after_help = "Examples:\n  moat revoke github\n  moat revoke ssh:github.com\n  moat revoke mcp-context7 --profile work"
+)]
 pub struct RevokeArgs {
     /// Credential to delete (as shown by 'moat grant list')
     name: String,

@@ -36,9 +36,18 @@ pub enum NetError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot connect to {host}:{port}: {reason}")]
-    Connect { host: String, port: u16, reason: String },
+    Connect {
+        host: String,
+        port: u16,
+        reason: String,
+    },
     #[error("cannot reach {host}:{port} through proxy {proxy}: {reason}")]
-    Proxy { host: String, port: u16, proxy: String, reason: String },
+    Proxy {
+        host: String,
+        port: u16,
+        proxy: String,
+        reason: String,
+    },
     #[error("TLS handshake with {host} failed: {reason}")]
     Handshake { host: String, reason: String },
     #[error("HTTP exchange with {host} failed: {reason}")]
@@ -71,15 +80,28 @@ impl Upstream {
     /// From the environment: `MOAT_RESOLVE`, `MOAT_UPSTREAM_CA`, and the proxy
     /// variables (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, lowercase too).
     pub fn from_env() -> Result<Self, NetError> {
-        let resolve = Resolve::parse(&std::env::var("MOAT_RESOLVE").unwrap_or_default(), "MOAT_RESOLVE")?;
-        let ca = std::env::var_os("MOAT_UPSTREAM_CA").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let resolve = Resolve::parse(
+            &std::env::var("MOAT_RESOLVE").unwrap_or_default(),
+            "MOAT_RESOLVE",
+        )?;
+        let ca = std::env::var_os("MOAT_UPSTREAM_CA")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         Self::new(resolve, ca.as_deref(), Matcher::from_env())
     }
 
-    pub fn new(resolve: Resolve, extra_ca: Option<&std::path::Path>, proxies: Matcher) -> Result<Self, NetError> {
+    pub fn new(
+        resolve: Resolve,
+        extra_ca: Option<&std::path::Path>,
+        proxies: Matcher,
+    ) -> Result<Self, NetError> {
         let roots = tls::root_store(extra_ca)?;
         let tls = tls::client_config(roots, &[b"http/1.1"])?;
-        Ok(Self { resolve, tls, proxies })
+        Ok(Self {
+            resolve,
+            tls,
+            proxies,
+        })
     }
 
     /// A TCP stream to `host:port`: the `MOAT_RESOLVE` address if one is set
@@ -87,19 +109,31 @@ impl Upstream {
     /// proxy if it applies, else direct.
     pub async fn connect(&self, host: &str, port: u16, tls: bool) -> Result<TcpStream, NetError> {
         let fut = self.connect_inner(host, port, tls);
-        tokio::time::timeout(CONNECT_TIMEOUT, fut).await.unwrap_or_else(|_| {
-            Err(NetError::Timeout { host: host.to_owned(), port, secs: CONNECT_TIMEOUT.as_secs() })
-        })
+        tokio::time::timeout(CONNECT_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(NetError::Timeout {
+                    host: host.to_owned(),
+                    port,
+                    secs: CONNECT_TIMEOUT.as_secs(),
+                })
+            })
     }
 
     async fn connect_inner(&self, host: &str, port: u16, tls: bool) -> Result<TcpStream, NetError> {
-        let connect_err = |e: std::io::Error| NetError::Connect { host: host.to_owned(), port, reason: e.to_string() };
+        let connect_err = |e: std::io::Error| NetError::Connect {
+            host: host.to_owned(),
+            port,
+            reason: e.to_string(),
+        };
         if let Some(addr) = self.resolve.lookup(host, port) {
             tracing::debug!(host, port, %addr, "connecting (MOAT_RESOLVE)");
             return TcpStream::connect(addr).await.map_err(connect_err);
         }
         let scheme = if tls { "https" } else { "http" };
-        let dst: http::Uri = format!("{scheme}://{host}:{port}/").parse().map_err(|_| NetError::BadUrl("bad host"))?;
+        let dst: http::Uri = format!("{scheme}://{host}:{port}/")
+            .parse()
+            .map_err(|_| NetError::BadUrl("bad host"))?;
         let Some(proxy) = self.proxies.intercept(&dst) else {
             return TcpStream::connect((host, port)).await.map_err(connect_err);
         };
@@ -107,7 +141,10 @@ impl Upstream {
         let proxy_err = |reason: String| NetError::Proxy {
             host: host.to_owned(),
             port,
-            proxy: proxy_uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default(),
+            proxy: proxy_uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default(),
             reason,
         };
         if proxy_uri.scheme_str() != Some("http") {
@@ -120,21 +157,31 @@ impl Upstream {
         if let Some(auth) = proxy.basic_auth() {
             tunnel = tunnel.with_auth(auth.clone());
         }
-        std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await.map_err(|e| proxy_err(chain(&e)))?;
+        std::future::poll_fn(|cx| tunnel.poll_ready(cx))
+            .await
+            .map_err(|e| proxy_err(chain(&e)))?;
         let io = tunnel.call(dst).await.map_err(|e| proxy_err(chain(&e)))?;
         Ok(io.into_inner())
     }
 
     /// A verified TLS stream to `host:port` (SNI and certificate check use `host`).
-    pub async fn connect_tls(&self, host: &str, port: u16) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
+    pub async fn connect_tls(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
         let tcp = self.connect(host, port, true).await?;
-        let name = ServerName::try_from(host.to_owned()).map_err(|_| NetError::BadUrl("invalid host name"))?;
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| NetError::BadUrl("invalid host name"))?;
         let handshake = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp);
         let err = |mut reason: String| {
             if reason.contains("UnknownIssuer") {
                 reason.push_str(" (the server's certificate is not signed by a trusted CA; for a private or test CA set MOAT_UPSTREAM_CA=/path/ca.pem)");
             }
-            NetError::Handshake { host: host.to_owned(), reason }
+            NetError::Handshake {
+                host: host.to_owned(),
+                reason,
+            }
         };
         tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
@@ -151,7 +198,9 @@ impl Upstream {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Fetched, NetError> {
-        let uri: http::Uri = url.parse().map_err(|_| NetError::BadUrl("unparsable URL"))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| NetError::BadUrl("unparsable URL"))?;
         let host = uri.host().ok_or(NetError::BadUrl("no host"))?.to_owned();
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -165,32 +214,54 @@ impl Upstream {
             } else {
                 Box::new(self.connect(&host, port, false).await?)
             };
-            let http_err = |e: &dyn std::fmt::Display| NetError::Http { host: host.clone(), reason: e.to_string() };
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| http_err(&e))?;
+            let http_err = |e: &dyn std::fmt::Display| NetError::Http {
+                host: host.clone(),
+                reason: e.to_string(),
+            };
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| http_err(&e))?;
             tokio::spawn(conn);
-            let authority = if uri.port_u16().is_some() { format!("{host}:{port}") } else { host.clone() };
+            let authority = if uri.port_u16().is_some() {
+                format!("{host}:{port}")
+            } else {
+                host.clone()
+            };
             let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
             let mut req = http::Request::builder()
                 .method(method)
                 .uri(path)
                 .header(http::header::HOST, authority)
-                .header(http::header::USER_AGENT, concat!("moat/", env!("CARGO_PKG_VERSION")))
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("moat/", env!("CARGO_PKG_VERSION")),
+                )
                 .header(http::header::ACCEPT, "application/json");
             for (name, value) in headers {
-                let mut v = http::HeaderValue::from_str(value).map_err(|_| http_err(&"a header value has invalid characters"))?;
+                let mut v = http::HeaderValue::from_str(value)
+                    .map_err(|_| http_err(&"a header value has invalid characters"))?;
                 v.set_sensitive(true);
                 req = req.header(*name, v);
             }
             let req = req.body(Full::new(body)).map_err(|e| http_err(&e))?;
             let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
             let status = resp.status().as_u16();
-            let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| http_err(&e))?.to_bytes();
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| http_err(&e))?
+                .to_bytes();
             Ok(Fetched { status, body })
         };
         tokio::time::timeout(REQUEST_TIMEOUT, fut)
             .await
-            .unwrap_or_else(|_| Err(NetError::Timeout { host: host.clone(), port, secs: REQUEST_TIMEOUT.as_secs() }))
+            .unwrap_or_else(|_| {
+                Err(NetError::Timeout {
+                    host: host.clone(),
+                    port,
+                    secs: REQUEST_TIMEOUT.as_secs(),
+                })
+            })
     }
 }
 

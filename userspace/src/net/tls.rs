@@ -24,7 +24,10 @@ pub fn root_store(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = extra_ca {
-        let err = |reason: String| TlsError::UpstreamCa { path: path.to_owned(), reason };
+        let err = |reason: String| TlsError::UpstreamCa {
+            path: path.to_owned(),
+            reason,
+        };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| err(e.to_string()))?
             .collect::<Result<_, _>>()
@@ -33,14 +36,19 @@ pub fn root_store(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
             return Err(err("no CERTIFICATE blocks found".into()));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| err(format!("unusable certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| err(format!("unusable certificate: {e}")))?;
         }
     }
     Ok(roots)
 }
 
 /// A client config trusting [`root_store`], offering `alpn`.
-pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn client_config(
+    roots: RootCertStore,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -27,9 +27,18 @@ pub fn normalize_host(host: &str) -> String {
 
 impl HostPattern {
     pub fn parse(pattern: &str) -> Result<Self, HostPatternError> {
-        let err = |reason| HostPatternError { pattern: pattern.to_owned(), reason };
+        let err = |reason| HostPatternError {
+            pattern: pattern.to_owned(),
+            reason,
+        };
         let (host, port) = match pattern.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| err("the port must be a number from 1 to 65535"))?)),
+            Some((h, p)) => (
+                h,
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| err("the port must be a number from 1 to 65535"))?,
+                ),
+            ),
             None => (pattern, None),
         };
         if port == Some(0) {
@@ -43,7 +52,8 @@ impl HostPattern {
         let label_ok = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !l.starts_with('-')
         };
         if name.is_empty() || !name.split('.').all(label_ok) {
@@ -51,8 +61,16 @@ impl HostPattern {
                 "use a host name like 'api.example.com' or a wildcard like '*.example.com' (letters, digits, '-', '.')",
             ));
         }
-        let name = if wildcard { format!(".{name}") } else { name.to_owned() };
-        Ok(Self { name, wildcard, port })
+        let name = if wildcard {
+            format!(".{name}")
+        } else {
+            name.to_owned()
+        };
+        Ok(Self {
+            name,
+            wildcard,
+            port,
+        })
     }
 
     /// Does `host:port` (as seen in SNI, Host or a URL) match?
@@ -137,16 +155,34 @@ mod tests {
 
     #[test]
     fn invalid() {
-        for bad in ["", "*", "*.", "a.*.com", "*foo.com", "a b.com", "x.com:0", "x.com:99999", "http://x.com", "a..b"] {
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a.*.com",
+            "*foo.com",
+            "a b.com",
+            "x.com:0",
+            "x.com:99999",
+            "http://x.com",
+            "a..b",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn specificity_orders_exact_first() {
-        let mut v = [p("*.example.com"), p("api.example.com"), p("*.api.example.com")];
+        let mut v = [
+            p("*.example.com"),
+            p("api.example.com"),
+            p("*.api.example.com"),
+        ];
         v.sort_by_key(|h| std::cmp::Reverse(h.specificity()));
         let order: Vec<String> = v.iter().map(|h| h.to_string()).collect();
-        assert_eq!(order, ["api.example.com", "*.api.example.com", "*.example.com"]);
+        assert_eq!(
+            order,
+            ["api.example.com", "*.api.example.com", "*.example.com"]
+        );
     }
 }

@@ -113,5 +113,7 @@ impl Provider {
 }
 
 fn hosts(list: &[&str]) -> Vec<HostPattern> {
-    list.iter().map(|h| HostPattern::parse(h).expect("built-in host patterns are valid")).collect()
+    list.iter()
+        .map(|h| HostPattern::parse(h).expect("built-in host patterns are valid"))
+        .collect()
 }

@@ -32,7 +32,11 @@ impl Alphabet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {
     /// `prefix` followed by `len` characters of `alphabet`.
-    Prefixed { prefix: &'static str, len: usize, alphabet: Alphabet },
+    Prefixed {
+        prefix: &'static str,
+        len: usize,
+        alphabet: Alphabet,
+    },
     /// A fixed value (npm's documented `npm_moatProxyInjected00000000`).
     Fixed(&'static str),
     /// Token substitution: `moat-<hash>`, replaced wherever it appears.
@@ -41,7 +45,11 @@ pub enum Format {
 
 impl Format {
     pub const fn prefixed(prefix: &'static str, len: usize, alphabet: Alphabet) -> Self {
-        Format::Prefixed { prefix, len, alphabet }
+        Format::Prefixed {
+            prefix,
+            len,
+            alphabet,
+        }
     }
 }
 
@@ -53,7 +61,11 @@ pub const SUBSTITUTION_HASH_LEN: usize = 32;
 pub fn derive(format: &Format, key: &[u8; 32], name: &str, token: &str) -> String {
     let (prefix, len, alphabet) = match *format {
         Format::Fixed(v) => return v.to_owned(),
-        Format::Prefixed { prefix, len, alphabet } => (prefix, len, alphabet),
+        Format::Prefixed {
+            prefix,
+            len,
+            alphabet,
+        } => (prefix, len, alphabet),
         Format::Substitution => ("moat-", SUBSTITUTION_HASH_LEN, Alphabet::Hex),
     };
     let chars = alphabet.chars();
@@ -85,7 +97,12 @@ mod tests {
 
     #[test]
     fn github_shape() {
-        let ph = derive(&Format::prefixed("ghp_", 36, Alphabet::Base62), &K, "github", "ghp_real");
+        let ph = derive(
+            &Format::prefixed("ghp_", 36, Alphabet::Base62),
+            &K,
+            "github",
+            "ghp_real",
+        );
         assert!(ph.starts_with("ghp_"));
         assert_eq!(ph.len(), 40);
         assert!(ph[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
@@ -99,19 +116,35 @@ mod tests {
         assert!(a[5..].bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(a, derive(&Format::Substitution, &K, "telegram", "123:ABC"));
         assert_ne!(a, derive(&Format::Substitution, &K, "telegram", "123:ABD"));
-        assert_ne!(a, derive(&Format::Substitution, &[8; 32], "telegram", "123:ABC"));
+        assert_ne!(
+            a,
+            derive(&Format::Substitution, &[8; 32], "telegram", "123:ABC")
+        );
         assert_ne!(a, derive(&Format::Substitution, &K, "tg2", "123:ABC"));
         assert!(!a.contains("123") || !a.contains("ABC"));
     }
 
     #[test]
     fn long_outputs_span_several_blocks() {
-        let ph = derive(&Format::prefixed("sk-ant-api03-", 95, Alphabet::UrlSafe), &K, "anthropic", "x");
+        let ph = derive(
+            &Format::prefixed("sk-ant-api03-", 95, Alphabet::UrlSafe),
+            &K,
+            "anthropic",
+            "x",
+        );
         assert_eq!(ph.len(), 13 + 95);
     }
 
     #[test]
     fn fixed() {
-        assert_eq!(derive(&Format::Fixed("npm_moatProxyInjected00000000"), &K, "npm", "t"), "npm_moatProxyInjected00000000");
+        assert_eq!(
+            derive(
+                &Format::Fixed("npm_moatProxyInjected00000000"),
+                &K,
+                "npm",
+                "t"
+            ),
+            "npm_moatProxyInjected00000000"
+        );
     }
 }

@@ -10,14 +10,38 @@ use super::{Origin, Provider, builtin};
 
 /// YAML providers shipped inside the binary (top-level `providers/`).
 const SHIPPED: &[(&str, &str)] = &[
-    ("brave-search.yaml", include_str!("../../../providers/brave-search.yaml")),
-    ("datadog.yaml", include_str!("../../../providers/datadog.yaml")),
-    ("elevenlabs.yaml", include_str!("../../../providers/elevenlabs.yaml")),
-    ("gitlab.yaml", include_str!("../../../providers/gitlab.yaml")),
-    ("linear.yaml", include_str!("../../../providers/linear.yaml")),
-    ("sentry.yaml", include_str!("../../../providers/sentry.yaml")),
-    ("telegram.yaml", include_str!("../../../providers/telegram.yaml")),
-    ("vercel.yaml", include_str!("../../../providers/vercel.yaml")),
+    (
+        "brave-search.yaml",
+        include_str!("../../../providers/brave-search.yaml"),
+    ),
+    (
+        "datadog.yaml",
+        include_str!("../../../providers/datadog.yaml"),
+    ),
+    (
+        "elevenlabs.yaml",
+        include_str!("../../../providers/elevenlabs.yaml"),
+    ),
+    (
+        "gitlab.yaml",
+        include_str!("../../../providers/gitlab.yaml"),
+    ),
+    (
+        "linear.yaml",
+        include_str!("../../../providers/linear.yaml"),
+    ),
+    (
+        "sentry.yaml",
+        include_str!("../../../providers/sentry.yaml"),
+    ),
+    (
+        "telegram.yaml",
+        include_str!("../../../providers/telegram.yaml"),
+    ),
+    (
+        "vercel.yaml",
+        include_str!("../../../providers/vercel.yaml"),
+    ),
 ];
 
 /// Words `moat grant` uses as subcommands; no provider may take them.
@@ -27,11 +51,28 @@ pub const RESERVED: &[&str] = &["list", "providers", "show", "help"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warning {
     Invalid(YamlError),
-    ShadowsBuiltin { file: PathBuf, name: String },
-    Reserved { file: PathBuf, name: String },
-    Duplicate { file: PathBuf, name: String, first: PathBuf },
-    AliasTaken { file: PathBuf, alias: String, owner: String },
-    Unreadable { path: PathBuf, reason: String },
+    ShadowsBuiltin {
+        file: PathBuf,
+        name: String,
+    },
+    Reserved {
+        file: PathBuf,
+        name: String,
+    },
+    Duplicate {
+        file: PathBuf,
+        name: String,
+        first: PathBuf,
+    },
+    AliasTaken {
+        file: PathBuf,
+        alias: String,
+        owner: String,
+    },
+    Unreadable {
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Warning {
@@ -44,7 +85,11 @@ impl std::fmt::Display for Warning {
                 file.display()
             ),
             Warning::Reserved { file, name } => {
-                write!(f, "{}: '{name}' is a 'moat grant' subcommand, not a usable provider name; ignored", file.display())
+                write!(
+                    f,
+                    "{}: '{name}' is a 'moat grant' subcommand, not a usable provider name; ignored",
+                    file.display()
+                )
             }
             Warning::Duplicate { file, name, first } => write!(
                 f,
@@ -53,9 +98,15 @@ impl std::fmt::Display for Warning {
                 first.display()
             ),
             Warning::AliasTaken { file, alias, owner } => {
-                write!(f, "{}: alias '{alias}' already names provider '{owner}'; alias ignored", file.display())
+                write!(
+                    f,
+                    "{}: alias '{alias}' already names provider '{owner}'; alias ignored",
+                    file.display()
+                )
             }
-            Warning::Unreadable { path, reason } => write!(f, "cannot read provider file {}: {reason}", path.display()),
+            Warning::Unreadable { path, reason } => {
+                write!(f, "cannot read provider file {}: {reason}", path.display())
+            }
         }
     }
 }
@@ -69,7 +120,10 @@ impl Registry {
     /// Built-in and shipped providers only (no user files).
     pub fn builtin_and_shipped() -> Self {
         let (reg, warnings) = Self::load_from(None);
-        debug_assert!(warnings.is_empty(), "shipped providers must load cleanly: {warnings:?}");
+        debug_assert!(
+            warnings.is_empty(),
+            "shipped providers must load cleanly: {warnings:?}"
+        );
         reg
     }
 
@@ -94,17 +148,31 @@ impl Registry {
             };
             match yaml::parse(&text, &path, Origin::Custom(path.clone())) {
                 Err(e) => warnings.push(Warning::Invalid(e)),
-                Ok(p) if providers[..builtin_count].iter().any(|b| b.is_named(&p.name)) => {
-                    warnings.push(Warning::ShadowsBuiltin { file: path, name: p.name })
+                Ok(p)
+                    if providers[..builtin_count]
+                        .iter()
+                        .any(|b| b.is_named(&p.name)) =>
+                {
+                    warnings.push(Warning::ShadowsBuiltin {
+                        file: path,
+                        name: p.name,
+                    })
                 }
-                Ok(p) if RESERVED.contains(&p.name.as_str()) => warnings.push(Warning::Reserved { file: path, name: p.name }),
+                Ok(p) if RESERVED.contains(&p.name.as_str()) => warnings.push(Warning::Reserved {
+                    file: path,
+                    name: p.name,
+                }),
                 Ok(p) => match custom.iter().find(|c| c.name == p.name) {
                     Some(first) => {
                         let first = match &first.origin {
                             Origin::Custom(f) => f.clone(),
                             _ => PathBuf::new(),
                         };
-                        warnings.push(Warning::Duplicate { file: path, name: p.name, first })
+                        warnings.push(Warning::Duplicate {
+                            file: path,
+                            name: p.name,
+                            first,
+                        })
                     }
                     None => custom.push(p),
                 },
@@ -126,13 +194,18 @@ impl Registry {
                 Origin::Custom(f) => f.clone(),
                 _ => PathBuf::from("(shipped)"),
             };
-            p.aliases.retain(|alias| match providers.iter().find(|o| o.is_named(alias)) {
-                Some(owner) => {
-                    warnings.push(Warning::AliasTaken { file: file.clone(), alias: alias.clone(), owner: owner.name.clone() });
-                    false
-                }
-                None => true,
-            });
+            p.aliases
+                .retain(|alias| match providers.iter().find(|o| o.is_named(alias)) {
+                    Some(owner) => {
+                        warnings.push(Warning::AliasTaken {
+                            file: file.clone(),
+                            alias: alias.clone(),
+                            owner: owner.name.clone(),
+                        });
+                        false
+                    }
+                    None => true,
+                });
             providers.push(p);
         }
         (Self { providers }, warnings)
@@ -154,7 +227,9 @@ impl Registry {
 
 /// `*.yaml`/`*.yml` in `dir`, sorted by file name (a missing dir is empty).
 fn read_yaml_dir(dir: &Path) -> Vec<(PathBuf, Result<String, String>)> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut paths: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
@@ -180,8 +255,12 @@ mod tests {
     }
 
     fn header_of(p: &Provider) -> (String, String) {
-        let Injection::Headers(rules) = &p.injection else { panic!("{} injects no header", p.name) };
-        let HeaderValue::Prefixed(prefix) = &rules[0].value else { panic!() };
+        let Injection::Headers(rules) = &p.injection else {
+            panic!("{} injects no header", p.name)
+        };
+        let HeaderValue::Prefixed(prefix) = &rules[0].value else {
+            panic!()
+        };
         (rules[0].header.clone(), prefix.clone())
     }
 
@@ -203,8 +282,25 @@ mod tests {
     fn builtins_and_shipped_are_all_there() {
         let reg = Registry::builtin_and_shipped();
         for name in [
-            "github", "claude", "anthropic", "openai", "gemini", "graphite", "meta", "npm", "aws", "ssh", "mcp", "gitlab",
-            "brave-search", "elevenlabs", "linear", "vercel", "sentry", "datadog", "telegram",
+            "github",
+            "claude",
+            "anthropic",
+            "openai",
+            "gemini",
+            "graphite",
+            "meta",
+            "npm",
+            "aws",
+            "ssh",
+            "mcp",
+            "gitlab",
+            "brave-search",
+            "elevenlabs",
+            "linear",
+            "vercel",
+            "sentry",
+            "datadog",
+            "telegram",
         ] {
             assert!(reg.get(name).is_some(), "{name} missing");
         }
@@ -215,13 +311,26 @@ mod tests {
     #[test]
     fn shipped_match_the_reference_table() {
         let reg = Registry::builtin_and_shipped();
-        let hosts = |n: &str| reg.get(n).unwrap().hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let hosts = |n: &str| {
+            reg.get(n)
+                .unwrap()
+                .hosts
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+        };
         let header = |n: &str| header_of(reg.get(n).unwrap());
         assert_eq!(hosts("gitlab"), ["gitlab.com", "*.gitlab.com"]);
         assert_eq!(header("gitlab"), ("PRIVATE-TOKEN".into(), "".into()));
-        assert_eq!(reg.get("gitlab").unwrap().source_env, ["GITLAB_TOKEN", "GL_TOKEN"]);
+        assert_eq!(
+            reg.get("gitlab").unwrap().source_env,
+            ["GITLAB_TOKEN", "GL_TOKEN"]
+        );
         assert_eq!(header("brave-search").0, "X-Subscription-Token");
-        assert_eq!(reg.get("brave-search").unwrap().source_env, ["BRAVE_API_KEY", "BRAVE_SEARCH_API_KEY"]);
+        assert_eq!(
+            reg.get("brave-search").unwrap().source_env,
+            ["BRAVE_API_KEY", "BRAVE_SEARCH_API_KEY"]
+        );
         assert_eq!(header("elevenlabs").0, "xi-api-key");
         assert_eq!(header("linear"), ("Authorization".into(), "".into()));
         assert_eq!(header("vercel"), ("Authorization".into(), "Bearer ".into()));
@@ -230,7 +339,10 @@ mod tests {
         assert_eq!(header("sentry"), ("Authorization".into(), "Bearer ".into()));
         assert_eq!(hosts("datadog"), ["*.datadoghq.com"]);
         assert_eq!(header("datadog").0, "DD-API-KEY");
-        assert_eq!(reg.get("datadog").unwrap().source_env, ["DD_API_KEY", "DATADOG_API_KEY"]);
+        assert_eq!(
+            reg.get("datadog").unwrap().source_env,
+            ["DD_API_KEY", "DATADOG_API_KEY"]
+        );
         let tg = reg.get("telegram").unwrap();
         assert_eq!(tg.injection, Injection::Substitute);
         assert_eq!(hosts("telegram"), ["api.telegram.org"]);
@@ -240,20 +352,55 @@ mod tests {
     #[test]
     fn github_injects_bearer_on_api_and_basic_on_git() {
         let reg = Registry::builtin_and_shipped();
-        let Injection::Headers(rules) = &reg.get("github").unwrap().injection else { panic!() };
-        let rule_for = |host: &str| rules.iter().find(|r| r.hosts.iter().any(|h| h.matches(host, 443))).unwrap();
-        assert_eq!(rule_for("api.github.com").value, HeaderValue::Prefixed("Bearer ".into()));
-        assert_eq!(rule_for("github.com").value, HeaderValue::Basic { user: "x-access-token".into() });
+        let Injection::Headers(rules) = &reg.get("github").unwrap().injection else {
+            panic!()
+        };
+        let rule_for = |host: &str| {
+            rules
+                .iter()
+                .find(|r| r.hosts.iter().any(|h| h.matches(host, 443)))
+                .unwrap()
+        };
+        assert_eq!(
+            rule_for("api.github.com").value,
+            HeaderValue::Prefixed("Bearer ".into())
+        );
+        assert_eq!(
+            rule_for("github.com").value,
+            HeaderValue::Basic {
+                user: "x-access-token".into()
+            }
+        );
     }
 
     #[test]
     fn custom_overrides_shipped_but_not_builtin() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "gitlab.yaml", "name: gitlab\ndescription: self-hosted\naliases: [gl]\nhosts: [git.corp.test]\ninject: {header: PRIVATE-TOKEN}\n");
-        write(dir.path(), "github.yaml", "name: github\ndescription: evil\nhosts: [evil.test]\ninject: {header: X}\n");
-        write(dir.path(), "broken.yaml", "name: broken\ndescription: d\nhosts: [a.test]\ninject:\n  headr: X\n");
-        write(dir.path(), "ok.yml", "name: acme\ndescription: d\naliases: [gl, ac]\nhosts: [api.acme.test]\ninject: {header: X}\n");
-        write(dir.path(), "list.yaml", "name: list\ndescription: d\nhosts: [a.test]\ninject: {header: X}\n");
+        write(
+            dir.path(),
+            "gitlab.yaml",
+            "name: gitlab\ndescription: self-hosted\naliases: [gl]\nhosts: [git.corp.test]\ninject: {header: PRIVATE-TOKEN}\n",
+        );
+        write(
+            dir.path(),
+            "github.yaml",
+            "name: github\ndescription: evil\nhosts: [evil.test]\ninject: {header: X}\n",
+        );
+        write(
+            dir.path(),
+            "broken.yaml",
+            "name: broken\ndescription: d\nhosts: [a.test]\ninject:\n  headr: X\n",
+        );
+        write(
+            dir.path(),
+            "ok.yml",
+            "name: acme\ndescription: d\naliases: [gl, ac]\nhosts: [api.acme.test]\ninject: {header: X}\n",
+        );
+        write(
+            dir.path(),
+            "list.yaml",
+            "name: list\ndescription: d\nhosts: [a.test]\ninject: {header: X}\n",
+        );
         write(dir.path(), "notes.txt", "not yaml");
         let (reg, warnings) = Registry::load(dir.path());
         let gitlab = reg.get("gitlab").unwrap();
@@ -265,8 +412,16 @@ mod tests {
         assert_eq!(reg.all().iter().filter(|p| p.name == "gitlab").count(), 1);
         assert!(reg.get("list").is_none());
         let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-        assert!(text.iter().any(|w| w.contains("github.yaml") && w.contains("cannot be overridden")), "{text:?}");
-        assert!(text.iter().any(|w| w.contains("broken.yaml:5") && w.contains("headr")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|w| w.contains("github.yaml") && w.contains("cannot be overridden")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|w| w.contains("broken.yaml:5") && w.contains("headr")),
+            "{text:?}"
+        );
         assert!(text.iter().any(|w| w.contains("alias 'gl'")), "{text:?}");
         assert!(text.iter().any(|w| w.contains("list.yaml")), "{text:?}");
         assert_eq!(warnings.len(), 4, "{text:?}");

@@ -30,12 +30,19 @@ pub fn build(provider: &Provider, token: &str) -> Option<Request> {
         _ => (None, String::new()),
     };
     let header_name = v.header.clone().or(inject_header);
-    let prefix = if v.header.is_some() || !v.prefix.is_empty() { v.prefix.clone() } else { inject_prefix };
-    let url_has_token = v.url.contains("${token}");
+    let prefix = if v.header.is_some() || !v.prefix.is_empty() {
+        v.prefix.clone()
+    } else {
+        inject_prefix
+    };
     let header = header_name
-        .filter(|h| !h.is_empty() && !(url_has_token && provider.injection == Injection::Substitute))
+        .filter(|h| !h.is_empty())
         .map(|h| (h, SecretString::from(format!("{prefix}{token}"))));
-    Some(Request { method: v.method.clone(), url: SecretString::from(v.url.replace("${token}", token)), header })
+    Some(Request {
+        method: v.method.clone(),
+        url: SecretString::from(v.url.replace("${token}", token)),
+        header,
+    })
 }
 
 /// The verdict on a validation response.
@@ -50,27 +57,53 @@ pub enum Outcome {
 }
 
 /// Fields that name the token's owner, most specific first.
-const IDENTITY_POINTERS: &[&str] =
-    &["/login", "/username", "/user/login", "/user/username", "/result/username", "/data/username", "/name", "/email"];
+const IDENTITY_POINTERS: &[&str] = &[
+    "/login",
+    "/username",
+    "/user/login",
+    "/user/username",
+    "/result/username",
+    "/data/username",
+    "/name",
+    "/email",
+];
 
 pub fn judge(status: u16, body: &[u8], token: &str) -> Outcome {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     if (200..300).contains(&status) {
         let identity = json.as_ref().and_then(|j| {
-            IDENTITY_POINTERS.iter().find_map(|p| j.pointer(p).and_then(|v| v.as_str()).map(str::to_owned))
+            IDENTITY_POINTERS
+                .iter()
+                .find_map(|p| j.pointer(p).and_then(|v| v.as_str()).map(str::to_owned))
         });
-        return Outcome::Valid { identity: identity.filter(|i| !i.is_empty() && !(token.len() >= 8 && i.contains(token))) };
+        return Outcome::Valid {
+            identity: identity.filter(|i| !(i.is_empty() || token.len() >= 8 && i.contains(token))),
+        };
     }
     let message = json
         .as_ref()
         .and_then(|j| {
-            ["/message", "/error/message", "/error_description", "/description", "/error"]
-                .iter()
-                .find_map(|p| j.pointer(p).and_then(|v| v.as_str()).map(str::to_owned))
+            [
+                "/message",
+                "/error/message",
+                "/error_description",
+                "/description",
+                "/error",
+            ]
+            .iter()
+            .find_map(|p| j.pointer(p).and_then(|v| v.as_str()).map(str::to_owned))
         })
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned());
+        .unwrap_or_else(|| {
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_owned()
+        });
     // An API that echoes the token back must not get it printed.
-    let message = if token.len() < 8 { message } else { message.replace(token, "[redacted]") };
+    let message = if token.len() < 8 {
+        message
+    } else {
+        message.replace(token, "[redacted]")
+    };
     if status == 401 || status == 403 {
         Outcome::Rejected { status, message }
     } else {
@@ -108,7 +141,10 @@ mod tests {
     fn substitution_puts_token_in_url_only() {
         let reg = Registry::builtin_and_shipped();
         let r = build(reg.get("tg").unwrap(), "123:ABC").unwrap();
-        assert_eq!(r.url.expose_secret(), "https://api.telegram.org/bot123:ABC/getMe");
+        assert_eq!(
+            r.url.expose_secret(),
+            "https://api.telegram.org/bot123:ABC/getMe"
+        );
         assert!(r.header.is_none());
         assert_eq!(r.describe_host(), "api.telegram.org");
     }
@@ -116,23 +152,40 @@ mod tests {
     #[test]
     fn yaml_header_default_and_override() {
         let reg = Registry::builtin_and_shipped();
-        let (h, v) = build(reg.get("gitlab").unwrap(), "glpat").unwrap().header.unwrap();
+        let (h, v) = build(reg.get("gitlab").unwrap(), "glpat")
+            .unwrap()
+            .header
+            .unwrap();
         assert_eq!((h.as_str(), v.expose_secret()), ("PRIVATE-TOKEN", "glpat"));
     }
 
     #[test]
     fn judging() {
-        assert_eq!(judge(200, br#"{"login":"octocat"}"#, "t"), Outcome::Valid { identity: Some("octocat".into()) });
+        assert_eq!(
+            judge(200, br#"{"login":"octocat"}"#, "t"),
+            Outcome::Valid {
+                identity: Some("octocat".into())
+            }
+        );
         assert_eq!(
             judge(200, br#"{"ok":true,"result":{"username":"my_bot"}}"#, "t"),
-            Outcome::Valid { identity: Some("my_bot".into()) }
+            Outcome::Valid {
+                identity: Some("my_bot".into())
+            }
         );
         assert_eq!(judge(204, b"", "t"), Outcome::Valid { identity: None });
         assert_eq!(
             judge(401, br#"{"message":"Bad credentials"}"#, "t"),
-            Outcome::Rejected { status: 401, message: "Bad credentials".into() }
+            Outcome::Rejected {
+                status: 401,
+                message: "Bad credentials".into()
+            }
         );
-        let Outcome::Unexpected { message, .. } = judge(500, b"oops secret-token here", "secret-token") else { panic!() };
+        let Outcome::Unexpected { message, .. } =
+            judge(500, b"oops secret-token here", "secret-token")
+        else {
+            panic!()
+        };
         assert_eq!(message, "oops [redacted] here");
     }
 }

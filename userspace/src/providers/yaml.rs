@@ -54,12 +54,19 @@ pub struct YamlError {
 /// 1-based line of the first top-level `field:` key, for errors found after parsing.
 fn line_of(text: &str, field: &str) -> usize {
     let key = format!("{field}:");
-    text.lines().position(|l| l.starts_with(&key)).map(|i| i + 1).unwrap_or(1)
+    text.lines()
+        .position(|l| l.starts_with(&key))
+        .map(|i| i + 1)
+        .unwrap_or(1)
 }
 
 pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlError> {
     let file_name = file.display().to_string();
-    let at = |field: &str, message: String| YamlError { file: file_name.clone(), line: line_of(text, field), message };
+    let at = |field: &str, message: String| YamlError {
+        file: file_name.clone(),
+        line: line_of(text, field),
+        message,
+    };
     let doc: Doc = serde_yaml_ng::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line()).unwrap_or(1);
         let mut message = e.to_string();
@@ -67,18 +74,31 @@ pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlEr
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
-        YamlError { file: file_name.clone(), line, message }
+        YamlError {
+            file: file_name.clone(),
+            line,
+            message,
+        }
     })?;
 
     let name = CredName::parse(&doc.name).map_err(|e| at("name", format!("field 'name': {e}")))?;
     if doc.name.contains(':') {
-        return Err(at("name", "field 'name': ':' is reserved for ssh:<host> grants".into()));
+        return Err(at(
+            "name",
+            "field 'name': ':' is reserved for ssh:<host> grants".into(),
+        ));
     }
     if doc.description.trim().is_empty() {
-        return Err(at("description", "field 'description' must not be empty".into()));
+        return Err(at(
+            "description",
+            "field 'description' must not be empty".into(),
+        ));
     }
     if doc.hosts.is_empty() {
-        return Err(at("hosts", "field 'hosts' must list at least one host".into()));
+        return Err(at(
+            "hosts",
+            "field 'hosts' must list at least one host".into(),
+        ));
     }
     let hosts = doc
         .hosts
@@ -89,17 +109,30 @@ pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlEr
     for alias in &doc.aliases {
         CredName::parse(alias).map_err(|e| at("aliases", format!("field 'aliases': {e}")))?;
     }
-    let env_ok = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let env_ok =
+        |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if let Some(bad) = doc.source_env.iter().find(|v| !env_ok(v)) {
-        return Err(at("source_env", format!("field 'source_env': '{bad}' is not an environment variable name")));
+        return Err(at(
+            "source_env",
+            format!("field 'source_env': '{bad}' is not an environment variable name"),
+        ));
     }
     if let Some(bad) = doc.container_env.as_deref().filter(|v| !env_ok(v)) {
-        return Err(at("container_env", format!("field 'container_env': '{bad}' is not an environment variable name")));
+        return Err(at(
+            "container_env",
+            format!("field 'container_env': '{bad}' is not an environment variable name"),
+        ));
     }
     let injection = match (&doc.inject, &doc.container_env) {
         (Some(inject), _) => {
             if !valid_header_name(&inject.header) {
-                return Err(at("inject", format!("field 'inject.header': '{}' is not a valid HTTP header name", inject.header)));
+                return Err(at(
+                    "inject",
+                    format!(
+                        "field 'inject.header': '{}' is not a valid HTTP header name",
+                        inject.header
+                    ),
+                ));
             }
             Injection::Headers(vec![HeaderRule {
                 hosts: hosts.clone(),
@@ -119,16 +152,33 @@ pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlEr
         None => None,
         Some(v) => {
             if !v.url.starts_with("https://") && !v.url.starts_with("http://") {
-                return Err(at("validate", format!("field 'validate.url': '{}' is not an http(s) URL", v.url)));
+                return Err(at(
+                    "validate",
+                    format!("field 'validate.url': '{}' is not an http(s) URL", v.url),
+                ));
             }
             if let Some(h) = v.header.as_deref().filter(|h| !valid_header_name(h)) {
-                return Err(at("validate", format!("field 'validate.header': '{h}' is not a valid HTTP header name")));
+                return Err(at(
+                    "validate",
+                    format!("field 'validate.header': '{h}' is not a valid HTTP header name"),
+                ));
             }
-            let method = v.method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+            let method = v
+                .method
+                .unwrap_or_else(|| "GET".into())
+                .to_ascii_uppercase();
             if http::Method::from_bytes(method.as_bytes()).is_err() {
-                return Err(at("validate", format!("field 'validate.method': '{method}' is not an HTTP method")));
+                return Err(at(
+                    "validate",
+                    format!("field 'validate.method': '{method}' is not an HTTP method"),
+                ));
             }
-            Some(Validate { url: v.url, method, header: v.header, prefix: v.prefix.unwrap_or_default() })
+            Some(Validate {
+                url: v.url,
+                method,
+                header: v.header,
+                prefix: v.prefix.unwrap_or_default(),
+            })
         }
     };
     let placeholder = doc.container_env.as_ref().map(|_| match injection {
@@ -182,7 +232,9 @@ mod tests {
 
     #[test]
     fn substitution_mode_without_header() {
-        let p = load("name: bot\ndescription: d\nhosts: [api.bot.test]\ncontainer_env: BOT_TOKEN\n").unwrap();
+        let p =
+            load("name: bot\ndescription: d\nhosts: [api.bot.test]\ncontainer_env: BOT_TOKEN\n")
+                .unwrap();
         assert_eq!(p.injection, Injection::Substitute);
         assert_eq!(p.placeholder, Some(Format::Substitution));
     }
@@ -193,15 +245,19 @@ mod tests {
         assert!(e.message.contains("inject.header"), "{e}");
         let e = load("name: x\ndescription: d\n").unwrap_err();
         assert!(e.message.contains("missing field `hosts`"), "{e}");
-        let e = load("name: x\ndescription: d\nhosts: [a.test]\ninject:\n  header: X\n  prefx: y\n").unwrap_err();
+        let e =
+            load("name: x\ndescription: d\nhosts: [a.test]\ninject:\n  header: X\n  prefx: y\n")
+                .unwrap_err();
         assert_eq!(e.line, 6, "{e}");
         assert!(e.message.contains("prefx"), "{e}");
-        let e = load("name: x\ndescription: d\nhosts:\n  - 'bad host'\ninject: {header: X}\n").unwrap_err();
+        let e = load("name: x\ndescription: d\nhosts:\n  - 'bad host'\ninject: {header: X}\n")
+            .unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.to_string().starts_with("p.yaml:3: field 'hosts'"), "{e}");
         let e = load("name: x\n  description: [\n").unwrap_err();
         assert!(e.line >= 1, "{e}");
-        let e = load("name: Bad Name\ndescription: d\nhosts: [a.test]\ninject: {header: X}\n").unwrap_err();
+        let e = load("name: Bad Name\ndescription: d\nhosts: [a.test]\ninject: {header: X}\n")
+            .unwrap_err();
         assert!(e.to_string().starts_with("p.yaml:1: field 'name'"), "{e}");
     }
 }

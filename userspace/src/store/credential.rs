@@ -54,7 +54,10 @@ impl Credential {
 
 /// Current time truncated to whole seconds (what the file keeps).
 pub fn now_secs() -> SystemTime {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
@@ -84,7 +87,9 @@ struct Record {
 const RECORD_VERSION: u32 = 1;
 
 fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn time(s: u64) -> SystemTime {
@@ -111,7 +116,11 @@ impl Credential {
             provider: self.provider.clone(),
             kind: self.kind,
             token: plain(&self.token),
-            secrets: self.secrets.iter().map(|(k, v)| (k.clone(), plain(v))).collect(),
+            secrets: self
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), plain(v)))
+                .collect(),
             source: self.source.clone(),
             metadata: self.metadata.clone(),
             expires_at: self.expires_at.map(secs),
@@ -126,13 +135,20 @@ impl Credential {
     pub fn from_plaintext(bytes: &[u8]) -> Result<Self, RecordError> {
         let r: Record = serde_json::from_slice(bytes).map_err(|e| RecordError(e.to_string()))?;
         if r.v > RECORD_VERSION {
-            return Err(RecordError(format!("record version {} is newer than this Moat; upgrade moat", r.v)));
+            return Err(RecordError(format!(
+                "record version {} is newer than this Moat; upgrade moat",
+                r.v
+            )));
         }
         Ok(Self {
             provider: r.provider,
             kind: r.kind,
             token: secret(&r.token),
-            secrets: r.secrets.iter().map(|(k, v)| (k.clone(), secret(v))).collect(),
+            secrets: r
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), secret(v)))
+                .collect(),
             source: r.source,
             metadata: r.metadata,
             expires_at: r.expires_at.map(time),
@@ -148,8 +164,13 @@ mod tests {
 
     #[test]
     fn record_round_trip_and_debug_redacts() {
-        let mut c = Credential::new_static("github", SecretString::from("ghp_realtoken"), "env:GITHUB_TOKEN");
-        c.secrets.insert("refresh_token".into(), SecretString::from("rt_secret"));
+        let mut c = Credential::new_static(
+            "github",
+            SecretString::from("ghp_realtoken"),
+            "env:GITHUB_TOKEN",
+        );
+        c.secrets
+            .insert("refresh_token".into(), SecretString::from("rt_secret"));
         c.metadata.insert("login".into(), "octocat".into());
         c.expires_at = Some(time(2_000_000_000));
         let back = Credential::from_plaintext(&c.to_plaintext()).unwrap();
@@ -159,7 +180,10 @@ mod tests {
         assert_eq!(back.expires_at, c.expires_at);
         assert_eq!(back.created_at, c.created_at);
         let dbg = format!("{back:?}");
-        assert!(!dbg.contains("ghp_realtoken") && !dbg.contains("rt_secret"), "{dbg}");
+        assert!(
+            !dbg.contains("ghp_realtoken") && !dbg.contains("rt_secret"),
+            "{dbg}"
+        );
     }
 
     #[test]

@@ -86,7 +86,8 @@ impl Key {
     /// A sub-key for `label`, so one stored key serves several purposes
     /// without any of them revealing another.
     pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref()).expect("any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref()).expect("any key length");
         mac.update(label.as_bytes());
         Zeroizing::new(mac.finalize().into_bytes().into())
     }
@@ -114,7 +115,9 @@ pub enum FormatError {
     Truncated(usize),
     #[error("not a Moat credential file (bad magic bytes)")]
     BadMagic,
-    #[error("written by a newer Moat (format version {0}, this Moat reads version {VERSION}); upgrade moat")]
+    #[error(
+        "written by a newer Moat (format version {0}, this Moat reads version {VERSION}); upgrade moat"
+    )]
     UnsupportedVersion(u8),
     #[error("unknown key backend id {0} in header")]
     UnknownBackend(u8),
@@ -146,7 +149,12 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
     key_id.copy_from_slice(&bytes[10..18]);
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&bytes[18..30]);
-    Ok(Header { version, backend, key_id: KeyId(key_id), nonce })
+    Ok(Header {
+        version,
+        backend,
+        key_id: KeyId(key_id),
+        nonce,
+    })
 }
 
 fn aad(header: &[u8], name: &str) -> Vec<u8> {
@@ -157,7 +165,12 @@ fn aad(header: &[u8], name: &str) -> Vec<u8> {
 }
 
 /// Seal `plaintext` for credential `name` with a fresh random nonce.
-pub fn seal(key: &Key, backend: BackendKind, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, getrandom::Error> {
+pub fn seal(
+    key: &Key,
+    backend: BackendKind,
+    name: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, getrandom::Error> {
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce)?;
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
@@ -167,8 +180,13 @@ pub fn seal(key: &Key, backend: BackendKind, name: &str, plaintext: &[u8]) -> Re
     out.extend_from_slice(&key.id().0);
     out.extend_from_slice(&nonce);
     let cipher = Aes256Gcm::new(key.bytes().into());
-    let payload = Payload { msg: plaintext, aad: &aad(&out, name) };
-    let ct = cipher.encrypt(Nonce::from_slice(&nonce), payload).expect("AES-GCM encryption cannot fail for in-memory sizes");
+    let payload = Payload {
+        msg: plaintext,
+        aad: &aad(&out, name),
+    };
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), payload)
+        .expect("AES-GCM encryption cannot fail for in-memory sizes");
     out.extend_from_slice(&ct);
     Ok(out)
 }
@@ -181,7 +199,10 @@ pub fn open(key: &Key, name: &str, bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>, O
         return Err(OpenError::KeyMismatch.into());
     }
     let cipher = Aes256Gcm::new(key.bytes().into());
-    let payload = Payload { msg: &bytes[HEADER_LEN..], aad: &aad(&bytes[..HEADER_LEN], name) };
+    let payload = Payload {
+        msg: &bytes[HEADER_LEN..],
+        aad: &aad(&bytes[..HEADER_LEN], name),
+    };
     cipher
         .decrypt(Nonce::from_slice(&header.nonce), payload)
         .map(Zeroizing::new)
@@ -221,7 +242,10 @@ mod tests {
         let a = seal(&k, BackendKind::File, "x", b"same").unwrap();
         let b = seal(&k, BackendKind::File, "x", b"same").unwrap();
         assert_ne!(a, b);
-        assert_ne!(parse_header(&a).unwrap().nonce, parse_header(&b).unwrap().nonce);
+        assert_ne!(
+            parse_header(&a).unwrap().nonce,
+            parse_header(&b).unwrap().nonce
+        );
     }
 
     #[test]
@@ -230,7 +254,10 @@ mod tests {
         let sealed = seal(&k, BackendKind::Keyring, "github", b"record").unwrap();
         let mut flipped = sealed.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(open(&k, "github", &flipped), Err(OpenError::Tampered.into()));
+        assert_eq!(
+            open(&k, "github", &flipped),
+            Err(OpenError::Tampered.into())
+        );
         let mut hdr = sealed.clone();
         hdr[20] ^= 1; // nonce byte: header is authenticated
         assert_eq!(open(&k, "github", &hdr), Err(OpenError::Tampered.into()));
@@ -240,7 +267,10 @@ mod tests {
     #[test]
     fn wrong_key_is_reported_as_key_change() {
         let sealed = seal(&key(3), BackendKind::File, "a", b"r").unwrap();
-        assert_eq!(open(&key(4), "a", &sealed), Err(OpenError::KeyMismatch.into()));
+        assert_eq!(
+            open(&key(4), "a", &sealed),
+            Err(OpenError::KeyMismatch.into())
+        );
     }
 
     #[test]
@@ -248,7 +278,10 @@ mod tests {
         let sealed = seal(&key(5), BackendKind::File, "a", b"record").unwrap();
         assert_eq!(parse_header(&sealed[..10]), Err(FormatError::Truncated(10)));
         assert_eq!(parse_header(b""), Err(FormatError::Truncated(0)));
-        assert_eq!(parse_header(b"garbage garbage garbage garbage garbage"), Err(FormatError::BadMagic));
+        assert_eq!(
+            parse_header(b"garbage garbage garbage garbage garbage"),
+            Err(FormatError::BadMagic)
+        );
         // Cut inside the ciphertext: authentication fails, no panic.
         let cut = &sealed[..sealed.len() - 3];
         assert_eq!(open(&key(5), "a", cut), Err(OpenError::Tampered.into()));
@@ -258,8 +291,15 @@ mod tests {
     fn header_version_and_backend_checked() {
         let mut sealed = seal(&key(6), BackendKind::File, "a", b"r").unwrap();
         sealed[8] = 9;
-        assert_eq!(parse_header(&sealed), Err(FormatError::UnsupportedVersion(9)));
-        assert!(FormatError::UnsupportedVersion(9).to_string().contains("upgrade moat"));
+        assert_eq!(
+            parse_header(&sealed),
+            Err(FormatError::UnsupportedVersion(9))
+        );
+        assert!(
+            FormatError::UnsupportedVersion(9)
+                .to_string()
+                .contains("upgrade moat")
+        );
         sealed[8] = VERSION;
         sealed[9] = 77;
         assert_eq!(parse_header(&sealed), Err(FormatError::UnknownBackend(77)));

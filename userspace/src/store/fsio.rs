@@ -14,9 +14,14 @@ pub const TMP_SUFFIX: &str = ".tmp";
 /// rename, fsync the directory. A crash at any point leaves either the old
 /// file or the new one, never a mix.
 pub fn write_atomic(home: &MoatHome, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent"))?;
     home.ensure_dir(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".").suffix(TMP_SUFFIX).tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".")
+        .suffix(TMP_SUFFIX)
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     home.seal_perms(tmp.path(), mode)?;
     tmp.as_file().sync_all()?;
@@ -26,7 +31,9 @@ pub fn write_atomic(home: &MoatHome, path: &Path, bytes: &[u8], mode: u32) -> io
 
 /// Remove temp files a killed writer left in `dir`. Only call with the lock held.
 pub fn sweep_debris(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -45,7 +52,11 @@ pub struct WriteLock {
 pub fn lock(home: &MoatHome) -> io::Result<WriteLock> {
     let path: PathBuf = home.lock_file();
     home.ensure_dir(home.root())?;
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
     home.seal_perms(&path, 0o600)?;
     file.lock()?;
     Ok(WriteLock { _file: file })

@@ -31,7 +31,10 @@ impl KeyringBackend {
 }
 
 fn unavailable(reason: impl std::fmt::Display) -> KeyError {
-    KeyError::Unavailable { backend: NAME, reason: reason.to_string() }
+    KeyError::Unavailable {
+        backend: NAME,
+        reason: reason.to_string(),
+    }
 }
 
 impl KeyBackend for KeyringBackend {
@@ -83,13 +86,22 @@ pub fn helper_main(op: &str) -> Result<(), KeyError> {
     }
 }
 
-fn helper(owner: Owner, op: &str, key: Option<&Key>) -> Result<zeroize::Zeroizing<String>, KeyError> {
+fn helper(
+    owner: Owner,
+    op: &str,
+    key: Option<&Key>,
+) -> Result<zeroize::Zeroizing<String>, KeyError> {
     let exe = std::env::current_exe().map_err(unavailable)?;
     let mut cmd = Command::new(exe);
     cmd.args(["__keyring", op]).uid(owner.uid).gid(owner.gid);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() {
-        cmd.env("DBUS_SESSION_BUS_ADDRESS", format!("unix:path=/run/user/{}/bus", owner.uid));
+        cmd.env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            format!("unix:path=/run/user/{}/bus", owner.uid),
+        );
     }
     let mut child = cmd.spawn().map_err(unavailable)?;
     if let (Some(key), Some(mut stdin)) = (key, child.stdin.take()) {
@@ -98,9 +110,15 @@ fn helper(owner: Owner, op: &str, key: Option<&Key>) -> Result<zeroize::Zeroizin
     drop(child.stdin.take());
     let out = child.wait_with_output().map_err(unavailable)?;
     if !out.status.success() {
-        return Err(unavailable(String::from_utf8_lossy(&out.stderr).trim().trim_start_matches("moat: error: ")));
+        return Err(unavailable(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("moat: error: "),
+        ));
     }
-    Ok(zeroize::Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok(zeroize::Zeroizing::new(
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
 }
 
 #[cfg(target_os = "linux")]
@@ -116,21 +134,35 @@ mod imp {
     }
 
     /// Run one keychain conversation on a private runtime, bounded in time.
-    fn block_on<T>(fut: impl std::future::Future<Output = Result<T, KeyError>>) -> Result<T, KeyError> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(unavailable)?;
+    fn block_on<T>(
+        fut: impl std::future::Future<Output = Result<T, KeyError>>,
+    ) -> Result<T, KeyError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(unavailable)?;
         rt.block_on(async {
-            tokio::time::timeout(TIMEOUT, fut).await.unwrap_or_else(|_| Err(unavailable("no answer within 5 s")))
+            tokio::time::timeout(TIMEOUT, fut)
+                .await
+                .unwrap_or_else(|_| Err(unavailable("no answer within 5 s")))
         })
     }
 
     pub fn load() -> Result<Option<Key>, KeyError> {
         block_on(async {
-            let ss = SecretService::connect(EncryptionType::Dh).await.map_err(unavailable)?;
+            let ss = SecretService::connect(EncryptionType::Dh)
+                .await
+                .map_err(unavailable)?;
             let found = ss.search_items(attrs()).await.map_err(unavailable)?;
-            let item = match (found.unlocked.into_iter().next(), found.locked.into_iter().next()) {
+            let item = match (
+                found.unlocked.into_iter().next(),
+                found.locked.into_iter().next(),
+            ) {
                 (Some(item), _) => item,
                 (None, Some(item)) => {
-                    item.unlock().await.map_err(|e| unavailable(format!("keychain is locked: {e}")))?;
+                    item.unlock()
+                        .await
+                        .map_err(|e| unavailable(format!("keychain is locked: {e}")))?;
                     item
                 }
                 (None, None) => return Ok(None),
@@ -143,13 +175,18 @@ mod imp {
 
     pub fn store(key: &Key) -> Result<(), KeyError> {
         block_on(async {
-            let ss = SecretService::connect(EncryptionType::Dh).await.map_err(unavailable)?;
+            let ss = SecretService::connect(EncryptionType::Dh)
+                .await
+                .map_err(unavailable)?;
             let collection = match ss.get_default_collection().await {
                 Ok(c) => c,
                 Err(_) => ss.get_any_collection().await.map_err(unavailable)?,
             };
             if collection.is_locked().await.map_err(unavailable)? {
-                collection.unlock().await.map_err(|e| unavailable(format!("keychain is locked: {e}")))?;
+                collection
+                    .unlock()
+                    .await
+                    .map_err(|e| unavailable(format!("keychain is locked: {e}")))?;
             }
             let secret = encode_key(key);
             collection

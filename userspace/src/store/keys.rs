@@ -24,22 +24,37 @@ use crate::home::MoatHome;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{backend} is not reachable: {reason}")]
-    Unavailable { backend: &'static str, reason: String },
+    Unavailable {
+        backend: &'static str,
+        reason: String,
+    },
     #[error("cannot use key file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("key file {path} is not a Moat key ({reason}); move it aside only if no credential needs it")]
+    #[error(
+        "key file {path} is not a Moat key ({reason}); move it aside only if no credential needs it"
+    )]
     BadKeyFile { path: PathBuf, reason: String },
-    #[error("key file {path} is accessible by other users (mode {mode:04o}); run: chmod 600 {path}")]
+    #[error(
+        "key file {path} is accessible by other users (mode {mode:04o}); run: chmod 600 {path}"
+    )]
     Insecure { path: PathBuf, mode: u32 },
     #[error(
         "the key that sealed this credential is not in {backend}{hint}; it was sealed with key id {key_id}"
     )]
-    Missing { backend: &'static str, key_id: String, hint: String },
+    Missing {
+        backend: &'static str,
+        key_id: String,
+        hint: String,
+    },
     #[error(
         "{count} stored credential(s) were sealed with a key that is not available ({reason}). \
 Moat will not create a new key, because that would orphan them. {fix}"
     )]
-    WouldOrphan { count: usize, reason: String, fix: String },
+    WouldOrphan {
+        count: usize,
+        reason: String,
+        fix: String,
+    },
     #[error("MOAT_KEY_BACKEND='{0}' is not one of: auto, keyring, file")]
     BadPolicy(String),
     #[error("the system random number generator failed: {0}")]
@@ -66,7 +81,11 @@ pub enum Policy {
 
 impl Policy {
     pub fn from_env() -> Result<Self, KeyError> {
-        match std::env::var("MOAT_KEY_BACKEND").ok().as_deref().map(str::trim) {
+        match std::env::var("MOAT_KEY_BACKEND")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
             None | Some("") | Some("auto") => Ok(Policy::Auto),
             Some("keyring") => Ok(Policy::Keyring),
             Some("file") => Ok(Policy::File),
@@ -93,7 +112,10 @@ impl KeyBackend for FileBackend {
 
     fn load(&self) -> Result<Option<Key>, KeyError> {
         let path = self.home.key_file();
-        let io_err = |source| KeyError::Io { path: path.clone(), source };
+        let io_err = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = match fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -105,13 +127,16 @@ impl KeyBackend for FileBackend {
         }
         let mut text = Zeroizing::new(String::new());
         file.read_to_string(&mut text).map_err(io_err)?;
-        decode_key(text.trim()).map(Some).map_err(|reason| KeyError::BadKeyFile { path, reason })
+        decode_key(text.trim())
+            .map(Some)
+            .map_err(|reason| KeyError::BadKeyFile { path, reason })
     }
 
     fn store(&self, key: &Key) -> Result<(), KeyError> {
         let path = self.home.key_file();
         let text = Zeroizing::new(format!("{}\n", B64.encode(key.bytes())));
-        fsio::write_atomic(&self.home, &path, text.as_bytes(), 0o600).map_err(|source| KeyError::Io { path, source })
+        fsio::write_atomic(&self.home, &path, text.as_bytes(), 0o600)
+            .map_err(|source| KeyError::Io { path, source })
     }
 
     fn location(&self) -> String {
@@ -121,7 +146,10 @@ impl KeyBackend for FileBackend {
 
 pub fn decode_key(text: &str) -> Result<Key, String> {
     let bytes = Zeroizing::new(B64.decode(text).map_err(|e| format!("not base64: {e}"))?);
-    let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| format!("{} bytes, expected 32", bytes.len()))?;
+    let arr: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("{} bytes, expected 32", bytes.len()))?;
     Ok(Key::from_bytes(arr))
 }
 
@@ -147,7 +175,12 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(policy: Policy, keyring: Box<dyn KeyBackend>, file: Box<dyn KeyBackend>) -> Self {
-        Self { policy, keyring, file, cache: Mutex::new(HashMap::new()) }
+        Self {
+            policy,
+            keyring,
+            file,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     fn backend(&self, kind: BackendKind) -> &dyn KeyBackend {
@@ -201,30 +234,56 @@ impl Keys {
                 Ok(None) => {
                     reachable_empty.get_or_insert(kind);
                 }
-                Err(KeyError::Unavailable { reason, .. }) if self.policy == Policy::Auto => unreachable.push(reason),
+                Err(KeyError::Unavailable { reason, .. }) if self.policy == Policy::Auto => {
+                    unreachable.push(reason)
+                }
                 Err(e) => return Err(e),
             }
         }
         if !sealed.is_empty() {
             let reason = if unreachable.is_empty() {
-                "no key found in ".to_owned() + &order.iter().map(|k| k.describe()).collect::<Vec<_>>().join(" or ")
+                "no key found in ".to_owned()
+                    + &order
+                        .iter()
+                        .map(|k| k.describe())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
             } else {
-                format!("the system keychain is not reachable: {}", unreachable.join("; "))
+                format!(
+                    "the system keychain is not reachable: {}",
+                    unreachable.join("; ")
+                )
             };
-            return Err(KeyError::WouldOrphan { count: sealed.len(), reason, fix: orphan_fix(sealed) });
+            return Err(KeyError::WouldOrphan {
+                count: sealed.len(),
+                reason,
+                fix: orphan_fix(sealed),
+            });
         }
         let Some(kind) = reachable_empty else {
             let reason = unreachable.join("; ");
-            return Err(KeyError::Unavailable { backend: "no key backend", reason });
+            return Err(KeyError::Unavailable {
+                backend: "no key backend",
+                reason,
+            });
         };
         let key = Key::generate().map_err(KeyError::Random)?;
         self.backend(kind).store(&key)?;
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(kind, key.clone());
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind, key.clone());
         let place = match (kind, unreachable.first()) {
             (BackendKind::File, Some(why)) => {
-                format!("no keychain answered ({why}); encryption key stored in {}", self.file.location())
+                format!(
+                    "no keychain answered ({why}); encryption key stored in {}",
+                    self.file.location()
+                )
             }
-            _ => format!("encryption key created in {}", self.backend(kind).location()),
+            _ => format!(
+                "encryption key created in {}",
+                self.backend(kind).location()
+            ),
         };
         Ok((kind, key, Created::Yes(place)))
     }
@@ -242,6 +301,9 @@ fn orphan_fix(sealed: &[Header]) -> String {
     if in_file {
         fix.push("Restore $MOAT_HOME/encryption.key from a backup".to_owned());
     }
-    fix.push("or, to start over, remove the credential files (moat revoke NAME) and grant them again".to_owned());
+    fix.push(
+        "or, to start over, remove the credential files (moat revoke NAME) and grant them again"
+            .to_owned(),
+    );
     fix.join("; ") + "."
 }

@@ -27,15 +27,32 @@ const EXT: &str = "enc";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("no credential '{name}'{in_profile}; {available}")]
-    NotFound { name: CredName, in_profile: String, available: String },
+    NotFound {
+        name: CredName,
+        in_profile: String,
+        available: String,
+    },
     #[error("credential file {path}: {source}")]
     Format { path: PathBuf, source: FormatError },
-    #[error("decrypting credential '{name}': cipher: message authentication failed — {source}; run '{regrant}' again")]
-    Decrypt { name: CredName, source: OpenError, regrant: String },
+    #[error(
+        "decrypting credential '{name}': cipher: message authentication failed — {source}; run '{regrant}' again"
+    )]
+    Decrypt {
+        name: CredName,
+        source: OpenError,
+        regrant: String,
+    },
     #[error("credential file {path}: {source}")]
-    Record { path: PathBuf, source: credential::RecordError },
+    Record {
+        path: PathBuf,
+        source: credential::RecordError,
+    },
     #[error("decrypting credential '{name}': {source}")]
     Key { name: CredName, source: KeyError },
     #[error(transparent)]
@@ -56,7 +73,11 @@ pub struct Store {
 
 impl Store {
     pub fn new(home: MoatHome, profile: Option<ProfileName>, keys: Keys) -> Self {
-        Self { home, profile, keys }
+        Self {
+            home,
+            profile,
+            keys,
+        }
     }
 
     /// The store as the environment configures it: `$MOAT_HOME`, `MOAT_KEY_BACKEND`.
@@ -64,7 +85,11 @@ impl Store {
         let policy = Policy::from_env()?;
         let keyring = Box::new(keyring::KeyringBackend::new(home.owner()));
         let file = Box::new(keys::FileBackend::new(home.clone()));
-        Ok(Self::new(home.clone(), profile, Keys::new(policy, keyring, file)))
+        Ok(Self::new(
+            home.clone(),
+            profile,
+            Keys::new(policy, keyring, file),
+        ))
     }
 
     pub fn home(&self) -> &MoatHome {
@@ -95,7 +120,10 @@ impl Store {
         let dir = self.dir();
         self.home.ensure_dir(&dir).map_err(io_err("create", &dir))?;
         fsio::sweep_debris(&dir);
-        let (backend, key, created) = self.keys.for_write(&self.all_headers()).map_err(StoreError::KeyForWrite)?;
+        let (backend, key, created) = self
+            .keys
+            .for_write(&self.all_headers())
+            .map_err(StoreError::KeyForWrite)?;
         let sealed = crypto::seal(&key, backend, name.as_str(), &cred.to_plaintext())
             .map_err(|e| StoreError::KeyForWrite(KeyError::Random(e)))?;
         let path = self.path(name);
@@ -110,13 +138,27 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(name)),
             Err(e) => return Err(io_err("read", &path)(e)),
         };
-        let header = crypto::parse_header(&bytes).map_err(|source| StoreError::Format { path: path.clone(), source })?;
-        let key = self.keys.for_open(&header).map_err(|source| StoreError::Key { name: name.clone(), source })?;
+        let header = crypto::parse_header(&bytes).map_err(|source| StoreError::Format {
+            path: path.clone(),
+            source,
+        })?;
+        let key = self
+            .keys
+            .for_open(&header)
+            .map_err(|source| StoreError::Key {
+                name: name.clone(),
+                source,
+            })?;
         let plain = crypto::open(&key, name.as_str(), &bytes).map_err(|e| match e {
-            OpenOrFormat::Format(source) => StoreError::Format { path: path.clone(), source },
-            OpenOrFormat::Open(source) => {
-                StoreError::Decrypt { name: name.clone(), source, regrant: name.regrant_command() }
-            }
+            OpenOrFormat::Format(source) => StoreError::Format {
+                path: path.clone(),
+                source,
+            },
+            OpenOrFormat::Open(source) => StoreError::Decrypt {
+                name: name.clone(),
+                source,
+                regrant: name.regrant_command(),
+            },
         })?;
         Credential::from_plaintext(&plain).map_err(|source| StoreError::Record { path, source })
     }
@@ -155,16 +197,27 @@ impl Store {
     fn not_found(&self, name: &CredName) -> StoreError {
         let names = self.names().unwrap_or_default();
         let available = if names.is_empty() {
-            format!("nothing is stored{}; run '{}' first", self.in_profile(), name.regrant_command())
+            format!(
+                "nothing is stored{}; run '{}' first",
+                self.in_profile(),
+                name.regrant_command()
+            )
         } else {
             let list: Vec<&str> = names.iter().map(CredName::as_str).collect();
             format!("stored: {}", list.join(", "))
         };
-        StoreError::NotFound { name: name.clone(), in_profile: self.in_profile(), available }
+        StoreError::NotFound {
+            name: name.clone(),
+            in_profile: self.in_profile(),
+            available,
+        }
     }
 
     fn in_profile(&self) -> String {
-        self.profile.as_ref().map(|p| format!(" in profile '{p}'")).unwrap_or_default()
+        self.profile
+            .as_ref()
+            .map(|p| format!(" in profile '{p}'"))
+            .unwrap_or_default()
     }
 
     /// Headers of every sealed file in every profile: a new key must not be
@@ -177,13 +230,17 @@ impl Store {
         }
         let mut headers = Vec::new();
         for dir in dirs {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.extension().is_some_and(|e| e == EXT) {
                     // Unreadable or garbage files still count: better refuse to
                     // create a key than orphan something we failed to parse.
-                    let header = fs::read(&path).ok().and_then(|b| crypto::parse_header(&b).ok());
+                    let header = fs::read(&path)
+                        .ok()
+                        .and_then(|b| crypto::parse_header(&b).ok());
                     headers.push(header.unwrap_or(Header {
                         version: crypto::VERSION,
                         backend: crypto::BackendKind::File,

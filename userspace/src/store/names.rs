@@ -12,7 +12,8 @@ pub struct ProfileName(String);
 
 pub const CRED_NAME_RULE: &str = "a credential name starts with a lowercase letter or digit, then uses only \
 lowercase letters, digits, '.', '_', '-' and ':', at most 128 characters";
-pub const PROFILE_RULE: &str = "a profile name starts with a letter or digit, then uses only letters, digits, '-' and '_'";
+pub const PROFILE_RULE: &str =
+    "a profile name starts with a letter or digit, then uses only letters, digits, '-' and '_'";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {what} '{value}': {rule}")]
@@ -33,7 +34,11 @@ impl CredName {
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(NameError { what: "credential name", value: s.to_owned(), rule: CRED_NAME_RULE })
+            Err(NameError {
+                what: "credential name",
+                value: s.to_owned(),
+                rule: CRED_NAME_RULE,
+            })
         }
     }
 
@@ -72,12 +77,17 @@ impl fmt::Display for CredName {
 impl ProfileName {
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let ok = s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             && s.len() <= 64;
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(NameError { what: "profile name", value: s.to_owned(), rule: PROFILE_RULE })
+            Err(NameError {
+                what: "profile name",
+                value: s.to_owned(),
+                rule: PROFILE_RULE,
+            })
         }
     }
 
@@ -101,9 +111,20 @@ mod tests {
         for ok in ["work", "my-project", "team_alpha", "prod1", "A1", "1x"] {
             assert!(ProfileName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["-leading-dash", "has spaces", "uses.dots", "", "_x", "a/b", "ü"] {
+        for bad in [
+            "-leading-dash",
+            "has spaces",
+            "uses.dots",
+            "",
+            "_x",
+            "a/b",
+            "ü",
+        ] {
             let err = ProfileName::parse(bad).unwrap_err();
-            assert!(err.to_string().contains("starts with a letter or digit"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("starts with a letter or digit"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -113,7 +134,17 @@ mod tests {
             assert!(CredName::parse(ok).is_ok(), "{ok}");
         }
         let long = "a".repeat(129);
-        for bad in ["GitHub", "", "../x", "a/b", ".hidden", "-x", "a b", "a%3ab", long.as_str()] {
+        for bad in [
+            "GitHub",
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "-x",
+            "a b",
+            "a%3ab",
+            long.as_str(),
+        ] {
             assert!(CredName::parse(bad).is_err(), "{bad}");
         }
     }

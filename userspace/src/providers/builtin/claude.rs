@@ -22,6 +22,7 @@ pub fn provider() -> Provider {
     }
     p.container_env = Some("CLAUDE_CODE_OAUTH_TOKEN".into());
     p.placeholder = Some(Format::prefixed("sk-ant-oat01-", 95, Alphabet::UrlSafe));
-    p.prompt = Some("Paste an OAuth token from 'claude setup-token' (starts with sk-ant-oat).".into());
+    p.prompt =
+        Some("Paste an OAuth token from 'claude setup-token' (starts with sk-ant-oat).".into());
     p
 }

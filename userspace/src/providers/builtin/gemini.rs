@@ -17,6 +17,9 @@ pub fn provider() -> Provider {
     p.source_env = strings(&["GEMINI_API_KEY"]);
     p.container_env = Some("GEMINI_API_KEY".into());
     p.placeholder = Some(Format::prefixed("AIza", 35, Alphabet::UrlSafe));
-    p.prompt = Some("Enter your Gemini API key.\nYou can create one at: https://aistudio.google.com/apikey".into());
+    p.prompt = Some(
+        "Enter your Gemini API key.\nYou can create one at: https://aistudio.google.com/apikey"
+            .into(),
+    );
     p
 }

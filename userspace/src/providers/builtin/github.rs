@@ -24,7 +24,9 @@ pub fn provider() -> Provider {
         HeaderRule {
             hosts: hosts(&["github.com"]),
             header: "Authorization".into(),
-            value: HeaderValue::Basic { user: "x-access-token".into() },
+            value: HeaderValue::Basic {
+                user: "x-access-token".into(),
+            },
         },
     ]);
     p.source_env = strings(&["GITHUB_TOKEN", "GH_TOKEN"]);

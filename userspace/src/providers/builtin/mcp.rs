@@ -5,7 +5,14 @@ use super::super::{Injection, Provider};
 use super::header_provider;
 
 pub fn provider() -> Provider {
-    let mut p = header_provider("mcp", "MCP", "Credential for a remote MCP server (grant as: moat grant mcp <name>)", &[], "", "");
+    let mut p = header_provider(
+        "mcp",
+        "MCP",
+        "Credential for a remote MCP server (grant as: moat grant mcp <name>)",
+        &[],
+        "",
+        "",
+    );
     p.injection = Injection::Special("header and host from moat.yaml's mcp: entry");
     p
 }

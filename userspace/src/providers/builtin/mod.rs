@@ -65,7 +65,12 @@ fn header_provider(
 }
 
 fn validate_get(url: &str) -> Option<super::Validate> {
-    Some(super::Validate { url: url.to_owned(), method: "GET".to_owned(), header: None, prefix: String::new() })
+    Some(super::Validate {
+        url: url.to_owned(),
+        method: "GET".to_owned(),
+        header: None,
+        prefix: String::new(),
+    })
 }
 
 fn strings(list: &[&str]) -> Vec<String> {

@@ -6,7 +6,14 @@ use super::super::{Flow, Injection, Provider};
 use super::{header_provider, strings};
 
 pub fn provider() -> Provider {
-    let mut p = header_provider("npm", "npm", "npm registry tokens (per registry host, from .npmrc or NPM_TOKEN)", &[], "Authorization", "Bearer ");
+    let mut p = header_provider(
+        "npm",
+        "npm",
+        "npm registry tokens (per registry host, from .npmrc or NPM_TOKEN)",
+        &[],
+        "Authorization",
+        "Bearer ",
+    );
     p.injection = Injection::Special("Bearer per registry host stored with the credential");
     p.source_env = strings(&["NPM_TOKEN"]);
     p.placeholder = Some(Format::Fixed("npm_moatProxyInjected00000000"));

@@ -4,7 +4,14 @@ use super::super::{Flow, Injection, Provider};
 use super::header_provider;
 
 pub fn provider() -> Provider {
-    let mut p = header_provider("ssh", "SSH", "SSH agent access for one host (grant as ssh:<host>)", &[], "", "");
+    let mut p = header_provider(
+        "ssh",
+        "SSH",
+        "SSH agent access for one host (grant as ssh:<host>)",
+        &[],
+        "",
+        "",
+    );
     p.injection = Injection::Special("SSH agent proxy, keys filtered per host");
     p.flow = Flow::Pending("'moat grant ssh --host HOST' is not in this build yet");
     p

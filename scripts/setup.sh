@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install what Moat's build, demo and tests need on Debian. Idempotent: only
+# missing packages are installed, and apt is only touched when one is missing.
+set -euo pipefail
+
+packages=(
+  dbus             # dbus-run-session: a private session bus for keychain tests
+  gnome-keyring    # a real Secret Service implementation
+  libsecret-tools  # secret-tool, to check what Moat put in the keychain
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
