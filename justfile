@@ -15,4 +15,4 @@ demo:
 # Formatting and lints only
 lint:
     cargo fmt --all --check
-    cargo clippy --workspace --all-targets --locked -- -D warnings
+    cargo clippy --workspace --all-targets --locked --features moat/vm-tests -- -D warnings

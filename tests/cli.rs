@@ -681,3 +681,54 @@ fn help_and_completions() {
         );
     }
 }
+
+#[test]
+fn hidden_prompt_on_a_terminal() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    // `script` gives moat a real pseudo-terminal; type only once the prompt shows.
+    // The clean environment of Env::cmd, but run through script(1).
+    let cmd = env.cmd();
+    let mut script = std::process::Command::new("script");
+    script
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let mut child = script
+        .args([
+            "-qec",
+            &format!("{MOAT} grant openai --no-validate"),
+            "/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("script(1) from util-linux is needed: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("Token: ") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"sk-typed-secret\n")
+        .unwrap();
+    out.read_to_end(&mut seen).unwrap();
+    assert!(child.wait().unwrap().success());
+    let shown = String::from_utf8_lossy(&seen);
+    assert!(shown.contains("platform.openai.com/api-keys"), "{shown}");
+    assert!(shown.contains("OpenAI credential saved"), "{shown}");
+    assert!(
+        !shown.contains("sk-typed-secret"),
+        "the token was echoed: {shown}"
+    );
+    assert_eq!(env.reveal("openai", &[]).unwrap(), "sk-typed-secret");
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &[])).stdout).unwrap();
+    assert_eq!(list[0]["source"], "prompt");
+}

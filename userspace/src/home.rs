@@ -29,6 +29,8 @@ pub enum HomeError {
     NoHome,
     #[error("SUDO_USER is '{0}' but no such user exists; run without sudo or set MOAT_HOME")]
     UnknownSudoUser(String),
+    #[error("running under sudo for '{user}', whose home {} does not exist; set MOAT_HOME", home.display())]
+    NoSudoUserHome { user: String, home: PathBuf },
 }
 
 impl MoatHome {
@@ -44,7 +46,14 @@ impl MoatHome {
         {
             let name = user.to_string_lossy().into_owned();
             let found = nix::unistd::User::from_name(&name).ok().flatten();
-            let user = found.ok_or(HomeError::UnknownSudoUser(name))?;
+            let user = found.ok_or_else(|| HomeError::UnknownSudoUser(name.clone()))?;
+            // Never create a user's home as root (nobody's is /nonexistent).
+            if !user.dir.is_dir() {
+                return Err(HomeError::NoSudoUserHome {
+                    user: name,
+                    home: user.dir,
+                });
+            }
             return Ok(Self::new(user.dir.join(".moat"), owner));
         }
         let home = non_empty_var("HOME").ok_or(HomeError::NoHome)?;
