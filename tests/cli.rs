@@ -732,3 +732,79 @@ fn hidden_prompt_on_a_terminal() {
         serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &[])).stdout).unwrap();
     assert_eq!(list[0]["source"], "prompt");
 }
+
+#[test]
+fn host_proxy_settings_are_honoured() {
+    let env = Env::new();
+    let ca = TestCa::new().unwrap();
+    let ca_file = ca.write_pem(env.dir.path()).unwrap();
+    let server = StubServer::start(&ca, &["api.github.com", "localhost"], fake_github()).unwrap();
+    let proxy = moat_testkit::ConnectProxy::start(server.addr).unwrap();
+    let proxy_url = format!("http://corp:s3cret@{}", proxy.addr);
+    let ca_env = ("MOAT_UPSTREAM_CA", ca_file.to_str().unwrap());
+
+    // No MOAT_RESOLVE: the validation request goes through HTTPS_PROXY.
+    let out = env.run(
+        &["grant", "github"],
+        &[ca_env, ("HTTPS_PROXY", &proxy_url), ("GITHUB_TOKEN", GH)],
+    );
+    ok(&out);
+    assert!(
+        stderr(&out).contains("Authenticated as: octocat"),
+        "{}",
+        stderr(&out)
+    );
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with("CONNECT api.github.com:443 HTTP/1.1\r\n"),
+        "{heads:?}"
+    );
+    // Basic corp:s3cret
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("proxy-authorization: basic y29ycdpzm2nyzxq="),
+        "{heads:?}"
+    );
+    assert!(
+        !heads[0].contains(GH),
+        "the token must travel inside TLS only"
+    );
+    assert_eq!(server.seen().len(), 1);
+
+    // NO_PROXY exempts a host: a dead proxy is never tried for it.
+    let port = server.addr.port();
+    fs::write(
+        env.providers_dir().join("local.yaml"),
+        format!("name: local\ndescription: d\nhosts: [localhost]\ninject: {{header: Authorization, prefix: \"Bearer \"}}\nsource_env: [LOCAL_TOKEN]\nvalidate:\n  url: https://localhost:{port}/user\n"),
+    )
+    .unwrap();
+    let dead = ("HTTPS_PROXY", "http://127.0.0.1:9");
+    let out = env.run(
+        &["grant", "local"],
+        &[
+            ca_env,
+            dead,
+            ("NO_PROXY", "localhost"),
+            ("LOCAL_TOKEN", "ghp_local"),
+        ],
+    );
+    ok(&out);
+    let err = fails(&env.run(
+        &["grant", "local"],
+        &[ca_env, dead, ("LOCAL_TOKEN", "ghp_local")],
+    ));
+    assert!(err.contains("through proxy 127.0.0.1:9"), "{err}");
+    assert_eq!(proxy.heads().len(), 1);
+
+    // A bad MOAT_UPSTREAM_CA is named.
+    let err = fails(&env.run(
+        &["grant", "github"],
+        &[
+            ("MOAT_UPSTREAM_CA", "/no/such/ca.pem"),
+            ("GITHUB_TOKEN", GH),
+        ],
+    ));
+    assert!(err.contains("MOAT_UPSTREAM_CA /no/such/ca.pem"), "{err}");
+}

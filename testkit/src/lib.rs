@@ -255,3 +255,93 @@ pub fn fake_github() -> Handler {
         }
     })
 }
+
+/// A stand-in for a corporate HTTP proxy: accepts `CONNECT host:port`,
+/// records the request head, and tunnels every request to `target` (a local
+/// stub) whatever host was asked for — so nothing is ever resolved or reached
+/// beyond loopback. Stops when dropped.
+pub struct ConnectProxy {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+    _rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl ConnectProxy {
+    pub fn start(target: SocketAddr) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?,
+        );
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let heads2 = heads.clone();
+        let task = rt.spawn(async move {
+            let listener = TcpListener::from_std(std_listener).expect("listener");
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let heads = heads2.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        if client.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let is_connect = text.starts_with("CONNECT ");
+                    if let Ok(mut h) = heads.lock() {
+                        h.push(text);
+                    }
+                    if !is_connect {
+                        let _ = client
+                            .write_all(
+                                b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        return;
+                    }
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            heads,
+            task,
+            _rt: rt,
+        })
+    }
+
+    /// Request heads received so far (`CONNECT host:port HTTP/1.1\r\n…`).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -350,6 +350,41 @@ mod tests {
     }
 
     #[test]
+    fn placeholder_formats_per_provider() {
+        use crate::providers::placeholder::derive;
+        let reg = Registry::builtin_and_shipped();
+        let ph = |n: &str| {
+            let p = reg.get(n).unwrap();
+            derive(
+                p.placeholder.as_ref().expect("placeholder"),
+                &[3; 32],
+                n,
+                "real-token-value",
+            )
+        };
+        let check = |n: &str, prefix: &str, len: usize| {
+            let v = ph(n);
+            assert!(v.starts_with(prefix) && v.len() == len, "{n}: {v}");
+            assert!(!v.contains("real-token-value"));
+        };
+        check("github", "ghp_", 40);
+        check("anthropic", "sk-ant-api03-", 108);
+        check("claude", "sk-ant-oat01-", 108);
+        check("openai", "sk-proj-", 72);
+        check("gemini", "AIza", 39);
+        check("telegram", "moat-", 37);
+        assert_eq!(ph("npm"), "npm_moatProxyInjected00000000");
+        // Every provider that sets an env var inside the sandbox has a placeholder for it.
+        for p in reg.all() {
+            assert!(
+                p.container_env.is_none() || p.placeholder.is_some(),
+                "{}",
+                p.name
+            );
+        }
+    }
+
+    #[test]
     fn github_injects_bearer_on_api_and_basic_on_git() {
         let reg = Registry::builtin_and_shipped();
         let Injection::Headers(rules) = &reg.get("github").unwrap().injection else {
