@@ -3,6 +3,7 @@
 
 mod grant;
 mod output;
+mod proxy;
 mod revoke;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ Start with:
   moat grant list              what is stored
   moat grant providers         what can be granted, and for which hosts
   moat revoke github           delete a stored credential
+  moat proxy --grant github    an injecting HTTP proxy for tools on this host
 
 Environment:
   MOAT_HOME         state directory (default ~/.moat)
@@ -57,6 +59,10 @@ enum Command {
     Grant(grant::GrantArgs),
     /// Delete a stored credential
     Revoke(revoke::RevokeArgs),
+    /// Run the credential-injecting proxy on its own (explicit HTTP proxy)
+    Proxy(proxy::ProxyArgs),
+    /// The Moat CA that signs intercepted connections
+    Ca(proxy::CaArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Example: moat completions bash > /etc/bash_completion.d/moat")]
     Completions {
@@ -112,6 +118,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Grant(args) => grant::run(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
+        Command::Proxy(args) => proxy::run(&ctx, args),
+        Command::Ca(args) => proxy::run_ca(&ctx, args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "moat", &mut std::io::stdout());
             Ok(())

@@ -52,6 +52,12 @@ pub enum NetError {
     Handshake { host: String, reason: String },
     #[error("HTTP exchange with {host} failed: {reason}")]
     Http { host: String, reason: String },
+    #[error("not connecting to {host}:{port}: {reason}")]
+    Denied {
+        host: String,
+        port: u16,
+        reason: String,
+    },
     #[error("{host}:{port} did not answer within {secs} s")]
     Timeout { host: String, port: u16, secs: u64 },
     #[error("not an http(s) URL with a host: {0}")]
@@ -62,11 +68,19 @@ pub enum NetError {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// Decides whether a resolved address may be connected to (the proxy's
+/// safety rules); `Err` carries the reason.
+pub trait ConnectGuard: Send + Sync {
+    fn check(&self, host: &str, port: u16, addr: std::net::SocketAddr) -> Result<(), String>;
+}
+
 /// How Moat reaches the outside world.
 pub struct Upstream {
     resolve: Resolve,
     tls: Arc<rustls::ClientConfig>,
+    tls_h2: Arc<rustls::ClientConfig>,
     proxies: Matcher,
+    guard: Option<Arc<dyn ConnectGuard>>,
 }
 
 /// A response read whole (bounded), for small API calls.
@@ -96,12 +110,26 @@ impl Upstream {
         proxies: Matcher,
     ) -> Result<Self, NetError> {
         let roots = tls::root_store(extra_ca)?;
-        let tls = tls::client_config(roots, &[b"http/1.1"])?;
+        let tls = tls::client_config(roots.clone(), &[b"http/1.1"])?;
+        let tls_h2 = tls::client_config(roots, &[b"h2", b"http/1.1"])?;
         Ok(Self {
             resolve,
             tls,
+            tls_h2,
             proxies,
+            guard: None,
         })
+    }
+
+    /// Check every direct connection with `guard` (the proxy's safety rules).
+    /// `MOAT_RESOLVE` targets are the user's explicit choice and not checked.
+    pub fn with_guard(mut self, guard: Arc<dyn ConnectGuard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn resolve(&self) -> &Resolve {
+        &self.resolve
     }
 
     /// A TCP stream to `host:port`: the `MOAT_RESOLVE` address if one is set
@@ -135,7 +163,7 @@ impl Upstream {
             .parse()
             .map_err(|_| NetError::BadUrl("bad host"))?;
         let Some(proxy) = self.proxies.intercept(&dst) else {
-            return TcpStream::connect((host, port)).await.map_err(connect_err);
+            return self.connect_direct(host, port).await;
         };
         let proxy_uri = proxy.uri().clone();
         let proxy_err = |reason: String| NetError::Proxy {
@@ -164,16 +192,72 @@ impl Upstream {
         Ok(io.into_inner())
     }
 
+    /// Resolve `host`, keep the addresses the guard allows, connect to the
+    /// first that answers.
+    async fn connect_direct(&self, host: &str, port: u16) -> Result<TcpStream, NetError> {
+        let connect_err = |reason: String| NetError::Connect {
+            host: host.to_owned(),
+            port,
+            reason,
+        };
+        let Some(guard) = &self.guard else {
+            return TcpStream::connect((host, port))
+                .await
+                .map_err(|e| connect_err(e.to_string()));
+        };
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| connect_err(format!("cannot resolve: {e}")))?
+            .collect();
+        let mut last = format!("{host} has no address");
+        let mut denied = true;
+        for addr in addrs {
+            if let Err(reason) = guard.check(host, port, addr) {
+                last = reason;
+                continue;
+            }
+            denied = false;
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        if denied {
+            Err(NetError::Denied {
+                host: host.to_owned(),
+                port,
+                reason: last,
+            })
+        } else {
+            Err(connect_err(last))
+        }
+    }
+
     /// A verified TLS stream to `host:port` (SNI and certificate check use `host`).
     pub async fn connect_tls(
         &self,
         host: &str,
         port: u16,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
+        self.connect_tls_alpn(host, port, false).await
+    }
+
+    /// Like [`Self::connect_tls`], offering `h2` too when `h2` is set.
+    pub async fn connect_tls_alpn(
+        &self,
+        host: &str,
+        port: u16,
+        h2: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
+        let config = if h2 {
+            self.tls_h2.clone()
+        } else {
+            self.tls.clone()
+        };
         let tcp = self.connect(host, port, true).await?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| NetError::BadUrl("invalid host name"))?;
-        let handshake = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp);
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
         let err = |mut reason: String| {
             if reason.contains("UnknownIssuer") {
                 reason.push_str(" (the server's certificate is not signed by a trusted CA; for a private or test CA set MOAT_UPSTREAM_CA=/path/ca.pem)");

@@ -104,6 +104,10 @@ pub struct Provider {
     pub prompt: Option<String>,
     pub flow: Flow,
     pub origin: Origin,
+    /// Hosts whose responses may carry the real token (OAuth token
+    /// endpoints): there the proxy replaces it by the placeholder, so it never
+    /// reaches the sandbox.
+    pub response_hosts: Vec<HostPattern>,
 }
 
 impl Provider {

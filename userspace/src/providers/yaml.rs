@@ -199,6 +199,7 @@ pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlEr
         prompt: doc.prompt.map(|p| p.trim_end().to_owned()),
         flow: Flow::Token,
         origin,
+        response_hosts: Vec::new(),
     })
 }
 

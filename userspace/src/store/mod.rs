@@ -132,6 +132,23 @@ impl Store {
     }
 
     pub fn get(&self, name: &CredName) -> Result<Credential, StoreError> {
+        self.open(name).map(|(c, _)| c)
+    }
+
+    /// The credential and the key for its placeholders: a sub-key of the key
+    /// that sealed it, so a placeholder is stable for as long as the
+    /// credential is, and reveals nothing about the token.
+    pub fn get_with_placeholder_key(
+        &self,
+        name: &CredName,
+    ) -> Result<(Credential, zeroize::Zeroizing<[u8; 32]>), StoreError> {
+        self.open(name)
+    }
+
+    fn open(
+        &self,
+        name: &CredName,
+    ) -> Result<(Credential, zeroize::Zeroizing<[u8; 32]>), StoreError> {
         let path = self.path(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -160,7 +177,9 @@ impl Store {
                 regrant: name.regrant_command(),
             },
         })?;
-        Credential::from_plaintext(&plain).map_err(|source| StoreError::Record { path, source })
+        let cred = Credential::from_plaintext(&plain)
+            .map_err(|source| StoreError::Record { path, source })?;
+        Ok((cred, key.derive("moat/placeholder/v1")))
     }
 
     /// Names stored in this profile, sorted.

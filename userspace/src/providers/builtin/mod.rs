@@ -61,6 +61,7 @@ fn header_provider(
         prompt: None,
         flow: super::Flow::Token,
         origin: super::Origin::Builtin,
+        response_hosts: Vec::new(),
     }
 }
 

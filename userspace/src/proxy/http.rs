@@ -1,0 +1,385 @@
+//! One intercepted HTTP exchange: rewrite, inject, forward, stream back.
+//!
+//! Bodies stream in both directions (no buffering beyond a substitution
+//! tail), so SSE and chunked responses reach the client as they arrive and
+//! multi-gigabyte uploads run in constant memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::Engine;
+use super::inject::Plan;
+use super::substitute::{SubstBody, Substitutions};
+use super::upstream::{BoxError, ProxyBody};
+
+/// Bodies up to this size are rewritten whole when a substitution changes
+/// their length, so Content-Length stays exact; larger ones stream chunked.
+const SMALL_BODY: u64 = 1 << 20;
+/// How long an upstream may take to send its response head.
+const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What an intercepted connection is talking to.
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// Upstream over TLS (the client spoke TLS to us).
+    pub tls: bool,
+    pub plan: Plan,
+}
+
+impl Target {
+    fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+pub fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A response Moat itself makes (errors, policy). Always says it is Moat's.
+pub fn moat_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(format!("moat: {message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(
+        HeaderName::from_static("x-moat-error"),
+        HeaderValue::from_static("1"),
+    );
+    resp
+}
+
+/// Forward one request for `target` and return the upstream's response.
+pub async fn forward(
+    engine: Arc<Engine>,
+    target: Arc<Target>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return moat_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT inside an intercepted connection is not supported",
+        );
+    }
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let plan = &target.plan;
+
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let path = match &plan.request_subst {
+        Some(s) => s.apply_str(&path).unwrap_or(path),
+        None => path,
+    };
+    let scheme = if target.tls { "https" } else { "http" };
+    let uri: Uri = match format!("{scheme}://{}{path}", target.authority()).parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return moat_response(
+                StatusCode::BAD_REQUEST,
+                "the request target is not a valid URI",
+            );
+        }
+    };
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::HOST);
+    if let Some(s) = &plan.request_subst {
+        substitute_headers(&mut parts.headers, s);
+    }
+    if target.tls {
+        for (name, value) in &plan.headers {
+            // Replace, never duplicate: a placeholder the client sent goes away.
+            parts.headers.remove(name);
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    } else if !plan.headers.is_empty() {
+        tracing::warn!(host = %target.host, "not injecting credentials into plain HTTP");
+    }
+    if plan.response_subst.is_some() {
+        // The token must be findable in the response: ask for no compression.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let body = match request_body(body, plan.request_subst.as_ref(), &mut parts.headers).await {
+        Ok(b) => b,
+        Err(e) => {
+            return moat_response(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request body: {e}"),
+            );
+        }
+    };
+    if !plan.grants.is_empty() {
+        tracing::info!(host = %target.host, grants = ?plan.grants, method = %parts.method, "injecting");
+    }
+
+    let sent = tokio::time::timeout(
+        RESPONSE_HEAD_TIMEOUT,
+        engine.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let mut resp = match sent {
+        Err(_) => {
+            return moat_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "{}:{} sent no response within {} s",
+                    target.host,
+                    target.port,
+                    RESPONSE_HEAD_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        Ok(Err(e)) => return upstream_error(&target, &e),
+        Ok(Ok(r)) => r,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await)
+                else {
+                    return;
+                };
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let body: ProxyBody = match &plan.response_subst {
+        Some(s) => {
+            substitute_headers(&mut parts.headers, s);
+            if s.changes_length() {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            SubstBody::new(body, s.clone())
+                .map_err(BoxError::from)
+                .boxed()
+        }
+        None => body.map_err(BoxError::from).boxed(),
+    };
+    Response::from_parts(parts, body)
+}
+
+async fn request_body(
+    body: Incoming,
+    subst: Option<&Arc<Substitutions>>,
+    headers: &mut HeaderMap,
+) -> Result<ProxyBody, BoxError> {
+    let Some(s) = subst else {
+        return Ok(body.map_err(BoxError::from).boxed());
+    };
+    if !s.changes_length() {
+        return Ok(SubstBody::new(body, s.clone())
+            .map_err(BoxError::from)
+            .boxed());
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if n <= SMALL_BODY => {
+            let bytes = Limited::new(body, SMALL_BODY as usize)
+                .collect()
+                .await?
+                .to_bytes();
+            let bytes = s.apply(&bytes).map(Bytes::from).unwrap_or(bytes);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            Ok(full(bytes))
+        }
+        _ => {
+            headers.remove(header::CONTENT_LENGTH);
+            Ok(SubstBody::new(body, s.clone())
+                .map_err(BoxError::from)
+                .boxed())
+        }
+    }
+}
+
+fn substitute_headers(headers: &mut HeaderMap, s: &Substitutions) {
+    for value in headers.values_mut() {
+        let Ok(text) = value.to_str() else { continue };
+        if let Some(new) = s.apply_str(text)
+            && let Ok(mut v) = HeaderValue::from_str(&new)
+        {
+            v.set_sensitive(true);
+            *value = v;
+        }
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` and
+/// `Connection: upgrade` for an upgrade request and `TE: trailers`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !(keep_upgrade && t == "upgrade"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "transfer-encoding",
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains("trailers")));
+    headers.remove(header::TE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// 502 or 504 saying which host and why (never a header value or URL).
+fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(net) = err.downcast_ref::<crate::net::NetError>() {
+            let status = match net {
+                crate::net::NetError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                crate::net::NetError::Denied { .. } => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let msg = match net {
+                crate::net::NetError::Denied { .. } => format!("blocked by Moat policy: {net}"),
+                _ => net.to_string(),
+            };
+            return moat_response(status, &msg);
+        }
+        source = err.source();
+    }
+    let mut reason = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(inner) = cur {
+        reason = format!("{reason}: {inner}");
+        cur = inner.source();
+    }
+    moat_response(
+        StatusCode::BAD_GATEWAY,
+        &format!("upstream {}:{} failed: {reason}", target.host, target.port),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_te_trailers_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        h.insert("authorization", HeaderValue::from_static("Bearer p"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(
+            h.get("x-private").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get("proxy-authorization").is_none()
+        );
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("authorization").is_some());
+    }
+
+    #[test]
+    fn upgrade_requests_keep_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn authority_omits_default_ports() {
+        let t = |host: &str, port, tls| {
+            Target {
+                host: host.into(),
+                port,
+                tls,
+                plan: Plan::default(),
+            }
+            .authority()
+        };
+        assert_eq!(t("api.x.test", 443, true), "api.x.test");
+        assert_eq!(t("api.x.test", 8443, true), "api.x.test:8443");
+        assert_eq!(t("api.x.test", 80, false), "api.x.test");
+        assert_eq!(t("::1", 443, true), "[::1]");
+    }
+}

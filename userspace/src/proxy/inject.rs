@@ -1,0 +1,315 @@
+//! The per-run injection table: host pattern → what to put on the wire.
+//! Pure: built from grants, asked per connection for a [`Plan`].
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::{HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use super::substitute::Substitutions;
+use crate::providers::{self, HostPattern, Injection, Provider};
+
+/// A credential made available to one run or proxy.
+pub struct Grant {
+    /// Credential name (`github`, `mcp-context7`).
+    pub name: String,
+    pub provider: Provider,
+    pub token: SecretString,
+    /// What the sandbox holds instead of the token (token substitution and
+    /// response substitution need it).
+    pub placeholder: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("grant '{grant}': {reason}")]
+pub struct TableError {
+    pub grant: String,
+    pub reason: String,
+}
+
+struct HeaderRule {
+    pattern: HostPattern,
+    name: HeaderName,
+    value: HeaderValue,
+    grant: Arc<str>,
+}
+
+struct SubstRule {
+    pattern: HostPattern,
+    pairs: Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+    grant: Arc<str>,
+}
+
+/// What to do for one destination.
+#[derive(Default)]
+pub struct Plan {
+    /// Headers to set, replacing any the client sent (values are sensitive).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Placeholder → token, in the URL, headers and body.
+    pub request_subst: Option<Arc<Substitutions>>,
+    /// Token → placeholder, in response headers and body.
+    pub response_subst: Option<Arc<Substitutions>>,
+    /// Names of the grants that apply (for the audit log; never values).
+    pub grants: Vec<Arc<str>>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Plan")
+            .field("headers", &headers)
+            .field("grants", &self.grants)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.request_subst.is_none() && self.response_subst.is_none()
+    }
+}
+
+#[derive(Default)]
+pub struct InjectionTable {
+    headers: Vec<HeaderRule>,
+    request: Vec<SubstRule>,
+    response: Vec<SubstRule>,
+}
+
+impl InjectionTable {
+    pub fn build(grants: &[Grant]) -> Result<Self, TableError> {
+        let mut t = Self::default();
+        for g in grants {
+            let grant: Arc<str> = Arc::from(g.name.as_str());
+            let err = |reason: String| TableError {
+                grant: g.name.clone(),
+                reason,
+            };
+            let token = g.token.expose_secret();
+            match &g.provider.injection {
+                Injection::Headers(rules) => {
+                    for rule in rules {
+                        let name =
+                            HeaderName::from_bytes(rule.header.as_bytes()).map_err(|_| {
+                                err(format!("'{}' is not a valid header name", rule.header))
+                            })?;
+                        let text = Zeroizing::new(match &rule.value {
+                            providers::HeaderValue::Prefixed(prefix) => format!("{prefix}{token}"),
+                            providers::HeaderValue::Basic { user } => {
+                                format!("Basic {}", B64.encode(format!("{user}:{token}")))
+                            }
+                        });
+                        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                            err(
+                                "the token cannot be sent in an HTTP header (invalid characters)"
+                                    .into(),
+                            )
+                        })?;
+                        value.set_sensitive(true);
+                        for pattern in &rule.hosts {
+                            t.headers.push(HeaderRule {
+                                pattern: pattern.clone(),
+                                name: name.clone(),
+                                value: value.clone(),
+                                grant: grant.clone(),
+                            });
+                        }
+                    }
+                }
+                Injection::Substitute => {
+                    let placeholder = g
+                        .placeholder
+                        .as_ref()
+                        .ok_or_else(|| err("token substitution needs a placeholder".into()))?;
+                    for pattern in &g.provider.hosts {
+                        t.request.push(SubstRule {
+                            pattern: pattern.clone(),
+                            pairs: vec![(
+                                placeholder.as_bytes().to_vec(),
+                                Zeroizing::new(token.as_bytes().to_vec()),
+                            )],
+                            grant: grant.clone(),
+                        });
+                    }
+                }
+                Injection::Special(_) => {}
+            }
+            if let Some(placeholder) = &g.placeholder {
+                for pattern in &g.provider.response_hosts {
+                    t.response.push(SubstRule {
+                        pattern: pattern.clone(),
+                        pairs: vec![(
+                            token.as_bytes().to_vec(),
+                            Zeroizing::new(placeholder.as_bytes().to_vec()),
+                        )],
+                        grant: grant.clone(),
+                    });
+                }
+            }
+        }
+        // Most specific pattern first: it wins a header both would set.
+        t.headers
+            .sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
+        Ok(t)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.request.is_empty() && self.response.is_empty()
+    }
+
+    /// Does any grant apply to `host:port`? (Decides intercept vs splice.)
+    pub fn covers(&self, host: &str, port: u16) -> bool {
+        self.headers.iter().any(|r| r.pattern.matches(host, port))
+            || self.request.iter().any(|r| r.pattern.matches(host, port))
+            || self.response.iter().any(|r| r.pattern.matches(host, port))
+    }
+
+    pub fn plan(&self, host: &str, port: u16) -> Plan {
+        let mut plan = Plan::default();
+        let mut note = |grant: &Arc<str>| {
+            if !plan.grants.iter().any(|g| g == grant) {
+                plan.grants.push(grant.clone());
+            }
+        };
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        for r in self
+            .headers
+            .iter()
+            .filter(|r| r.pattern.matches(host, port))
+        {
+            if !headers.iter().any(|(n, _)| n == r.name) {
+                headers.push((r.name.clone(), r.value.clone()));
+                note(&r.grant);
+            }
+        }
+        let mut collect = |rules: &[SubstRule]| {
+            let mut pairs = Vec::new();
+            for r in rules.iter().filter(|r| r.pattern.matches(host, port)) {
+                note(&r.grant);
+                pairs.extend(r.pairs.iter().map(|(a, b)| (a.clone(), b.clone())));
+            }
+            Substitutions::new(pairs).map(Arc::new)
+        };
+        let request_subst = collect(&self.request);
+        let response_subst = collect(&self.response);
+        plan.headers = headers;
+        plan.request_subst = request_subst;
+        plan.response_subst = response_subst;
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::Registry;
+
+    fn grant(reg: &Registry, provider: &str, token: &str, placeholder: Option<&str>) -> Grant {
+        Grant {
+            name: provider.to_owned(),
+            provider: reg.get(provider).unwrap().clone(),
+            token: SecretString::from(token),
+            placeholder: placeholder.map(str::to_owned),
+        }
+    }
+
+    fn header(plan: &Plan, name: &str) -> Option<String> {
+        plan.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn github_bearer_on_api_basic_on_git_none_elsewhere() {
+        let reg = Registry::builtin_and_shipped();
+        let t = InjectionTable::build(&[grant(&reg, "github", "ghp_real", None)]).unwrap();
+        assert_eq!(
+            header(&t.plan("api.github.com", 443), "authorization").unwrap(),
+            "Bearer ghp_real"
+        );
+        // base64("x-access-token:ghp_real")
+        assert_eq!(
+            header(&t.plan("github.com", 443), "authorization").unwrap(),
+            "Basic eC1hY2Nlc3MtdG9rZW46Z2hwX3JlYWw="
+        );
+        assert!(t.plan("gist.github.com", 443).is_empty());
+        assert!(!t.covers("example.com", 443));
+        assert!(t.plan("api.github.com", 443).headers[0].1.is_sensitive());
+    }
+
+    #[test]
+    fn wildcard_and_most_specific_wins() {
+        let reg = Registry::builtin_and_shipped();
+        let mut narrow = grant(&reg, "openai", "sk-narrow", None);
+        narrow.name = "narrow".into();
+        if let Injection::Headers(rules) = &mut narrow.provider.injection {
+            rules[0].hosts = vec![HostPattern::parse("api.openai.com").unwrap()];
+        }
+        let wide = grant(&reg, "openai", "sk-wide", None);
+        let t = InjectionTable::build(&[wide, narrow]).unwrap();
+        assert_eq!(
+            header(&t.plan("api.openai.com", 443), "authorization").unwrap(),
+            "Bearer sk-narrow"
+        );
+        assert_eq!(
+            header(&t.plan("files.openai.com", 443), "authorization").unwrap(),
+            "Bearer sk-wide"
+        );
+        assert_eq!(t.plan("api.openai.com", 443).grants.len(), 1);
+    }
+
+    #[test]
+    fn several_grants_on_one_host_each_set_their_header() {
+        let reg = Registry::builtin_and_shipped();
+        let t = InjectionTable::build(&[
+            grant(&reg, "claude", "sk-ant-oat01-x", None),
+            grant(&reg, "anthropic", "sk-ant-api03-y", None),
+        ])
+        .unwrap();
+        let plan = t.plan("api.anthropic.com", 443);
+        assert_eq!(
+            header(&plan, "authorization").unwrap(),
+            "Bearer sk-ant-oat01-x"
+        );
+        assert_eq!(header(&plan, "x-api-key").unwrap(), "sk-ant-api03-y");
+        assert!(
+            header(&plan, "anthropic-beta")
+                .unwrap()
+                .starts_with("oauth-")
+        );
+        assert_eq!(plan.grants.len(), 2);
+    }
+
+    #[test]
+    fn substitution_and_response_rules() {
+        let reg = Registry::builtin_and_shipped();
+        let mut tg = grant(&reg, "telegram", "123:REAL", Some("moat-abc"));
+        tg.provider.response_hosts = vec![HostPattern::parse("oauth.telegram.test").unwrap()];
+        let t = InjectionTable::build(&[tg]).unwrap();
+        let plan = t.plan("api.telegram.org", 443);
+        assert!(plan.headers.is_empty());
+        let subs = plan.request_subst.unwrap();
+        assert_eq!(
+            subs.apply_str("/botmoat-abc/getMe").unwrap(),
+            "/bot123:REAL/getMe"
+        );
+        let resp = t.plan("oauth.telegram.test", 443).response_subst.unwrap();
+        assert_eq!(
+            resp.apply(b"{\"access_token\":\"123:REAL\"}").unwrap(),
+            b"{\"access_token\":\"moat-abc\"}"
+        );
+        assert!(t.covers("oauth.telegram.test", 443));
+    }
+
+    #[test]
+    fn debug_never_shows_values() {
+        let reg = Registry::builtin_and_shipped();
+        let t = InjectionTable::build(&[grant(&reg, "github", "ghp_secretvalue", None)]).unwrap();
+        let dbg = format!("{:?}", t.plan("api.github.com", 443));
+        assert!(!dbg.contains("ghp_secretvalue"), "{dbg}");
+    }
+}

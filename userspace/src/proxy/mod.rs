@@ -1,0 +1,143 @@
+//! The credential-injecting TLS proxy engine.
+//!
+//! Two front doors feed one engine: *transparent* (connections redirected to
+//! a listener; the original destination comes from [`OriginalDst`]) and
+//! *explicit* (an HTTP proxy with a per-run password). Either way the first
+//! bytes are sniffed: a TLS ClientHello for a host with a grant is
+//! terminated with a leaf from the Moat CA, the HTTP inside is forwarded with
+//! credentials injected; anything else is spliced to its destination.
+
+pub mod ca;
+pub mod guard;
+pub mod http;
+pub mod inject;
+pub mod peek;
+pub mod server;
+pub mod substitute;
+pub mod upstream;
+
+use std::sync::{Arc, RwLock};
+
+pub use ca::MoatCa;
+pub use guard::Guard;
+pub use inject::{Grant, InjectionTable};
+pub use server::{OriginalDst, SoOriginalDst};
+
+use crate::net::{ConnectGuard, NetError, Upstream};
+use crate::providers::HostPattern;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Table(#[from] inject::TableError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// What the proxy may do beyond injecting for granted hosts.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Hosts never intercepted, even with a grant (clients that pin
+    /// certificates): spliced, never injected.
+    pub no_intercept: Vec<HostPattern>,
+    /// Hosts allowed to reach restricted addresses (the host's loopback, a
+    /// local dev server). Link-local metadata needs an explicit entry too.
+    pub allow_restricted: Vec<HostPattern>,
+}
+
+/// Limits that keep one run from exhausting the host.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Largest request head (request line + headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The guard as the connector sees it; listeners are added once bound.
+struct SharedGuard(RwLock<Guard>);
+
+impl ConnectGuard for SharedGuard {
+    fn check(&self, host: &str, port: u16, addr: std::net::SocketAddr) -> Result<(), String> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(host, port, addr)
+            .map_err(|d| d.to_string())
+    }
+}
+
+/// One run's proxy: CA, injection table, policy, upstream pool.
+pub struct Engine {
+    ca: Arc<MoatCa>,
+    table: InjectionTable,
+    policy: Policy,
+    limits: Limits,
+    upstream: Arc<Upstream>,
+    client: upstream::UpstreamClient,
+    guard: Arc<SharedGuard>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Engine {
+    /// `upstream` carries `MOAT_RESOLVE`, `MOAT_UPSTREAM_CA` and the host's
+    /// proxy settings; the engine adds its safety guard to it.
+    pub fn new(
+        ca: Arc<MoatCa>,
+        grants: &[Grant],
+        upstream: Upstream,
+        policy: Policy,
+        limits: Limits,
+    ) -> Result<Arc<Self>, ProxyError> {
+        let table = InjectionTable::build(grants)?;
+        let guard = Arc::new(SharedGuard(RwLock::new(Guard::for_this_host(
+            policy.allow_restricted.clone(),
+        ))));
+        let upstream = Arc::new(upstream.with_guard(guard.clone()));
+        let client = upstream::client(upstream.clone());
+        let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        Ok(Arc::new(Self {
+            ca,
+            table,
+            policy,
+            limits,
+            upstream,
+            client,
+            guard,
+            connections,
+        }))
+    }
+
+    /// Tell the loop guard about a listening socket of ours.
+    pub fn add_listener(&self, addr: std::net::SocketAddr) {
+        self.guard
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_listener(addr);
+    }
+
+    pub fn ca(&self) -> &MoatCa {
+        &self.ca
+    }
+
+    /// Intercept (terminate TLS) for this destination?
+    fn intercepts(&self, host: &str, port: u16) -> bool {
+        self.table.covers(host, port)
+            && !self
+                .policy
+                .no_intercept
+                .iter()
+                .any(|p| p.matches(host, port))
+    }
+}

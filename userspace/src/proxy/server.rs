@@ -1,0 +1,392 @@
+//! The front doors: the explicit HTTP proxy (CONNECT and absolute-form, with
+//! a per-run password) and the transparent listener (redirected
+//! connections). Both sniff the first bytes and hand over to intercept or
+//! splice.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::{Buf, Bytes};
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Engine;
+use super::http::{Target, forward, moat_response};
+use super::peek::{self, Peeked};
+use super::upstream::ProxyBody;
+
+/// How long a client may take to send its first bytes before the
+/// connection is treated as raw TCP (server-speaks-first protocols).
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(2);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a redirected connection was going. Kept behind a trait so the
+/// nftables (`SO_ORIGINAL_DST`) and eBPF (map lookup) redirectors plug in.
+pub trait OriginalDst: Send + Sync {
+    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
+}
+
+/// `SO_ORIGINAL_DST`, for connections redirected by netfilter.
+pub struct SoOriginalDst;
+
+impl OriginalDst for SoOriginalDst {
+    #[cfg(target_os = "linux")]
+    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let v4 = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
+        let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+        Ok(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn original_dst(&self, _stream: &TcpStream) -> io::Result<SocketAddr> {
+        Err(io::Error::other("SO_ORIGINAL_DST exists on Linux only"))
+    }
+}
+
+/// Maps a destination address back to the name the client resolved
+/// (Moat's DNS hands out synthetic addresses); `None` keeps the address.
+pub type NameLookup = Arc<dyn Fn(std::net::IpAddr) -> Option<String> + Send + Sync>;
+
+/// A stream with bytes already read from it put back in front.
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Read until the first bytes say what the stream is (or a limit is hit).
+async fn sniff<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<Peeked> {
+    loop {
+        match peek::classify(buf) {
+            Peeked::NeedMore if buf.len() < peek::MAX_PEEK => {}
+            Peeked::NeedMore => return Ok(Peeked::Other),
+            verdict => return Ok(verdict),
+        }
+        let mut chunk = [0u8; 4096];
+        let want = chunk.len().min(peek::MAX_PEEK - buf.len());
+        let read = tokio::time::timeout(SNIFF_TIMEOUT, stream.read(&mut chunk[..want])).await;
+        match read {
+            Err(_) => return Ok(Peeked::Other), // the client waits for the server: raw TCP
+            Ok(Ok(0)) => return Ok(Peeked::Other),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+impl Engine {
+    /// Handle one client stream bound for `host:port` (the CONNECT authority,
+    /// or the original destination). TLS for a granted host is intercepted;
+    /// everything else is spliced.
+    async fn handle_stream<S>(self: Arc<Self>, mut stream: S, host: String, port: u16)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut buf = Vec::new();
+        let peeked = match sniff(&mut stream, &mut buf).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%host, port, "client went away: {e}");
+                return;
+            }
+        };
+        let stream = Prefixed::new(Bytes::from(buf), stream);
+        let host = match &peeked {
+            Peeked::Tls { sni: Some(sni), .. } => sni.clone(),
+            _ => host,
+        };
+        match peeked {
+            Peeked::Tls { .. } if self.intercepts(&host, port) => {
+                self.intercept(stream, host, port).await
+            }
+            _ => self.splice(stream, host, port).await,
+        }
+    }
+
+    async fn intercept<S>(self: Arc<Self>, stream: S, host: String, port: u16)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = match self.ca.server_config(&host).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        let tls = match tokio::time::timeout(
+            HEADER_READ_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(config).accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(%host, "client TLS handshake failed (does it trust the Moat CA?): {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let plan = self.table.plan(&host, port);
+        tracing::debug!(%host, port, grants = ?plan.grants, "intercepting");
+        let target = Arc::new(Target {
+            host,
+            port,
+            tls: true,
+            plan,
+        });
+        let engine = self.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let engine = engine.clone();
+            let target = target.clone();
+            async move { Ok::<_, Infallible>(forward(engine, target, req).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .max_header_list_size(self.limits.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        if let Err(e) = builder
+            .serve_connection_with_upgrades(TokioIo::new(tls), service)
+            .await
+        {
+            tracing::debug!("intercepted connection ended: {e}");
+        }
+    }
+
+    async fn splice<S>(self: Arc<Self>, mut stream: S, host: String, port: u16)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut upstream = match self.upstream.connect(&host, port, port == 443).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::info!(%host, port, "not spliced: {e}");
+                let _ = stream.shutdown().await;
+                return;
+            }
+        };
+        tracing::debug!(%host, port, "splicing");
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    }
+
+    /// Serve the explicit proxy on `listener`: every request must carry
+    /// `Proxy-Authorization: Basic base64(moat:<token>)`.
+    pub async fn serve_explicit(self: Arc<Self>, listener: TcpListener, token: String) {
+        if let Ok(addr) = listener.local_addr() {
+            self.add_listener(addr);
+        }
+        let expected: Arc<[u8]> =
+            Arc::from(format!("Basic {}", B64.encode(format!("moat:{token}"))).into_bytes());
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; refusing");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let engine = self.clone();
+            let expected = expected.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = service_fn(move |req| {
+                    let engine = engine.clone();
+                    let expected = expected.clone();
+                    async move { Ok::<_, Infallible>(engine.explicit_request(req, &expected).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades();
+                let _ = conn.await;
+            });
+        }
+    }
+
+    async fn explicit_request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        expected: &[u8],
+    ) -> Response<ProxyBody> {
+        let authorized = req
+            .headers()
+            .get(header::PROXY_AUTHORIZATION)
+            .is_some_and(|v| {
+                v.as_bytes().len() == expected.len() && bool::from(v.as_bytes().ct_eq(expected))
+            });
+        if !authorized {
+            let mut resp = moat_response(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "proxy authentication required (use the proxy URL Moat printed, with its password)",
+            );
+            resp.headers_mut().insert(
+                header::PROXY_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"moat\""),
+            );
+            return resp;
+        }
+        if req.method() == Method::CONNECT {
+            let Some((host, port)) = req
+                .uri()
+                .authority()
+                .and_then(|a| a.port_u16().map(|p| (a.host().to_owned(), p)))
+            else {
+                return moat_response(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+            };
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
+            let engine = self.clone();
+            tokio::spawn(async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => {
+                        engine
+                            .handle_stream(TokioIo::new(upgraded), host, port)
+                            .await
+                    }
+                    Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+                }
+            });
+            return Response::new(super::http::full(Bytes::new()));
+        }
+        // Absolute-form: plain HTTP through the proxy. Forwarded, never injected.
+        let (Some("http"), Some(authority)) =
+            (req.uri().scheme_str(), req.uri().authority().cloned())
+        else {
+            return moat_response(
+                StatusCode::BAD_REQUEST,
+                "this is Moat's proxy: send CONNECT or absolute-form http:// requests",
+            );
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let target = Arc::new(Target {
+            port: authority.port_u16().unwrap_or(80),
+            host,
+            tls: false,
+            plan: Default::default(),
+        });
+        forward(self, target, req).await
+    }
+
+    /// Serve redirected connections on `listener`; `dst` recovers where each
+    /// was going, `names` maps synthetic addresses back to host names.
+    pub async fn serve_transparent(
+        self: Arc<Self>,
+        listener: TcpListener,
+        dst: Arc<dyn OriginalDst>,
+        names: Option<NameLookup>,
+    ) {
+        if let Ok(addr) = listener.local_addr() {
+            self.add_listener(addr);
+        }
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; refusing");
+                continue;
+            };
+            let original = match dst.original_dst(&tcp) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(%peer, "no original destination: {e}");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let host = names
+                .as_ref()
+                .and_then(|n| n(original.ip()))
+                .unwrap_or_else(|| original.ip().to_string());
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                engine.handle_stream(tcp, host, original.port()).await;
+            });
+        }
+    }
+}
