@@ -345,3 +345,284 @@ impl Drop for ConnectProxy {
         self.task.abort();
     }
 }
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type SinkBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn sink_full(b: impl Into<Bytes>) -> SinkBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A many-purpose upstream for proxy tests. Every request is recorded
+/// (method, path, headers, version; body as received for echo endpoints).
+///
+/// - any path: echo as JSON (`method`, `path`, `version`, `headers`, `body`)
+/// - `/count`: stream the body, answer `{"bytes":N,"matches":M}`, M counting
+///   occurrences of the `x-count-pattern` request header value
+/// - `/sse`: `data: one`, then waits for [`Sink::release_sse`], then `data: two`
+/// - `/reset`: promises 1 MiB, sends 64 KiB, then breaks the connection
+/// - `/big?n=N`: N bytes of `x`
+/// - `/ws`: `101 Switching Protocols`, then echoes every byte
+pub struct Sink {
+    pub server: StubServer,
+    sse_gate: Arc<tokio::sync::Notify>,
+}
+
+impl Sink {
+    /// `alpn`: what the upstream offers (`&[b"http/1.1"]` for an h1-only server).
+    pub fn start(ca: &TestCa, names: &[&str], alpn: &[&[u8]]) -> Result<Self> {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let config = ca.server_config(names, alpn)?;
+        let g = gate.clone();
+        let server = StubServer::start_service(
+            config,
+            Arc::new(move |req, seen| Box::pin(sink(req, seen, g.clone()))),
+        )?;
+        Ok(Self {
+            server,
+            sse_gate: gate,
+        })
+    }
+
+    pub fn release_sse(&self) {
+        self.sse_gate.notify_one();
+    }
+}
+
+/// An async request handler: gets the request and the record list.
+pub type Service = Arc<
+    dyn Fn(
+            Request<Incoming>,
+            Arc<Mutex<Vec<Seen>>>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<SinkBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+impl StubServer {
+    /// Serve `service` over TLS with `config` on 127.0.0.1.
+    pub fn start_service(config: Arc<rustls::ServerConfig>, service: Service) -> Result<Self> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let seen2 = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let accept_loop = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (acceptor, service, seen) =
+                            (acceptor.clone(), service.clone(), seen2.clone());
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let svc = service_fn(move |req| {
+                                let fut = service(req, seen.clone());
+                                async move { Ok::<_, Infallible>(fut.await) }
+                            });
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                                    .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept_loop => {}
+                    _ = rx => {}
+                }
+            });
+        });
+        Ok(Self {
+            addr,
+            seen,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+fn record<B>(req: &Request<B>, body: Bytes) -> Seen {
+    Seen {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .chain(std::iter::once((
+                ":version".to_owned(),
+                format!("{:?}", req.version()),
+            )))
+            .collect(),
+        body,
+    }
+}
+
+async fn sink(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<tokio::sync::Notify>,
+) -> Response<SinkBody> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let push = |s: Seen| {
+        if let Ok(mut v) = seen.lock() {
+            v.push(s);
+        }
+    };
+    match path.as_str() {
+        "/count" => {
+            push(record(&req, Bytes::new()));
+            let pattern = req
+                .headers()
+                .get("x-count-pattern")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let mut body = req.into_body();
+            let (mut bytes, mut matches, mut tail) = (0u64, 0u64, Vec::<u8>::new());
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Ok(data) = frame.into_data() {
+                    bytes += data.len() as u64;
+                    if !pattern.is_empty() {
+                        tail.extend_from_slice(&data);
+                        matches += tail
+                            .windows(pattern.len())
+                            .filter(|w| *w == pattern.as_slice())
+                            .count() as u64;
+                        let keep = pattern.len() - 1;
+                        if tail.len() > keep {
+                            tail.drain(..tail.len() - keep);
+                        }
+                    }
+                }
+            }
+            Response::new(sink_full(format!(
+                "{{\"bytes\":{bytes},\"matches\":{matches}}}"
+            )))
+        }
+        "/sse" => {
+            push(record(&req, Bytes::new()));
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from_static(b"data: one\n\n")).await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), gate.notified()).await;
+                let _ = tx.send_data(Bytes::from_static(b"data: two\n\n")).await;
+            });
+            let mut resp = Response::new(body.boxed());
+            resp.headers_mut()
+                .insert("content-type", "text/event-stream".parse().expect("static"));
+            resp
+        }
+        "/reset" => {
+            push(record(&req, Bytes::new()));
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from(vec![b'r'; 65536])).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tx.abort("upstream reset".into());
+            });
+            let mut resp = Response::new(body.boxed());
+            resp.headers_mut()
+                .insert("content-length", "1048576".parse().expect("static"));
+            resp
+        }
+        "/big" => {
+            push(record(&req, Bytes::new()));
+            let n: u64 = query
+                .strip_prefix("n=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(8);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let mut left = n;
+                while left > 0 {
+                    let take = left.min(chunk.len() as u64) as usize;
+                    if tx.send_data(chunk.slice(..take)).await.is_err() {
+                        return;
+                    }
+                    left -= take as u64;
+                }
+            });
+            let mut resp = Response::new(body.boxed());
+            resp.headers_mut()
+                .insert("content-length", n.to_string().parse().expect("number"));
+            resp
+        }
+        "/ws" => {
+            push(record(&req, Bytes::new()));
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = upgrade.await {
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut resp = Response::new(sink_full(Bytes::new()));
+            *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert("upgrade", "websocket".parse().expect("static"));
+            resp.headers_mut()
+                .insert("connection", "upgrade".parse().expect("static"));
+            resp
+        }
+        _ => {
+            let (parts, body) = req.into_parts();
+            let body = http_body_util::Limited::new(body, 16 << 20)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let req = Request::from_parts(parts, ());
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::String(
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        ),
+                    )
+                })
+                .collect();
+            let json = serde_json::json!({
+                "method": req.method().as_str(),
+                "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            push(record(&req, body));
+            let mut resp = Response::new(sink_full(json.to_string()));
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().expect("static"));
+            resp
+        }
+    }
+}

@@ -9,4 +9,5 @@ pub mod cli;
 pub mod home;
 pub mod net;
 pub mod providers;
+pub mod proxy;
 pub mod store;

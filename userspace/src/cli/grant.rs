@@ -373,7 +373,20 @@ fn providers(ctx: &Ctx) -> Result<()> {
 fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
     let name = CredName::parse(name)?;
     let store: Store = ctx.store()?;
-    let c = store.get(&name)?;
+    let (c, placeholder_key) = store.get_with_placeholder_key(&name)?;
+    // What the sandbox sees instead of the token (not a secret).
+    let placeholder = ctx
+        .registry()?
+        .get(&c.provider)
+        .and_then(|p| p.placeholder.as_ref())
+        .map(|f| {
+            crate::providers::placeholder::derive(
+                f,
+                &placeholder_key,
+                name.as_str(),
+                c.token.expose_secret(),
+            )
+        });
     if reveal {
         eprintln!(
             "moat: warning: printing the secret value of '{name}'; it is now on your terminal and maybe in its scrollback"
@@ -385,6 +398,7 @@ fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
             "name": name.as_str(), "provider": c.provider, "kind": kind(c.kind), "profile": store.profile().map(|p| p.as_str()),
             "source": c.source, "created": rfc3339(c.created_at), "updated": rfc3339(c.updated_at),
             "expires": c.expires_at.map(rfc3339), "metadata": c.metadata, "secrets": secret_names,
+            "placeholder": placeholder,
         });
         if reveal {
             v["token"] = json!(c.token.expose_secret());
@@ -406,6 +420,9 @@ fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
         "expires:   {}",
         c.expires_at.map(rfc3339).unwrap_or_else(|| "never".into())
     );
+    if let Some(p) = &placeholder {
+        println!("placeholder: {p}");
+    }
     for (k, v) in &c.metadata {
         println!("{:<10} {v}", format!("{k}:"));
     }

@@ -247,19 +247,23 @@ mod tests {
         let mut narrow = grant(&reg, "openai", "sk-narrow", None);
         narrow.name = "narrow".into();
         if let Injection::Headers(rules) = &mut narrow.provider.injection {
-            rules[0].hosts = vec![HostPattern::parse("api.openai.com").unwrap()];
+            rules[0].hosts = vec![HostPattern::parse("files.openai.com").unwrap()];
         }
         let wide = grant(&reg, "openai", "sk-wide", None);
         let t = InjectionTable::build(&[wide, narrow]).unwrap();
+        // Exact beats the wildcard, whatever the grant order.
+        let files = t.plan("files.openai.com", 443);
+        assert_eq!(header(&files, "authorization").unwrap(), "Bearer sk-narrow");
+        assert_eq!(files.grants, [Arc::<str>::from("narrow")]);
         assert_eq!(
-            header(&t.plan("api.openai.com", 443), "authorization").unwrap(),
-            "Bearer sk-narrow"
-        );
-        assert_eq!(
-            header(&t.plan("files.openai.com", 443), "authorization").unwrap(),
+            header(&t.plan("uploads.openai.com", 443), "authorization").unwrap(),
             "Bearer sk-wide"
         );
-        assert_eq!(t.plan("api.openai.com", 443).grants.len(), 1);
+        assert_eq!(
+            header(&t.plan("api.openai.com", 443), "authorization").unwrap(),
+            "Bearer sk-wide"
+        );
+        assert!(t.plan("openai.com", 443).is_empty());
     }
 
     #[test]

@@ -1,0 +1,687 @@
+//! `moat proxy` (the explicit front door) with real clients (curl) and local
+//! upstreams only: injection per host, placeholders, h1/h2 translation,
+//! streaming, WebSocket, large bodies, errors, auth, safety, log hygiene.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use moat_testkit::{Sink, TestCa};
+
+const GH: &str = "ghp_RealTokenValue0123456789abcdefghijklm";
+const TG: &str = "123456:RealTelegramTokenValue-abc";
+const CORP: &str = "corp-real-key-0042";
+const NAMES: &[&str] = &[
+    "api.github.com",
+    "github.com",
+    "x.corp.test",
+    "api.telegram.org",
+    "plain.test",
+];
+
+/// A MOAT_HOME with grants, a running `moat proxy`, and a sink upstream.
+struct Rig {
+    env: Env,
+    ca_file: PathBuf,
+    sink: Sink,
+    proxy: Option<Child>,
+    url: String,
+    log: PathBuf,
+}
+
+impl Rig {
+    fn new(upstream_alpn: &[&[u8]]) -> Self {
+        let env = Env::new();
+        let ca = TestCa::new().unwrap();
+        let ca_file = ca.write_pem(env.dir.path()).unwrap();
+        let sink = Sink::start(&ca, NAMES, upstream_alpn).unwrap();
+        std::fs::write(
+            env.providers_dir().join("corp.yaml"),
+            "name: corp\ndescription: corp API\nhosts: [\"*.corp.test\"]\ninject:\n  header: X-Corp-Key\nsource_env: [CORP_KEY]\n",
+        )
+        .unwrap();
+        let file = [("MOAT_KEY_BACKEND", "file")];
+        ok(&env.run(
+            &["grant", "github", "--no-validate"],
+            &[file[0], ("GITHUB_TOKEN", GH)],
+        ));
+        ok(&env.run(
+            &["grant", "telegram", "--no-validate"],
+            &[file[0], ("TELEGRAM_BOT_TOKEN", TG)],
+        ));
+        ok(&env.run(
+            &["grant", "corp", "--no-validate"],
+            &[file[0], ("CORP_KEY", CORP)],
+        ));
+        let mut rig = Self {
+            env,
+            ca_file,
+            sink,
+            proxy: None,
+            url: String::new(),
+            log: PathBuf::new(),
+        };
+        rig.start_proxy(&[
+            "--grant", "github", "--grant", "telegram", "--grant", "corp",
+        ]);
+        rig
+    }
+
+    fn resolve(&self) -> String {
+        NAMES
+            .iter()
+            .map(|n| self.sink.server.resolve_entry(n))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_proxy(&mut self, grants: &[&str]) {
+        self.log = self.env.dir.path().join("proxy.log");
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut child = self
+            .env
+            .cmd()
+            .args(["-vvv", "proxy"])
+            .args(grants)
+            .env("MOAT_RESOLVE", self.resolve())
+            .env("MOAT_UPSTREAM_CA", &self.ca_file)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("http://moat:")
+                && line
+                    .trim_end()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse::<u16>()
+                    .is_ok(),
+            "{line:?}"
+        );
+        self.url = line.trim().to_owned();
+        self.proxy = Some(child);
+    }
+
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn moat_ca(&self) -> PathBuf {
+        self.env.home().join("ca/ca.crt")
+    }
+
+    fn curl(&self, args: &[&str]) -> Output {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "30",
+                "-x",
+                &self.url,
+                "--cacert",
+                self.moat_ca().to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .expect("curl")
+    }
+
+    fn placeholder(&self, name: &str) -> String {
+        let out = ok(&self.env.run(&["grant", "show", name, "--json"], &[])).clone();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["placeholder"].as_str().unwrap().to_owned()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn rss_peak_kib(&self) -> u64 {
+        let pid = self.proxy.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.proxy.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "curl failed: {}\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+#[test]
+fn injects_per_host_and_replaces_placeholders() {
+    let rig = Rig::new(&[b"h2", b"http/1.1"]);
+    let gh_ph = rig.placeholder("github");
+    assert!(gh_ph.starts_with("ghp_") && gh_ph.len() == 40, "{gh_ph}");
+
+    // Exact host: the client's placeholder header is replaced, not duplicated.
+    let v = json(&rig.curl(&[
+        "-H",
+        &format!("Authorization: Bearer {gh_ph}"),
+        "https://api.github.com/user",
+    ]));
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    let seen = rig.sink.server.seen();
+    assert_eq!(
+        seen.last().unwrap().header("authorization"),
+        [format!("Bearer {GH}")]
+    );
+
+    // github.com (git smart-HTTP) gets Basic x-access-token.
+    let v = json(&rig.curl(&["https://github.com/o/r.git/info/refs?service=git-upload-pack"]));
+    let basic = v["headers"]["authorization"].as_str().unwrap();
+    let decoded = String::from_utf8(base64_decode(basic.strip_prefix("Basic ").unwrap())).unwrap();
+    assert_eq!(decoded, format!("x-access-token:{GH}"));
+
+    // Wildcard host.
+    let v = json(&rig.curl(&["https://x.corp.test/anything"]));
+    assert_eq!(v["headers"]["x-corp-key"], CORP);
+    assert!(v["headers"]["authorization"].is_null());
+
+    // No grant: spliced, untouched, the upstream's own certificate.
+    let out = rig.curl(&["https://plain.test/"]);
+    assert!(
+        !out.status.success(),
+        "a non-granted host must not be intercepted"
+    );
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-x",
+            &rig.url,
+            "--cacert",
+            rig.ca_file.to_str().unwrap(),
+            "https://plain.test/x",
+        ])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert!(v["headers"]["authorization"].is_null() && v["headers"]["x-corp-key"].is_null());
+
+    // Token substitution: path, query, header and body.
+    let ph = rig.placeholder("telegram");
+    assert!(ph.starts_with("moat-"), "{ph}");
+    let body = format!("{{\"chat\":1,\"text\":\"{ph} and {ph}\"}}");
+    let v = json(&rig.curl(&[
+        "-H",
+        &format!("X-Bot-Token: {ph}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+        &format!("https://api.telegram.org/bot{ph}/sendMessage?again={ph}"),
+    ]));
+    assert_eq!(v["path"], format!("/bot{TG}/sendMessage?again={TG}"));
+    assert_eq!(v["headers"]["x-bot-token"], TG);
+    let expect = format!("{{\"chat\":1,\"text\":\"{TG} and {TG}\"}}");
+    assert_eq!(v["body"], expect.as_str());
+    assert_eq!(
+        v["headers"]["content-length"],
+        expect.len().to_string(),
+        "Content-Length must be fixed"
+    );
+
+    // A large streamed body with placeholders everywhere, including across
+    // TLS record and chunk boundaries: every one replaced, none left.
+    let mut big = Vec::new();
+    let mut count = 0;
+    while big.len() < 3 << 20 {
+        let next_boundary = (big.len() / 16384 + 1) * 16384;
+        let pad = (next_boundary - big.len())
+            .saturating_sub(ph.len() / 2)
+            .min(20_000);
+        big.extend(std::iter::repeat_n(b'.', pad));
+        big.extend_from_slice(ph.as_bytes());
+        count += 1;
+    }
+    let body_file = rig.env.dir.path().join("big.txt");
+    std::fs::write(&body_file, &big).unwrap();
+    // (The pattern header itself is rewritten too, so it can only name the token.)
+    let v = json(&rig.curl(&[
+        "-H",
+        &format!("x-count-pattern: {TG}"),
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", body_file.display()),
+        "https://api.telegram.org/count",
+    ]));
+    assert_eq!(v["matches"], count);
+    // Every placeholder replaced: the length changed by exactly count × the difference.
+    let expect_len = big.len() as i64 + count as i64 * (TG.len() as i64 - ph.len() as i64);
+    assert_eq!(v["bytes"], expect_len as u64);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+#[test]
+fn h2_client_to_h1_upstream_and_back() {
+    let rig = Rig::new(&[b"http/1.1"]);
+    let out = rig.curl(&[
+        "--http2",
+        "-w",
+        "\n%{http_version}",
+        "https://api.github.com/v",
+    ]);
+    let text = stdout(&out);
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    assert_eq!(version, "2", "client should speak h2 to Moat");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["version"], "HTTP/1.1");
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    assert_eq!(v["headers"]["host"], "api.github.com");
+
+    let rig = Rig::new(&[b"h2"]);
+    let v = json(&rig.curl(&["--http1.1", "https://api.github.com/v"]));
+    assert_eq!(v["version"], "HTTP/2.0");
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    // Many concurrent h2 streams on one connection.
+    let urls: Vec<String> = (0..50)
+        .map(|i| format!("https://api.github.com/s{i}"))
+        .collect();
+    let mut args = vec![
+        "--http2",
+        "--parallel",
+        "--parallel-max",
+        "50",
+        "-o",
+        "/dev/null",
+    ];
+    for u in &urls {
+        args.push(u);
+        args.push("-o");
+        args.push("/dev/null");
+    }
+    args.truncate(args.len() - 2);
+    assert!(rig.curl(&args).status.success());
+    assert!(
+        rig.sink
+            .server
+            .seen()
+            .iter()
+            .filter(|s| s.path.starts_with("/s"))
+            .count()
+            >= 50
+    );
+}
+
+#[test]
+fn server_sent_events_are_not_buffered() {
+    let rig = Rig::new(&[b"h2", b"http/1.1"]);
+    for http in ["--http1.1", "--http2"] {
+        let mut child = Command::new("curl")
+            .args([
+                "-sS",
+                "-N",
+                "--max-time",
+                "30",
+                http,
+                "-x",
+                &rig.url,
+                "--cacert",
+                rig.moat_ca().to_str().unwrap(),
+            ])
+            .arg("https://api.github.com/sse")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((line, Instant::now()));
+            }
+        });
+        // The upstream holds the second event until we have the first: a
+        // proxy that buffers never delivers the first one.
+        let (first, _) = rx
+            .recv_timeout(Duration::from_secs(8))
+            .expect("first event did not arrive before the second was sent");
+        assert_eq!(first, "data: one");
+        let released = Instant::now();
+        rig.sink.release_sse();
+        let lines: Vec<(String, Instant)> = rx.iter().collect();
+        let (second, at) = lines
+            .iter()
+            .find(|(l, _)| l == "data: two")
+            .expect("second event");
+        assert!(*at >= released, "{second}");
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn websocket_upgrade_round_trip_with_injection() {
+    let rig = Rig::new(&[b"http/1.1"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", rig.port())).await.unwrap();
+        let password = rig.url.trim_start_matches("http://moat:").split('@').next().unwrap().to_owned();
+        let auth = base64_encode(&format!("moat:{password}"));
+        tcp.write_all(format!("CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(rig.moat_ca()).unwrap();
+        roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("api.github.com".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /ws HTTP/1.1\r\nHost: api.github.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut tls).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        for msg in [&b"\x81\x05hello"[..], b"second frame", &[0u8; 70_000][..]] {
+            tls.write_all(msg).await.unwrap();
+            let mut back = vec![0u8; msg.len()];
+            tls.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        }
+    });
+    let seen = rig.sink.server.seen();
+    let ws = seen.iter().find(|s| s.path == "/ws").unwrap();
+    assert_eq!(ws.header("authorization"), [format!("Bearer {GH}")]);
+    assert_eq!(ws.header("upgrade"), ["websocket"]);
+}
+
+use rustls_pki_types::pem::PemObject;
+
+fn base64_encode(s: &str) -> String {
+    let mut child = Command::new("base64")
+        .args(["-w", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[test]
+fn two_gib_upload_in_bounded_memory_and_download() {
+    let rig = Rig::new(&[b"h2", b"http/1.1"]);
+    const SIZE: u64 = 2 << 30;
+    let mut child = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "300",
+            "-x",
+            &rig.url,
+            "--cacert",
+            rig.moat_ca().to_str().unwrap(),
+        ])
+        .args([
+            "-T",
+            "-",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "https://api.github.com/count",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'z'; 1 << 20];
+        for _ in 0..(SIZE >> 20) {
+            stdin.write_all(&chunk).unwrap();
+        }
+    });
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v = json(&out);
+    assert_eq!(v["bytes"], SIZE);
+    let peak = rig.rss_peak_kib();
+    assert!(
+        peak < 96 * 1024,
+        "proxy peak RSS {peak} KiB for a 2 GiB upload"
+    );
+
+    let out = rig.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("https://api.github.com/big?n={}", 256 << 20),
+    ]);
+    assert_eq!(stdout(&out), (256u64 << 20).to_string());
+    assert!(rig.rss_peak_kib() < 96 * 1024);
+}
+
+#[test]
+fn upstream_reset_mid_body_is_a_clean_client_error() {
+    let rig = Rig::new(&[b"http/1.1"]);
+    let start = Instant::now();
+    let out = rig.curl(&["-o", "/dev/null", "https://api.github.com/reset"]);
+    assert!(
+        !out.status.success(),
+        "a truncated body must not look complete"
+    );
+    assert!(
+        matches!(out.status.code(), Some(18) | Some(56) | Some(92)),
+        "curl exit {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    assert!(start.elapsed() < Duration::from_secs(10), "client hung");
+    // The proxy keeps serving.
+    assert!(rig.curl(&["https://api.github.com/after"]).status.success());
+}
+
+#[test]
+fn proxy_password_is_required() {
+    let rig = Rig::new(&[b"http/1.1"]);
+    let before = rig.sink.server.seen().len();
+    let bare = format!("http://127.0.0.1:{}", rig.port());
+    let wrong = format!("http://moat:wrong@127.0.0.1:{}", rig.port());
+    for proxy in [bare.as_str(), wrong.as_str()] {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-x",
+                proxy,
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                "http://api.github.com/user",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&out), "407");
+        let out = Command::new("curl")
+            .args(["-sS", "-x", proxy, "https://api.github.com/user"])
+            .output()
+            .unwrap();
+        assert!(stderr(&out).contains("407"), "{}", stderr(&out));
+    }
+    assert_eq!(
+        rig.sink.server.seen().len(),
+        before,
+        "nothing may be forwarded without the password"
+    );
+}
+
+#[test]
+fn loop_guard_and_restricted_destinations() {
+    let rig = Rig::new(&[b"http/1.1"]);
+    // The proxy itself.
+    let out = rig.curl(&[
+        "--max-time",
+        "10",
+        &format!("https://127.0.0.1:{}/", rig.port()),
+    ]);
+    assert!(!out.status.success());
+    // Cloud metadata over plain HTTP: refused before any connection is made.
+    let out = rig.curl(&[
+        "-w",
+        "\n%{http_code}",
+        "http://169.254.169.254/latest/meta-data/",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        text.ends_with("403") && text.contains("blocked by Moat policy"),
+        "{text}"
+    );
+    // The host's loopback services (here: the sink itself, by address).
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-x", &rig.url, "-k"])
+        .arg(format!(
+            "https://127.0.0.1:{}/",
+            rig.sink.server.addr.port()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "loopback services must not be reachable through the proxy"
+    );
+    let log = rig.log_text();
+    assert!(log.contains("request loop"), "{log}");
+    assert!(log.contains("loopback"), "{log}");
+}
+
+#[test]
+fn secrets_never_reach_logs_and_sigterm_exits_zero() {
+    let mut rig = Rig::new(&[b"h2", b"http/1.1"]);
+    let ph = rig.placeholder("telegram");
+    for http in ["--http1.1", "--http2"] {
+        assert!(
+            rig.curl(&[http, "https://api.github.com/user"])
+                .status
+                .success()
+        );
+        assert!(
+            rig.curl(&[http, "https://github.com/o/r.git/info/refs"])
+                .status
+                .success()
+        );
+        assert!(
+            rig.curl(&[
+                http,
+                "-d",
+                &format!("x={ph}"),
+                &format!("https://api.telegram.org/bot{ph}/getMe")
+            ])
+            .status
+            .success()
+        );
+    }
+    let mut proxy = rig.proxy.take().unwrap();
+    nix_kill(proxy.id(), "TERM");
+    let status = proxy.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must stop the proxy cleanly"
+    );
+    let log = rig.log_text();
+    assert!(log.contains("injecting"), "expected trace logs: {log}");
+    let basic = base64_encode(&format!("x-access-token:{GH}"));
+    for secret in [GH, TG, CORP, basic.as_str()] {
+        assert!(!log.contains(secret), "secret in log");
+    }
+}
+
+fn nix_kill(pid: u32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn ca_path_and_export() {
+    let env = Env::new();
+    let path = stdout(ok(&env.run(&["ca", "path"], &[]))).trim().to_owned();
+    assert_eq!(PathBuf::from(&path), env.home().join("ca/ca.crt"));
+    let pem = std::fs::read_to_string(&path).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let exported = stdout(ok(&env.run(&["ca", "export"], &[])));
+    assert_eq!(exported, pem);
+    let file = env.dir.path().join("moat-ca.pem");
+    ok(&env.run(&["ca", "export", file.to_str().unwrap()], &[]));
+    assert_eq!(std::fs::read_to_string(file).unwrap(), pem);
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in", &path])
+        .output()
+        .unwrap();
+    assert!(stdout(&text).contains("Moat CA ("), "{}", stdout(&text));
+    let _ = std::io::stdout().flush();
+    let mut s = String::new();
+    let _ = std::io::empty().read_to_string(&mut s);
+}
