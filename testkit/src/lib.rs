@@ -363,6 +363,8 @@ fn sink_full(b: impl Into<Bytes>) -> SinkBody {
 /// - `/reset`: promises 1 MiB, sends 64 KiB, then breaks the connection
 /// - `/big?n=N`: N bytes of `x`
 /// - `/ws`: `101 Switching Protocols`, then echoes every byte
+/// - `/slow`: answers after 5 s
+/// - `/trailers`: a body followed by an `x-checksum` trailer
 pub struct Sink {
     pub server: StubServer,
     sse_gate: Arc<tokio::sync::Notify>,
@@ -573,6 +575,24 @@ async fn sink(
             resp.headers_mut()
                 .insert("content-length", n.to_string().parse().expect("number"));
             resp
+        }
+        "/slow" => {
+            push(record(&req, Bytes::new()));
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Response::new(sink_full("slow"))
+        }
+        "/trailers" => {
+            push(record(&req, Bytes::new()));
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send_data(Bytes::from_static(b"body-before-trailers"))
+                    .await;
+                let mut t = hyper::HeaderMap::new();
+                t.insert("x-checksum", "abc123".parse().expect("static"));
+                let _ = tx.send_trailers(t).await;
+            });
+            Response::new(body.boxed())
         }
         "/ws" => {
             push(record(&req, Bytes::new()));

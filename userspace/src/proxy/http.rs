@@ -5,7 +5,6 @@
 //! multi-gigabyte uploads run in constant memory.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -21,8 +20,6 @@ use super::upstream::{BoxError, ProxyBody};
 /// Bodies up to this size are rewritten whole when a substitution changes
 /// their length, so Content-Length stays exact; larger ones stream chunked.
 const SMALL_BODY: u64 = 1 << 20;
-/// How long an upstream may take to send its response head.
-const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What an intercepted connection is talking to.
 pub struct Target {
@@ -142,7 +139,7 @@ pub async fn forward(
     }
 
     let sent = tokio::time::timeout(
-        RESPONSE_HEAD_TIMEOUT,
+        engine.limits.response_timeout,
         engine.client.request(Request::from_parts(parts, body)),
     )
     .await;
@@ -151,10 +148,10 @@ pub async fn forward(
             return moat_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 &format!(
-                    "{}:{} sent no response within {} s",
+                    "{}:{} sent no response within {} s (upstream timeout)",
                     target.host,
                     target.port,
-                    RESPONSE_HEAD_TIMEOUT.as_secs()
+                    engine.limits.response_timeout.as_secs_f32()
                 ),
             );
         }

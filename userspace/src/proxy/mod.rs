@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line + headers) accepted, in bytes.
     pub max_header_bytes: usize,
+    /// How long an upstream may take to send its response head (LLM APIs
+    /// can think for minutes before answering a non-streaming request).
+    pub response_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
         Self {
             max_connections: 4096,
             max_header_bytes: 64 * 1024,
+            response_timeout: std::time::Duration::from_secs(300),
         }
     }
 }

@@ -1,0 +1,259 @@
+//! The proxy engine through its library API: the transparent front door
+//! (with a fixed original destination standing in for the redirector, which
+//! the sandbox tests exercise for real), response substitution, upstream
+//! timeouts, pipelining and trailers.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moat::home::MoatHome;
+use moat::net::{Resolve, Upstream};
+use moat::providers::{HostPattern, Registry};
+use moat::proxy::server::NameLookup;
+use moat::proxy::{Engine, Grant, Limits, MoatCa, OriginalDst, Policy};
+use moat_testkit::{Sink, TestCa};
+use secrecy::SecretString;
+
+const GH: &str = "ghp_EngineTestToken000000000000000000000";
+
+/// Every connection "was going to" `dst`; the redirector in real runs.
+struct Fixed(SocketAddr);
+
+impl OriginalDst for Fixed {
+    fn original_dst(&self, _: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
+        Ok(self.0)
+    }
+}
+
+struct Door {
+    listen: SocketAddr,
+    moat_ca: std::path::PathBuf,
+    sink: Sink,
+    _rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+/// A transparent listener whose connections all claim to be for `host`:443.
+fn door(host: &'static str, grants: Vec<Grant>, limits: Limits) -> Door {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let ca_file = ca.write_pem(dir.path()).unwrap();
+    let sink = Sink::start(
+        &ca,
+        &["api.github.com", "plain.test", "auth.example.test"],
+        &[b"h2", b"http/1.1"],
+    )
+    .unwrap();
+    let mut resolve = Resolve::default();
+    for h in ["api.github.com", "plain.test", "auth.example.test"] {
+        resolve.add(&sink.server.resolve_entry(h), "test").unwrap();
+    }
+    let upstream = Upstream::new(
+        resolve,
+        Some(&ca_file),
+        hyper_util::client::proxy::matcher::Matcher::builder().build(),
+    )
+    .unwrap();
+    let home = MoatHome::new(dir.path().join("moat"), None);
+    let moat_ca = Arc::new(MoatCa::load_or_create(&home).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listen = rt.block_on(async {
+        let engine = Engine::new(
+            moat_ca.clone(),
+            &grants,
+            upstream,
+            Policy::default(),
+            limits,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let synthetic: IpAddr = "198.18.0.7".parse().unwrap();
+        let names: NameLookup = Arc::new(move |ip| (ip == synthetic).then(|| host.to_owned()));
+        tokio::spawn(engine.serve_transparent(
+            listener,
+            Arc::new(Fixed(SocketAddr::new(synthetic, 443))),
+            Some(names),
+        ));
+        addr
+    });
+    Door {
+        listen,
+        moat_ca: moat_ca.cert_path().clone(),
+        sink,
+        _rt: rt,
+        _dir: dir,
+    }
+}
+
+fn github_grant() -> Grant {
+    let reg = Registry::builtin_and_shipped();
+    Grant {
+        name: "github".into(),
+        provider: reg.get("github").unwrap().clone(),
+        token: SecretString::from(GH),
+        placeholder: None,
+    }
+}
+
+fn curl(door: &Door, host: &str, args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--connect-to",
+            &format!("{host}:443:{}", door.listen),
+            "--cacert",
+        ])
+        .arg(&door.moat_ca)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn transparent_connections_are_named_intercepted_and_injected() {
+    let d = door("api.github.com", vec![github_grant()], Limits::default());
+    let out = curl(&d, "api.github.com", &["https://api.github.com/user"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    // No SNI (a client that connects by address): the name comes from the
+    // redirector's lookup, and injection still happens.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-k",
+            &format!("https://{}/nosni", d.listen),
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+}
+
+#[test]
+fn transparent_non_granted_hosts_are_spliced() {
+    let d = door("plain.test", vec![github_grant()], Limits::default());
+    // The upstream's own certificate arrives: not intercepted.
+    let out = curl(&d, "plain.test", &["https://plain.test/x"]);
+    assert!(!out.status.success());
+    let test_ca = d._dir.path().join("test-ca.pem");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--connect-to",
+            &format!("plain.test:443:{}", d.listen),
+            "--cacert",
+        ])
+        .arg(&test_ca)
+        .arg("https://plain.test/x")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["headers"]["authorization"].is_null());
+}
+
+#[test]
+fn response_substitution_keeps_the_real_token_out() {
+    let reg = Registry::builtin_and_shipped();
+    let mut provider = reg.get("openai").unwrap().clone();
+    provider.hosts = vec![HostPattern::parse("auth.example.test").unwrap()];
+    provider.response_hosts = provider.hosts.clone();
+    if let moat::providers::Injection::Headers(rules) = &mut provider.injection {
+        rules[0].hosts = provider.hosts.clone();
+    }
+    let grant = Grant {
+        name: "oauthy".into(),
+        provider,
+        token: SecretString::from("real-access-token-123"),
+        placeholder: Some("placeholder-token-xyz".into()),
+    };
+    let d = door("auth.example.test", vec![grant], Limits::default());
+    // The echo upstream puts the (injected) token in its response body.
+    let out = curl(
+        &d,
+        "auth.example.test",
+        &["https://auth.example.test/token"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("real-access-token-123"), "{text}");
+    assert!(text.contains("Bearer placeholder-token-xyz"), "{text}");
+    let seen = d.sink.server.seen();
+    assert_eq!(
+        seen.last().unwrap().header("authorization"),
+        ["Bearer real-access-token-123"]
+    );
+    assert!(seen.last().unwrap().header("accept-encoding").is_empty());
+}
+
+#[test]
+fn slow_upstream_gets_a_504_that_names_it() {
+    let limits = Limits {
+        response_timeout: Duration::from_millis(800),
+        ..Limits::default()
+    };
+    let d = door("api.github.com", vec![github_grant()], limits);
+    let start = Instant::now();
+    let out = curl(
+        &d,
+        "api.github.com",
+        &["-w", "\n%{http_code}", "https://api.github.com/slow"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("504"), "{text}");
+    assert!(
+        text.contains("moat: api.github.com:443 sent no response"),
+        "{text}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn pipelined_requests_and_trailers() {
+    let d = door("api.github.com", vec![github_grant()], Limits::default());
+    // Two requests in one write on one connection (HTTP/1.1 pipelining).
+    let script = format!(
+        "printf 'GET /one HTTP/1.1\\r\\nHost: api.github.com\\r\\n\\r\\nGET /two HTTP/1.1\\r\\nHost: api.github.com\\r\\nConnection: close\\r\\n\\r\\n' \
+         | timeout 20 openssl s_client -quiet -connect {} -servername api.github.com -CAfile {} 2>/dev/null",
+        d.listen,
+        d.moat_ca.display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let one = text.find("\"path\":\"/one\"").unwrap();
+    let two = text.find("\"path\":\"/two\"").unwrap();
+    assert!(one < two, "responses out of order");
+    // Trailers survive the proxy (h2 end to end).
+    let out = curl(
+        &d,
+        "api.github.com",
+        &["--http2", "-v", "https://api.github.com/trailers"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("body-before-trailers"));
+    assert!(err.contains("x-checksum: abc123"), "{err}");
+}
