@@ -16,3 +16,12 @@ demo:
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked --features moat/vm-tests -- -D warnings
+
+# Side-by-side benchmark: direct vs mitmproxy vs Moat (writes bench/results/)
+bench:
+    ./scripts/bench.sh
+
+# Fuzz the ClientHello/HTTP sniffer and the substitution engine (needs nightly
+# and cargo-fuzz; never run by CI, whose tests replay the seed corpora)
+fuzz target="peek" seconds="60":
+    cd fuzz && cargo +nightly fuzz run {{target}} -- -max_total_time={{seconds}}

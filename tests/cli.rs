@@ -71,7 +71,7 @@ fn grant_from_env_then_list_show_revoke() {
     );
 
     let show = ok(&env.run(&["grant", "show", "github"], &[])).clone();
-    assert!(stdout(&show).contains("provider:  github"));
+    assert!(stdout(&show).contains("provider:    github"));
     assert!(!stdout(&show).contains("ghp_second"));
     let reveal = ok(&env.run(&["grant", "show", "github", "--reveal"], &[])).clone();
     assert!(stdout(&reveal).contains("ghp_second"));

@@ -233,15 +233,24 @@ pub async fn serve(
 /// A stand-in for GitHub's `GET /user`: tokens starting `ghp_` are valid
 /// (login `octocat`) unless they start `ghp_bad`; anything else is a 401.
 pub fn fake_github() -> Handler {
-    Arc::new(|seen: &Seen| {
+    fake_github_accepting(None)
+}
+
+/// Like [`fake_github`], but with `Some(token)` only that exact token is valid.
+pub fn fake_github_accepting(only: Option<String>) -> Handler {
+    Arc::new(move |seen: &Seen| {
         let auth = seen
             .header("authorization")
             .first()
             .map(|s| s.to_string())
             .unwrap_or_default();
         let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        let valid = match &only {
+            Some(t) => token == t,
+            None => token.starts_with("ghp_") && !token.starts_with("ghp_bad"),
+        };
         match seen.path.as_str() {
-            "/user" if token.starts_with("ghp_") && !token.starts_with("ghp_bad") => (
+            "/user" if valid => (
                 200,
                 "application/json",
                 r#"{"login":"octocat","id":1}"#.into(),

@@ -406,38 +406,39 @@ fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
         output::json(&v);
         return Ok(());
     }
-    println!("name:      {name}");
-    println!("provider:  {}", c.provider);
-    println!("kind:      {}", kind(c.kind));
-    println!(
-        "profile:   {}",
-        store.profile().map(|p| p.as_str()).unwrap_or("default")
+    let row = |label: &str, value: &str| println!("{:<13}{value}", format!("{label}:"));
+    row("name", name.as_str());
+    row("provider", &c.provider);
+    row("kind", kind(c.kind));
+    row(
+        "profile",
+        store.profile().map(|p| p.as_str()).unwrap_or("default"),
     );
-    println!("source:    {}", c.source);
-    println!("created:   {}", rfc3339(c.created_at));
-    println!("updated:   {}", rfc3339(c.updated_at));
-    println!(
-        "expires:   {}",
-        c.expires_at.map(rfc3339).unwrap_or_else(|| "never".into())
+    row("source", &c.source);
+    row("created", &rfc3339(c.created_at));
+    row("updated", &rfc3339(c.updated_at));
+    row(
+        "expires",
+        &c.expires_at.map(rfc3339).unwrap_or_else(|| "never".into()),
     );
     if let Some(p) = &placeholder {
-        println!("placeholder: {p}");
+        row("placeholder", p);
     }
     for (k, v) in &c.metadata {
-        println!("{:<10} {v}", format!("{k}:"));
+        row(k, v);
     }
     if !secret_names.is_empty() {
-        println!(
-            "also holds: {}",
-            secret_names
+        row(
+            "also holds",
+            &secret_names
                 .iter()
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
         );
     }
     if reveal {
-        println!("token:     {}", c.token.expose_secret());
+        row("token", c.token.expose_secret());
     }
     Ok(())
 }

@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Turn the raw files scripts/bench.sh left in its work dir into the Markdown report.
+
+  report.py WORKDIR > results.md
+
+WORKDIR/meta.tsv (key<TAB>value), WORKDIR/commands.log, and for each contender
+WORKDIR/res/<name>/: unavailable | auth, rss-idle, rss-held, held,
+oha-{ka,new}-c{1,64}.json, big. Anything missing is reported as n/a.
+"""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+CONTENDERS = ["direct", "mitmproxy", "moat"]
+
+
+def read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def esc(s: str | None) -> str | None:
+    """Safe inside a Markdown table cell."""
+    return None if s is None else s.replace("|", "\\|").replace("\n", " ")
+
+
+class Contender:
+    def __init__(self, work: Path, name: str):
+        self.name = name
+        self.dir = work / "res" / name
+        self.unavailable = esc(read(self.dir / "unavailable"))
+        self.notes: list[str] = []
+
+    def oha(self, mode: str, c: int) -> dict | None:
+        p = self.dir / f"oha-{mode}-c{c}.json"
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError):
+            err = read(self.dir / f"oha-{mode}-c{c}.err")
+            if self.unavailable is None:
+                self.notes.append(f"oha {mode} c={c} failed: {(err or 'no output')[-200:]}")
+            return None
+        errors = {k: v for k, v in (d.get("errorDistribution") or {}).items() if k != "aborted due to deadline"}
+        statuses = {k: v for k, v in (d.get("statusCodeDistribution") or {}).items() if k != "200"}
+        ok = (d.get("statusCodeDistribution") or {}).get("200", 0)
+        if errors or statuses:
+            bad = ", ".join(f"{v}× {k}" for k, v in {**statuses, **errors}.items())
+            self.notes.append(f"oha {mode} c={c}: {ok} × 200, and {bad}")
+            d["_flag"] = True
+        if ok == 0:
+            return None
+        return d
+
+    def rps(self, mode: str, c: int):
+        d = self.oha(mode, c)
+        return None if d is None else d["summary"]["requestsPerSec"]
+
+    def lat(self, mode: str, c: int, pct: str):
+        d = self.oha(mode, c)
+        if d is None or d["latencyPercentiles"].get(pct) is None:
+            return None
+        return d["latencyPercentiles"][pct] * 1000.0
+
+    def big_runs(self) -> list[float]:
+        runs = []
+        for line in (read(self.dir / "big") or "").splitlines():
+            try:
+                runs.append(float(line.split()[1]) / 1e6)
+            except (ValueError, IndexError):
+                pass
+        return runs
+
+    def big(self):
+        """Best of the runs, each metric on its own: (max MB/s, min TTFB ms)."""
+        speeds, ttfbs = [], []
+        for line in (read(self.dir / "big") or "").splitlines():
+            try:
+                ttfb, speed, _size, code = line.split()
+                ttfb, speed = float(ttfb), float(speed)
+            except ValueError:
+                continue
+            if code != "200":
+                self.notes.append(f"bulk download answered HTTP {code}")
+                continue
+            speeds.append(speed / 1e6)
+            ttfbs.append(ttfb * 1000.0)
+        if not speeds:
+            err = read(self.dir / "big.err")
+            if err and self.unavailable is None:
+                self.notes.append(f"bulk download failed: {err.splitlines()[-1][:200]}")
+            return None
+        return max(speeds), min(ttfbs)
+
+    def mbps(self):
+        b = self.big()
+        return None if b is None else b[0]
+
+    def ttfb(self):
+        b = self.big()
+        return None if b is None else b[1]
+
+    def held(self) -> int | None:
+        m = re.search(r"ok=(\d+) failed=(\d+)", read(self.dir / "held") or "")
+        return int(m.group(1)) if m else None
+
+    def rss_idle(self):
+        v = read(self.dir / "rss-idle")
+        return int(v) / 1024.0 if v else None
+
+    def rss_held(self):
+        v = read(self.dir / "rss-held")
+        return int(v) / 1024.0 if v else None
+
+    def rss_per_conn(self):
+        idle, held, n = read(self.dir / "rss-idle"), read(self.dir / "rss-held"), self.held()
+        if not (idle and held and n):
+            return None
+        return (int(held) - int(idle)) / n
+
+    def auth(self) -> str:
+        if self.unavailable is not None:
+            return "n/a"
+        body = read(self.dir / "auth") or ""
+        if self.name == "direct":
+            return "— (no proxy" + (": upstream answers 401 without it)" if "missing" in body else ")")
+        if body == "Bearer bench-secret":
+            return "✅ upstream saw `Authorization: Bearer bench-secret`"
+        return f"❌ upstream answered: {esc(body[:80])}"
+
+
+def fmt(v, kind: str) -> str:
+    if v is None:
+        return "n/a"
+    if kind == "rps":
+        return f"{v:,.0f}"
+    if kind == "ms":
+        return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:,.0f}"
+    if kind == "mb":
+        return f"{v:,.0f}"
+    if kind in ("mib", "kib"):
+        return f"{v:,.1f}"
+    return str(v)
+
+
+def ratio(a, b) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}×"
+
+
+def main() -> int:
+    work = Path(sys.argv[1])
+    meta = {}
+    for line in (read(work / "meta.tsv") or "").splitlines():
+        k, _, v = line.partition("\t")
+        meta[k] = v
+    cs = {n: Contender(work, n) for n in CONTENDERS}
+    d, m, o = cs["direct"], cs["mitmproxy"], cs["moat"]
+    conns = meta.get("conns", "1000")
+    for c in (m, o):
+        h = c.held()
+        if c.unavailable is None and h is not None and str(h) != conns:
+            c.notes.append(f"only {h} of {conns} idle connections could be opened")
+        if c.unavailable is None and h is None and c.name != "direct":
+            err = read(c.dir / "held.err")
+            c.notes.append("idle connections: " + (err.splitlines()[-1][:200] if err else "holder never got ready"))
+
+    # metric label, getter, unit kind, target text, target check on moat/direct (or absolute)
+    rows = []
+    for mode, mlabel in (("ka", "keep-alive"), ("new", "new connection per request")):
+        for c in (1, 64):
+            tgt_rps = ("≥ 0.7× direct", lambda r: r >= 0.7) if (mode, c) == ("new", 64) else None
+            if (mode, c) == ("ka", 64):
+                tgt_rps = ("≥ 0.5× direct", lambda r: r >= 0.5)
+            tgt_p50 = ("≤ 2.5× direct", lambda r: r <= 2.5) if (mode, c) == ("ka", 1) else None
+            rows.append((f"{mlabel}, c={c}: requests/s", lambda x, mode=mode, c=c: x.rps(mode, c), "rps", tgt_rps))
+            rows.append(
+                (f"{mlabel}, c={c}: p50 latency (ms)", lambda x, mode=mode, c=c: x.lat(mode, c, "p50"), "ms", tgt_p50)
+            )
+            rows.append(
+                (f"{mlabel}, c={c}: p99 latency (ms)", lambda x, mode=mode, c=c: x.lat(mode, c, "p99"), "ms", None)
+            )
+    big = int(meta.get("big_mib", "1024"))
+    big_label = "1 GiB" if big == 1024 else f"{big} MiB"
+    rows.append(
+        (f"{big_label} download: throughput (MB/s)", Contender.mbps, "mb", ("≥ 0.5× direct", lambda r: r >= 0.5))
+    )
+    rows.append((f"{big_label} download: time to first byte (ms)", Contender.ttfb, "ms", None))
+    rows.append(("proxy RSS, idle (MiB)", Contender.rss_idle, "mib", None))
+    rows.append((f"proxy RSS, {conns} idle connections (MiB)", Contender.rss_held, "mib", None))
+    rows.append(("proxy RSS per idle connection (KiB)", Contender.rss_per_conn, "kib", "abs64"))
+
+    out = []
+    out.append(f"# Moat benchmark, {meta.get('date', '?')}\n")
+    out.append(f"Command: `{meta.get('cmdline', './scripts/bench.sh')}`\n")
+    out.append("| machine | |\n| --- | --- |")
+    for k, label in (
+        ("nproc", "nproc"),
+        ("cpu", "CPU"),
+        ("memory", "memory"),
+        ("kernel", "kernel"),
+        ("load", "load average"),
+        ("cpuidle", "CPU idle"),
+        ("nginx", "nginx"),
+        ("oha", "oha"),
+        ("mitmproxy", "mitmproxy"),
+        ("moat", "moat"),
+        ("curl", "curl"),
+    ):
+        out.append(f"| {label} | {meta.get(k, '?')} |")
+    out.append("")
+    out.append("## Contenders\n")
+    out.append("| contender | how the client reaches `https://bench.test` | injection check (`GET /auth`, once) |")
+    out.append("| --- | --- | --- |")
+    out.append(f"| direct | straight to nginx (`--connect-to`), trusts the test CA: the limit | {d.auth()} |")
+    mrow = "mitmdump, regular proxy mode, addon `bench/mitm_inject.py` sets the header"
+    out.append(f"| mitmproxy | {mrow if m.unavailable is None else 'n/a (' + m.unavailable + ')'} | {m.auth()} |")
+    orow = "`moat proxy --grant bench`, CONNECT with Proxy-Authorization"
+    out.append(f"| moat explicit | {orow if o.unavailable is None else 'n/a (' + o.unavailable + ')'} | {o.auth()} |")
+    out.append("| transparent (pending `moat run`) | pending | pending |")
+    out.append("")
+
+    secs = meta.get("seconds", "5")
+    out.append("## Results\n")
+    out.append(
+        "| metric | direct | mitmproxy | moat explicit | moat transparent | moat/direct | moat/mitmproxy | mitmproxy/direct | target (moat) |"
+    )
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+
+    def cell(c: Contender, v, kind):
+        if c.unavailable is not None:
+            return "n/a"
+        return fmt(v, kind)
+
+    for label, get, kind, target in rows:
+        vd = None if d.unavailable else get(d)
+        vm = None if m.unavailable else get(m)
+        vo = None if o.unavailable else get(o)
+        is_rss = kind in ("mib", "kib")
+        dcell = "—" if is_rss else cell(d, vd, kind)
+        tcell = ""
+        if target == "abs64":
+            tcell = "≤ 64 KiB"
+            if vo is not None:
+                tcell += " ✅" if vo <= 64 else " ❌"
+            elif o.unavailable is not None:
+                tcell += " (pending)"
+        elif target:
+            text, check = target
+            tcell = text
+            if vo is not None and vd:
+                tcell += " ✅" if check(vo / vd) else " ❌"
+            elif o.unavailable is not None:
+                tcell += " (pending)"
+        out.append(
+            f"| {label} | {dcell} | {cell(m, vm, kind)} | {cell(o, vo, kind)} | pending"
+            f" | {'—' if is_rss else ratio(vo, vd)} | {ratio(vo, vm)} | {'—' if is_rss else ratio(vm, vd)} | {tcell} |"
+        )
+    out.append("")
+    if o.unavailable is not None:
+        out.append(f"Moat explicit: n/a ({o.unavailable}).\n")
+    out.append(
+        f"Each oha point runs {secs} s against `GET /small` (13-byte body); requests cut off by the deadline "
+        f"are not counted. The download rows are the best of {meta.get('big_runs', '3')} curl runs each "
+        f"(time to first byte includes CONNECT and both TLS handshakes). RSS is the proxy process's VmRSS; "
+        f"per connection = (RSS with the connections held − idle RSS) / connections held. Ratios are "
+        f"moat ÷ other: above 1 is better for requests/s and MB/s, below 1 is better for latency and memory. "
+        f"All processes share {meta.get('nproc', '?')} CPUs, so compare ratios, not absolute numbers.\n"
+    )
+    runs = [f"{c.name} {', '.join(f'{r:,.0f}' for r in c.big_runs())}" for c in cs.values() if c.big_runs()]
+    if runs:
+        out.append(f"Download runs, MB/s: {'; '.join(runs)}.\n")
+    notes = [f"{c.name}: {esc(n)}" for c in cs.values() for n in dict.fromkeys(c.notes)]
+    if notes:
+        out.append("Warnings:\n")
+        out.extend(f"- {n}" for n in notes)
+        out.append("")
+
+    cmds = read(work / "commands.log") or ""
+    tok = os.environ.get("BENCH_REDACT")
+    if tok:
+        import base64
+
+        cmds = cmds.replace(base64.b64encode(f"moat:{tok}".encode()).decode(), "<base64 moat:token>")
+        cmds = cmds.replace(tok, "<token>")
+    cmds = cmds.replace(str(work), "$WORK").replace(os.getcwd() + "/", "")
+    out.append("<details><summary>Commands run ($WORK is the temp dir)</summary>\n\n```sh")
+    out.append(cmds)
+    out.append("```\n</details>")
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
