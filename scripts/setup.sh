@@ -4,6 +4,9 @@
 set -euo pipefail
 
 packages=(
+  ca-certificates  # the system trust store Moat adds to
+  curl             # the real client in proxy tests and the demo
+  openssl          # s_client (pipelining test), x509 (CA checks)
   dbus             # dbus-run-session: a private session bus for keychain tests
   gnome-keyring    # a real Secret Service implementation
   libsecret-tools  # secret-tool, to check what Moat put in the keychain

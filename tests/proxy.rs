@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -681,7 +681,61 @@ fn ca_path_and_export() {
         .output()
         .unwrap();
     assert!(stdout(&text).contains("Moat CA ("), "{}", stdout(&text));
-    let _ = std::io::stdout().flush();
-    let mut s = String::new();
-    let _ = std::io::empty().read_to_string(&mut s);
+}
+
+#[test]
+fn no_intercept_and_allow_host_flags() {
+    let mut rig = Rig::new(&[b"http/1.1"]);
+    if let Some(mut old) = rig.proxy.take() {
+        let _ = old.kill();
+        let _ = old.wait();
+    }
+    let sink_port = rig.sink.server.addr.port().to_string();
+    rig.start_proxy(&[
+        "--grant",
+        "github",
+        "--no-intercept",
+        "api.github.com",
+        "--allow-host",
+        &format!("127.0.0.1:{sink_port}"),
+    ]);
+    // A pinned host is spliced: the upstream's own certificate, no injection.
+    assert!(!rig.curl(&["https://api.github.com/user"]).status.success());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-x",
+            &rig.url,
+            "--cacert",
+            rig.ca_file.to_str().unwrap(),
+            "https://api.github.com/user",
+        ])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert!(v["headers"]["authorization"].is_null(), "{v}");
+    // github.com is still intercepted and injected.
+    let v = json(&rig.curl(&["https://github.com/o/r.git/info/refs"]));
+    assert!(
+        v["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    // An allowed loopback service is reachable, by address.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-x",
+            &rig.url,
+            "-k",
+            &format!("https://127.0.0.1:{sink_port}/allowed"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(json(&out)["path"], "/allowed");
 }

@@ -12,7 +12,7 @@ use std::io::Write as _;
 
 use super::Ctx;
 use crate::net::{Resolve, Upstream};
-use crate::providers::{Registry, placeholder};
+use crate::providers::{HostPattern, Registry, placeholder};
 use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 use crate::store::{CredName, Store};
 
@@ -22,8 +22,8 @@ Prints one line to stdout when ready, the proxy URL (http://moat:<password>@HOST
 logs go to stderr. Clients must trust the Moat CA: see 'moat ca path'.
 
 Example:
-  url=$(moat proxy --grant github | head -1) &
-  HTTPS_PROXY=$url curl --cacert \"$(moat ca path)\" https://api.github.com/user")]
+  moat proxy --grant github > proxy.url &
+  HTTPS_PROXY=$(cat proxy.url) curl --cacert \"$(moat ca path)\" https://api.github.com/user")]
 pub struct ProxyArgs {
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
@@ -37,6 +37,14 @@ pub struct ProxyArgs {
     /// PEM file of extra CA roots to trust upstream (also MOAT_UPSTREAM_CA)
     #[arg(long, value_name = "FILE", env = "MOAT_UPSTREAM_CA")]
     upstream_ca: Option<std::path::PathBuf>,
+    /// Never intercept this host, even with a grant (clients that pin
+    /// certificates): spliced, never injected. Repeatable; *.example.com works
+    #[arg(long = "no-intercept", value_name = "HOST")]
+    no_intercept: Vec<String>,
+    /// Let this host reach restricted addresses (this host's loopback or own
+    /// addresses; link-local only if named exactly). Repeatable; HOST or HOST:PORT
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    allow_host: Vec<String>,
 }
 
 /// Decrypt the named credentials into proxy grants (values stay in memory).
@@ -86,6 +94,15 @@ pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
         hyper_util::client::proxy::matcher::Matcher::from_env(),
     )?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
+    let patterns = |list: &[String]| -> Result<Vec<HostPattern>> {
+        list.iter()
+            .map(|h| HostPattern::parse(h).map_err(Into::into))
+            .collect()
+    };
+    let policy = Policy {
+        no_intercept: patterns(&args.no_intercept)?,
+        allow_restricted: patterns(&args.allow_host)?,
+    };
     let mut token_bytes = [0u8; 24];
     getrandom::fill(&mut token_bytes).map_err(|e| anyhow!("random: {e}"))?;
     let token = URL_SAFE_NO_PAD.encode(token_bytes);
@@ -95,7 +112,7 @@ pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
-        let engine = Engine::new(ca, &grants, upstream, Policy::default(), Limits::default())?;
+        let engine = Engine::new(ca, &grants, upstream, policy, Limits::default())?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
