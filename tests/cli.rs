@@ -189,6 +189,24 @@ fn profiles_are_isolated() {
     }
 }
 
+/// Start one `moat grant NAME` per (name, token) at once; all must succeed.
+fn grant_all_at_once(env: &Env, grants: impl Iterator<Item = (String, String)>) {
+    let children: Vec<_> = grants
+        .map(|(name, token)| {
+            env.cmd()
+                .args(["grant", &name, "--no-validate"])
+                .env("P_TOKEN", token)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        ok(&c.wait_with_output().unwrap());
+    }
+}
+
 #[test]
 fn concurrent_grants_lose_nothing() {
     let env = Env::new();
@@ -197,20 +215,10 @@ fn concurrent_grants_lose_nothing() {
         yaml_provider(&dir, &format!("p{i:02}"), "P_TOKEN");
     }
     // 20 different names at once, on a store with no key yet: exactly one key.
-    let children: Vec<_> = (0..20)
-        .map(|i| {
-            env.cmd()
-                .args(["grant", &format!("p{i:02}"), "--no-validate"])
-                .env("P_TOKEN", format!("value-{i}"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        ok(&c.wait_with_output().unwrap());
-    }
+    grant_all_at_once(
+        &env,
+        (0..20).map(|i| (format!("p{i:02}"), format!("value-{i}"))),
+    );
     for i in 0..20 {
         assert_eq!(
             env.reveal(&format!("p{i:02}"), &[]).unwrap(),
@@ -218,20 +226,10 @@ fn concurrent_grants_lose_nothing() {
         );
     }
     // 20 writers of the same name: the survivor is one of them, intact.
-    let children: Vec<_> = (0..20)
-        .map(|i| {
-            env.cmd()
-                .args(["grant", "p00", "--no-validate"])
-                .env("P_TOKEN", format!("same-{i}"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        ok(&c.wait_with_output().unwrap());
-    }
+    grant_all_at_once(
+        &env,
+        (0..20).map(|i| ("p00".to_owned(), format!("same-{i}"))),
+    );
     let survivor = env.reveal("p00", &[]).unwrap();
     assert!(
         (0..20).any(|i| survivor == format!("same-{i}")),

@@ -232,6 +232,24 @@ fn slow_upstream_gets_a_504_that_names_it() {
 }
 
 #[test]
+fn stalled_upstream_body_is_cut_off_after_the_idle_timeout() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(800),
+        ..Limits::default()
+    };
+    let d = door("api.github.com", vec![github_grant()], limits);
+    let start = Instant::now();
+    let out = curl(&d, "api.github.com", &["https://api.github.com/stall"]);
+    assert!(!out.status.success(), "a stalled body must end in an error");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("partial"));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
+
+#[test]
 fn pipelined_requests_and_trailers() {
     let d = door("api.github.com", vec![github_grant()], Limits::default());
     // Two requests in one write on one connection (HTTP/1.1 pipelining).

@@ -739,3 +739,21 @@ fn no_intercept_and_allow_host_flags() {
         .unwrap();
     assert_eq!(json(&out)["path"], "/allowed");
 }
+
+#[test]
+fn inspect_intercepts_hosts_without_grants_and_injects_nothing() {
+    let mut rig = Rig::new(&[b"http/1.1"]);
+    if let Some(mut old) = rig.proxy.take() {
+        let _ = old.kill();
+        let _ = old.wait();
+    }
+    rig.start_proxy(&["--grant", "github", "--inspect"]);
+    // plain.test has no grant: now Moat's certificate (intercepted), no credential.
+    let v = json(&rig.curl(&["https://plain.test/seen"]));
+    assert!(
+        v["headers"]["authorization"].is_null() && v["headers"]["x-corp-key"].is_null(),
+        "{v}"
+    );
+    let v = json(&rig.curl(&["https://api.github.com/user"]));
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+}

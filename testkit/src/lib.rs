@@ -113,32 +113,30 @@ pub struct StubServer {
 impl StubServer {
     pub fn start(ca: &TestCa, names: &[&str], handler: Handler) -> Result<Self> {
         let config = ca.server_config(names, &[b"h2", b"http/1.1"])?;
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let seen2 = seen.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                tokio::select! {
-                    _ = serve(listener, config, handler, seen2) => {}
-                    _ = rx => {}
-                }
-            });
-        });
-        Ok(Self {
-            addr,
-            seen,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        Self::start_service(
+            config,
+            Arc::new(move |req, seen| {
+                let handler = handler.clone();
+                Box::pin(async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let record = record(&Request::from_parts(parts, ()), body);
+                    let (status, ctype, text) = handler(&record);
+                    if let Ok(mut s) = seen.lock() {
+                        s.push(record);
+                    }
+                    let mut resp = Response::new(sink_full(text));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");
+                    resp.headers_mut()
+                        .insert("content-type", ctype.parse().expect("valid content type"));
+                    resp
+                })
+            }),
+        )
     }
 
     /// Requests received so far.
@@ -160,73 +158,6 @@ impl Drop for StubServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Accept TLS connections and serve `handler` on each (h1 or h2 by ALPN).
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    handler: Handler,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let handler = handler.clone();
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let handler = handler.clone();
-                let seen = seen.clone();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let record = Seen {
-                        method: parts.method.to_string(),
-                        path: parts
-                            .uri
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_default(),
-                        headers: parts
-                            .headers
-                            .iter()
-                            .map(|(k, v)| {
-                                (
-                                    k.to_string(),
-                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                )
-                            })
-                            .collect(),
-                        body,
-                    };
-                    let (status, ctype, text) = handler(&record);
-                    if let Ok(mut s) = seen.lock() {
-                        s.push(record);
-                    }
-                    let resp = Response::builder()
-                        .status(status)
-                        .header("content-type", ctype)
-                        .body(Full::new(Bytes::from(text)))
-                        .expect("valid response");
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
     }
 }
 
@@ -373,6 +304,7 @@ fn sink_full(b: impl Into<Bytes>) -> SinkBody {
 /// - `/big?n=N`: N bytes of `x`
 /// - `/ws`: `101 Switching Protocols`, then echoes every byte
 /// - `/slow`: answers after 5 s
+/// - `/stall`: promises 1000 bytes, sends 7, then goes quiet for 30 s
 /// - `/trailers`: a body followed by an `x-checksum` trailer
 pub struct Sink {
     pub server: StubServer,
@@ -583,6 +515,19 @@ async fn sink(
             let mut resp = Response::new(body.boxed());
             resp.headers_mut()
                 .insert("content-length", n.to_string().parse().expect("number"));
+            resp
+        }
+        "/stall" => {
+            push(record(&req, Bytes::new()));
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from_static(b"partial")).await;
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                drop(tx);
+            });
+            let mut resp = Response::new(body.boxed());
+            resp.headers_mut()
+                .insert("content-length", "1000".parse().expect("static"));
             resp
         }
         "/slow" => {

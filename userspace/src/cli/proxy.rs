@@ -45,6 +45,10 @@ pub struct ProxyArgs {
     /// addresses; link-local only if named exactly). Repeatable; HOST or HOST:PORT
     #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
     allow_host: Vec<String>,
+    /// Intercept TLS for every host, not only granted ones (requests show up
+    /// in -v logs; clients must trust the Moat CA for all hosts)
+    #[arg(long)]
+    inspect: bool,
 }
 
 /// Decrypt the named credentials into proxy grants (values stay in memory).
@@ -102,6 +106,7 @@ pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
     let policy = Policy {
         no_intercept: patterns(&args.no_intercept)?,
         allow_restricted: patterns(&args.allow_host)?,
+        inspect_all: args.inspect,
     };
     let mut token_bytes = [0u8; 24];
     getrandom::fill(&mut token_bytes).map_err(|e| anyhow!("random: {e}"))?;

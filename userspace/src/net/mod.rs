@@ -187,8 +187,11 @@ impl Upstream {
         }
         std::future::poll_fn(|cx| tunnel.poll_ready(cx))
             .await
-            .map_err(|e| proxy_err(chain(&e)))?;
-        let io = tunnel.call(dst).await.map_err(|e| proxy_err(chain(&e)))?;
+            .map_err(|e| proxy_err(error_chain(&e)))?;
+        let io = tunnel
+            .call(dst)
+            .await
+            .map_err(|e| proxy_err(error_chain(&e)))?;
         Ok(io.into_inner())
     }
 
@@ -270,7 +273,7 @@ impl Upstream {
         tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| err(chain(&e)))
+            .map_err(|e| err(error_chain(&e)))
     }
 
     /// One HTTP/1.1 request, response body read whole (at most 1 MiB).
@@ -350,7 +353,7 @@ impl Upstream {
 }
 
 /// An error and its causes, `outer: inner: root`.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

@@ -314,12 +314,7 @@ fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Res
         }
         source = err.source();
     }
-    let mut reason = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(inner) = cur {
-        reason = format!("{reason}: {inner}");
-        cur = inner.source();
-    }
+    let reason = crate::net::error_chain(e);
     moat_response(
         StatusCode::BAD_GATEWAY,
         &format!("upstream {}:{} failed: {reason}", target.host, target.port),

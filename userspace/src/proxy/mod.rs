@@ -45,6 +45,10 @@ pub struct Policy {
     /// Hosts allowed to reach restricted addresses (the host's loopback, a
     /// local dev server). Link-local metadata needs an explicit entry too.
     pub allow_restricted: Vec<HostPattern>,
+    /// Terminate TLS for every host (not only granted ones), so requests can
+    /// be inspected and logged; hosts without a grant get nothing injected.
+    /// Clients must trust the Moat CA for every host then.
+    pub inspect_all: bool,
 }
 
 /// Limits that keep one run from exhausting the host.
@@ -56,6 +60,9 @@ pub struct Limits {
     /// How long an upstream may take to send its response head (LLM APIs
     /// can think for minutes before answering a non-streaming request).
     pub response_timeout: std::time::Duration,
+    /// An upstream that sends nothing for this long is cut off (a stalled
+    /// body, a dead peer). Generous, so quiet long-polls and streams survive.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +71,7 @@ impl Default for Limits {
             max_connections: 4096,
             max_header_bytes: 64 * 1024,
             response_timeout: std::time::Duration::from_secs(300),
+            idle_timeout: std::time::Duration::from_secs(15 * 60),
         }
     }
 }
@@ -108,7 +116,7 @@ impl Engine {
             policy.allow_restricted.clone(),
         ))));
         let upstream = Arc::new(upstream.with_guard(guard.clone()));
-        let client = upstream::client(upstream.clone());
+        let client = upstream::client(upstream.clone(), limits.idle_timeout);
         let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         Ok(Arc::new(Self {
             ca,
@@ -137,7 +145,7 @@ impl Engine {
 
     /// Intercept (terminate TLS) for this destination?
     fn intercepts(&self, host: &str, port: u16) -> bool {
-        self.table.covers(host, port)
+        (self.policy.inspect_all || self.table.covers(host, port))
             && !self
                 .policy
                 .no_intercept

@@ -224,7 +224,7 @@ impl Engine {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut upstream = match self.upstream.connect(&host, port, port == 443).await {
-            Ok(u) => u,
+            Ok(u) => super::upstream::with_idle_timeout(u, self.limits.idle_timeout),
             Err(e) => {
                 tracing::info!(%host, port, "not spliced: {e}");
                 let _ = stream.shutdown().await;
@@ -233,6 +233,29 @@ impl Engine {
         };
         tracing::debug!(%host, port, "splicing");
         let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    }
+
+    /// The next connection within the run's connection limit (over the limit,
+    /// connections are closed at once; accept errors back off briefly).
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+    ) -> (TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit) {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => match self.connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = tcp.set_nodelay(true);
+                        return (tcp, peer, permit);
+                    }
+                    Err(_) => tracing::warn!(%peer, "connection limit reached; refusing"),
+                },
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     /// Serve the explicit proxy on `listener`: every request must carry
@@ -244,19 +267,7 @@ impl Engine {
         let expected: Arc<[u8]> =
             Arc::from(format!("Basic {}", B64.encode(format!("moat:{token}"))).into_bytes());
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; refusing");
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, _peer, permit) = self.accept(&listener).await;
             let engine = self.clone();
             let expected = expected.clone();
             tokio::spawn(async move {
@@ -358,18 +369,7 @@ impl Engine {
             self.add_listener(addr);
         }
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; refusing");
-                continue;
-            };
+            let (tcp, peer, permit) = self.accept(&listener).await;
             let original = match dst.original_dst(&tcp) {
                 Ok(a) => a,
                 Err(e) => {
@@ -377,7 +377,6 @@ impl Engine {
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
             let host = names
                 .as_ref()
                 .and_then(|n| n(original.ip()))

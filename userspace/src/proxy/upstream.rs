@@ -20,6 +20,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::net::{Io, NetError, Upstream};
 
+/// `io` cut off when it sends nothing for `idle` (a stalled body, a dead peer).
+pub fn with_idle_timeout<S: Io + 'static>(
+    io: S,
+    idle: Duration,
+) -> Pin<Box<tokio_io_timeout::TimeoutStream<S>>> {
+    let mut s = tokio_io_timeout::TimeoutStream::new(io);
+    s.set_read_timeout(Some(idle));
+    Box::pin(s)
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or returns.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -29,15 +39,16 @@ pub type UpstreamClient = Client<Connector, ProxyBody>;
 #[derive(Clone)]
 pub struct Connector {
     upstream: Arc<Upstream>,
+    idle: Duration,
 }
 
-pub fn client(upstream: Arc<Upstream>) -> UpstreamClient {
+pub fn client(upstream: Arc<Upstream>, idle: Duration) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(Connector { upstream })
+        .build(Connector { upstream, idle })
 }
 
 /// A pooled connection: plain or TLS, and whether ALPN chose h2.
@@ -57,6 +68,7 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let upstream = self.upstream.clone();
+        let idle = self.idle;
         Box::pin(async move {
             let host = uri
                 .host()
@@ -70,13 +82,13 @@ impl tower_service::Service<http::Uri> for Connector {
                 let stream = upstream.connect_tls_alpn(&host, port, true).await?;
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 Ok(UpstreamConn {
-                    io: TokioIo::new(Box::new(stream)),
+                    io: TokioIo::new(Box::new(with_idle_timeout(stream, idle))),
                     h2,
                 })
             } else {
                 let stream = upstream.connect(&host, port, false).await?;
                 Ok(UpstreamConn {
-                    io: TokioIo::new(Box::new(stream)),
+                    io: TokioIo::new(Box::new(with_idle_timeout(stream, idle))),
                     h2: false,
                 })
             }
