@@ -10,4 +10,5 @@ pub mod home;
 pub mod net;
 pub mod providers;
 pub mod proxy;
+pub mod sandbox;
 pub mod store;

@@ -1,0 +1,6 @@
+//! Sandbox pieces: the host-side services a sandboxed child talks to.
+
+pub mod dns;
+#[cfg(target_os = "linux")]
+pub mod netns;
+pub mod nft;

@@ -1,0 +1,355 @@
+//! Plumbing a sandbox's network namespace from the host side.
+//!
+//! [`plumb`] enters the sandbox namespace on a dedicated thread (the caller's
+//! thread never leaves the host namespace), and there:
+//!
+//! 1. brings `lo` up and adds `default dev lo src 127.0.0.1` over rtnetlink
+//!    (without a route, connect() fails with `ENETUNREACH` before any nat hook
+//!    runs; without `src`, redirected peers show up as `0.0.0.0`);
+//! 2. creates the proxy listener and the DNS sockets (UDP and TCP on one port)
+//!    on `127.0.0.1`, so they belong to the sandbox namespace;
+//! 3. loads [`super::nft::ruleset`] with `nft -f -`, spawned from that thread
+//!    so the child inherits the thread's namespace.
+//!
+//! The sockets come back to the caller, who serves them from the host
+//! namespace: a socket stays in the namespace it was created in, wherever the
+//! process that holds it lives. Nothing is created in the host namespace, so
+//! there is nothing to clean up: rules, route and sockets' namespace all go
+//! when the sandbox's last process exits and the sockets are closed.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+
+use super::nft;
+
+/// The sockets a plumbed sandbox's traffic lands on. All of them live in the
+/// sandbox's network namespace, bound to `127.0.0.1`, and are non-blocking.
+#[derive(Debug)]
+pub struct SandboxNet {
+    /// Every TCP connection leaving the sandbox (except DNS) arrives here;
+    /// `SO_ORIGINAL_DST` ([`crate::proxy::SoOriginalDst`]) names its target.
+    pub proxy_listener: TcpListener,
+    /// DNS over UDP, whatever resolver the sandbox asked.
+    pub dns_udp: UdpSocket,
+    /// DNS over TCP, same port as [`Self::dns_udp`].
+    pub dns_tcp: TcpListener,
+    pub proxy_port: u16,
+    pub dns_port: u16,
+}
+
+/// What went wrong while plumbing a sandbox's network namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error(
+        "cannot inspect the sandbox network namespace handle: {0} \
+         (pass an open /proc/<pid>/ns/net of the sandbox)"
+    )]
+    Inspect(#[source] io::Error),
+
+    #[error(
+        "refusing to plumb the host's own network namespace: the handle must be the \
+         sandbox's /proc/<pid>/ns/net, not this process's"
+    )]
+    HostNamespace,
+
+    #[error("cannot start the thread that enters the sandbox network namespace: {0}")]
+    Thread(#[source] io::Error),
+
+    #[error("the thread plumbing the sandbox network namespace panicked")]
+    ThreadPanicked,
+
+    #[error(
+        "cannot enter the sandbox network namespace: {0}. Moat needs CAP_SYS_ADMIN over \
+         it: run as root, or rootless from inside the user namespace that owns it; the \
+         handle must be a network namespace (/proc/<pid>/ns/net)"
+    )]
+    Setns(#[source] nix::Error),
+
+    #[error("cannot start the netlink runtime inside the sandbox namespace: {0}")]
+    Runtime(#[source] io::Error),
+
+    #[error("cannot open a netlink socket inside the sandbox namespace: {0}")]
+    NetlinkSocket(#[source] io::Error),
+
+    #[error(
+        "the sandbox namespace has no loopback link `lo` ({0}); \
+         is the handle a network namespace?"
+    )]
+    NoLoopback(#[source] nix::Error),
+
+    #[error(
+        "netlink: cannot {what} inside the sandbox namespace: {source} \
+         (Moat needs CAP_NET_ADMIN there)"
+    )]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("cannot {what} inside the sandbox namespace: {source}")]
+    Socket {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "`nft` not found (looked in PATH, /usr/sbin and /sbin): install nftables \
+         (Debian/Ubuntu: apt-get install nftables), or use --network-mode env"
+    )]
+    NftMissing,
+
+    #[error("cannot run {path}: {source}")]
+    NftSpawn {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "nft rejected the sandbox ruleset ({status}): {stderr}. The kernel needs \
+         nf_tables with nat, redirect and reject (modprobe nf_tables nft_redir \
+         nft_reject_ipv6), or use --network-mode env"
+    )]
+    NftFailed { status: ExitStatus, stderr: String },
+}
+
+/// Plumbs the network namespace `netns` (an open `/proc/<pid>/ns/net`, or a
+/// pidfd) for transparent redirection and returns the sockets its traffic
+/// lands on. See the module documentation for what is done; the caller's
+/// thread stays in its own namespace.
+///
+/// Refuses the caller's own network namespace, so a wrong handle can never
+/// change the host's routes or firewall.
+pub fn plumb(netns: &File) -> Result<SandboxNet, NetnsError> {
+    refuse_own_namespace(netns)?;
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("moat-netns".into())
+            .spawn_scoped(scope, || plumb_inside(netns))
+            .map_err(NetnsError::Thread)?;
+        worker.join().map_err(|_| NetnsError::ThreadPanicked)?
+    })
+}
+
+/// Errors if `netns` is the calling thread's own network namespace.
+fn refuse_own_namespace(netns: &File) -> Result<(), NetnsError> {
+    let target = netns.metadata().map_err(NetnsError::Inspect)?;
+    let own = std::fs::metadata("/proc/thread-self/ns/net").map_err(NetnsError::Inspect)?;
+    if (target.dev(), target.ino()) == (own.dev(), own.ino()) {
+        return Err(NetnsError::HostNamespace);
+    }
+    Ok(())
+}
+
+/// Runs on a thread of its own, which ends (namespace and all) when done.
+fn plumb_inside(netns: &File) -> Result<SandboxNet, NetnsError> {
+    setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Setns)?;
+
+    route_loopback()?;
+    let (proxy_listener, dns_udp, dns_tcp) = bind_sockets()?;
+    let local = |what, r: io::Result<std::net::SocketAddr>| {
+        r.map(|a| a.port())
+            .map_err(|source| NetnsError::Socket { what, source })
+    };
+    let proxy_port = local("read the proxy port", proxy_listener.local_addr())?;
+    let dns_port = local("read the DNS port", dns_udp.local_addr())?;
+
+    load_ruleset(&nft::ruleset(proxy_port, dns_port))?;
+
+    for (what, r) in [
+        (
+            "make the proxy listener non-blocking",
+            proxy_listener.set_nonblocking(true),
+        ),
+        (
+            "make the DNS UDP socket non-blocking",
+            dns_udp.set_nonblocking(true),
+        ),
+        (
+            "make the DNS TCP listener non-blocking",
+            dns_tcp.set_nonblocking(true),
+        ),
+    ] {
+        r.map_err(|source| NetnsError::Socket { what, source })?;
+    }
+    Ok(SandboxNet {
+        proxy_listener,
+        dns_udp,
+        dns_tcp,
+        proxy_port,
+        dns_port,
+    })
+}
+
+/// `ip link set lo up; ip route replace default dev lo src 127.0.0.1`, over
+/// a netlink socket opened in the current (sandbox) namespace.
+fn route_loopback() -> Result<(), NetnsError> {
+    let lo = nix::net::if_::if_nametoindex("lo").map_err(NetnsError::NoLoopback)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(NetnsError::Runtime)?;
+    rt.block_on(async {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(NetnsError::NetlinkSocket)?;
+        let conn = tokio::spawn(connection);
+        let result = async {
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .map_err(|source| NetnsError::Netlink {
+                    what: "bring lo up",
+                    source,
+                })?;
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(lo)
+                .pref_source(Ipv4Addr::LOCALHOST)
+                .scope(RouteScope::Link)
+                .build();
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|source| NetnsError::Netlink {
+                    what: "add the route `default dev lo src 127.0.0.1`",
+                    source,
+                })
+        }
+        .await;
+        conn.abort();
+        result
+    })
+}
+
+/// The proxy listener on `127.0.0.1:0`, and UDP + TCP DNS sockets sharing
+/// one port on `127.0.0.1`.
+fn bind_sockets() -> Result<(TcpListener, UdpSocket, TcpListener), NetnsError> {
+    let proxy =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| NetnsError::Socket {
+            what: "bind the proxy listener on 127.0.0.1",
+            source,
+        })?;
+    // A fresh namespace has its whole port range free, but the UDP port
+    // picked by the kernel may be taken for TCP: try a few.
+    let mut last = None;
+    for _ in 0..16 {
+        let udp =
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| NetnsError::Socket {
+                what: "bind the DNS UDP socket on 127.0.0.1",
+                source,
+            })?;
+        let port = udp
+            .local_addr()
+            .map_err(|source| NetnsError::Socket {
+                what: "read the DNS port",
+                source,
+            })?
+            .port();
+        match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            Ok(tcp) => return Ok((proxy, udp, tcp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(source) => {
+                return Err(NetnsError::Socket {
+                    what: "bind the DNS TCP listener on 127.0.0.1",
+                    source,
+                });
+            }
+        }
+    }
+    Err(NetnsError::Socket {
+        what: "find a port free for both UDP and TCP DNS on 127.0.0.1",
+        source: last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)),
+    })
+}
+
+/// Where `nft` is: `PATH` first, then the sbin directories that a non-root
+/// `PATH` often lacks.
+fn nft_path() -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join("nft"))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `nft -f -` with `script` on stdin, run from the calling thread so that it
+/// inherits the thread's network namespace.
+fn load_ruleset(script: &str) -> Result<(), NetnsError> {
+    let path = nft_path().ok_or(NetnsError::NftMissing)?;
+    let spawn_err = |source| NetnsError::NftSpawn {
+        path: path.clone(),
+        source,
+    };
+    let mut child = Command::new(&path)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(script.as_bytes()))
+        .unwrap_or(Ok(()));
+    // Wait even if writing failed (nft may have exited early: its stderr says why).
+    let output = child.wait_with_output().map_err(spawn_err)?;
+    if !output.status.success() {
+        return Err(NetnsError::NftFailed {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    written.map_err(spawn_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_the_callers_own_namespace() {
+        // Only the check: plumb() itself is exercised in vm-tests/netns_redirect.rs.
+        let own = File::open("/proc/thread-self/ns/net").unwrap();
+        assert!(matches!(
+            refuse_own_namespace(&own),
+            Err(NetnsError::HostNamespace)
+        ));
+        let not_a_netns = File::open("/proc/thread-self/ns/mnt").unwrap();
+        assert!(refuse_own_namespace(&not_a_netns).is_ok());
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        assert!(
+            NetnsError::NftMissing
+                .to_string()
+                .contains("install nftables")
+        );
+        let e = NetnsError::Setns(nix::Error::EPERM);
+        assert!(e.to_string().contains("run as root"), "{e}");
+    }
+}
