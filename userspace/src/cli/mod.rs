@@ -5,6 +5,7 @@ mod grant;
 mod output;
 mod proxy;
 mod revoke;
+mod run;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,8 @@ enum Command {
     Grant(grant::GrantArgs),
     /// Delete a stored credential
     Revoke(revoke::RevokeArgs),
+    /// Run a command in the sandbox: all egress through the injecting proxy
+    Run(run::RunArgs),
     /// Run the credential-injecting proxy on its own (explicit HTTP proxy)
     Proxy(proxy::ProxyArgs),
     /// The Moat CA that signs intercepted connections
@@ -72,6 +75,12 @@ enum Command {
     /// Internal: keychain access as the sudo caller
     #[command(name = "__keyring", hide = true)]
     Keyring { op: String },
+    /// Internal: the sandbox's first process
+    #[command(name = "__sandbox-init", hide = true)]
+    SandboxInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// What every command may need, built on demand.
@@ -115,7 +124,28 @@ pub fn main() -> ExitCode {
         json: cli.json,
         profile: cli.profile,
     };
-    let result = match cli.command {
+    let command = match cli.command {
+        #[cfg(target_os = "linux")]
+        Command::SandboxInit { args } => match crate::sandbox::run::parse_init_args(args) {
+            Ok(init_args) => crate::sandbox::init::main(init_args),
+            Err(e) => {
+                eprintln!("moat: __sandbox-init: {e}");
+                return ExitCode::from(125);
+            }
+        },
+        // Exit codes as docker run: the command's, or 125 when Moat fails.
+        Command::Run(args) => {
+            return match run::run(&ctx, args) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("moat: error: {e:#}");
+                    ExitCode::from(125)
+                }
+            };
+        }
+        other => other,
+    };
+    let result = match command {
         Command::Grant(args) => grant::run(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Proxy(args) => proxy::run(&ctx, args),
@@ -127,6 +157,7 @@ pub fn main() -> ExitCode {
         Command::Keyring { op } => {
             crate::store::keyring::helper_main(&op).context("keychain helper")
         }
+        Command::Run(_) | Command::SandboxInit { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

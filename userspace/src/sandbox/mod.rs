@@ -2,5 +2,9 @@
 
 pub mod dns;
 #[cfg(target_os = "linux")]
+pub mod init;
+#[cfg(target_os = "linux")]
 pub mod netns;
 pub mod nft;
+#[cfg(target_os = "linux")]
+pub mod run;

@@ -1,0 +1,278 @@
+//! The sandbox's first process (`moat __sandbox-init`): it enters new
+//! network, mount and PID namespaces, waits until Moat has plumbed the
+//! network, shapes the filesystem, then runs the command under a tiny PID 1
+//! that forwards signals and reaps.
+//!
+//! Process tree: `moat run` → `__sandbox-init` (host PID namespace) →
+//! PID 1 (init, new PID namespace) → the command.
+
+use std::ffi::{CString, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, execvp, fork};
+
+/// The descriptor `moat run` passes the sync socket on.
+pub const SYNC_FD: i32 = 3;
+/// Where the merged CA bundle appears inside the sandbox.
+pub const BUNDLE_INSIDE: &str = "/tmp/.moat/ca-bundle.pem";
+/// The sandbox's fresh HOME.
+pub const HOME_INSIDE: &str = "/tmp/home";
+
+/// What `moat run` asks of the init (passed as arguments).
+#[derive(Debug, Default)]
+pub struct InitArgs {
+    pub workspace: PathBuf,
+    /// Directories to hide behind empty read-only tmpfs mounts.
+    pub hide: Vec<PathBuf>,
+    /// The merged CA bundle on the host, copied to [`BUNDLE_INSIDE`].
+    pub bundle: PathBuf,
+    /// uid/gid to run the command as (the sudo caller), if any.
+    pub run_as: Option<(u32, u32)>,
+    pub command: Vec<OsString>,
+}
+
+/// Signals passed on to the command. SIGINT/SIGQUIT/SIGWINCH come from the
+/// terminal to the whole foreground group, so the command already has them.
+const FORWARD: [Signal; 5] = [
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCONT,
+];
+
+fn die(msg: &str) -> ! {
+    eprintln!("moat: sandbox setup failed: {msg}");
+    std::process::exit(125)
+}
+
+/// Entry point of `moat __sandbox-init`. Never returns.
+pub fn main(args: InitArgs) -> ! {
+    // SAFETY: moat run put the sync socket on SYNC_FD and nothing else owns it.
+    let mut sync = UnixStream::from(unsafe { OwnedFd::from_raw_fd(SYNC_FD) });
+    if let Err(e) =
+        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
+    {
+        die(&format!(
+            "cannot create namespaces ({e}); run as root, or use --network-mode env"
+        ));
+    }
+    let mut go = [0u8; 1];
+    if sync.write_all(b"r").is_err() || sync.read_exact(&mut go).is_err() || go[0] != b'g' {
+        die("moat went away before the network was ready");
+    }
+    drop(sync);
+    if let Err(e) = shape_filesystem(&args) {
+        die(&e);
+    }
+    let forwarded = blocked_signals();
+    // SAFETY: single-threaded here (no runtime was started in this process).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => pid1(&args, &forwarded),
+        Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, &forwarded)),
+        Err(e) => die(&format!("fork: {e}")),
+    }
+}
+
+/// Private mounts, a fresh /tmp with HOME and the CA bundle, hidden paths;
+/// the workspace stays visible (and writable) even when it lives inside a
+/// hidden directory or under /tmp.
+fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let none: Option<&str> = None;
+    let ws = std::fs::File::open(&args.workspace)
+        .map_err(|e| format!("opening the workspace {}: {e}", args.workspace.display()))?;
+    let ws_meta = ws.metadata().map_err(|e| e.to_string())?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|e| format!("making / private: {e}"))?;
+    let bundle = std::fs::read(&args.bundle)
+        .map_err(|e| format!("reading {}: {e}", args.bundle.display()))?;
+    let tmpfs = |path: &std::path::Path, mode: &str| {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(mode),
+        )
+        .map_err(|e| format!("mounting a tmpfs on {}: {e}", path.display()))
+    };
+    tmpfs("/tmp".as_ref(), "mode=1777")?;
+    std::fs::create_dir_all("/tmp/.moat").map_err(|e| e.to_string())?;
+    std::fs::write(BUNDLE_INSIDE, bundle).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(HOME_INSIDE).map_err(|e| e.to_string())?;
+    if let Some((uid, gid)) = args.run_as {
+        let _ = std::os::unix::fs::chown(HOME_INSIDE, Some(uid), Some(gid));
+    }
+    let mut hidden_dirs = Vec::new();
+    for path in &args.hide {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if path == &args.workspace {
+            continue; // the user chose it as the workspace
+        }
+        if meta.is_dir() {
+            tmpfs(path, "mode=0755")?;
+            hidden_dirs.push(path);
+        } else {
+            // A socket or file (agent socket, docker.sock): cover it with /dev/null.
+            mount(Some("/dev/null"), path, none, MsFlags::MS_BIND, none)
+                .map_err(|e| format!("hiding {}: {e}", path.display()))?;
+        }
+    }
+    let visible = std::fs::metadata(&args.workspace)
+        .is_ok_and(|m| m.dev() == ws_meta.dev() && m.ino() == ws_meta.ino());
+    if !visible {
+        std::fs::create_dir_all(&args.workspace)
+            .map_err(|e| format!("re-creating the workspace mount point: {e}"))?;
+        let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&ws));
+        mount(
+            Some(source.as_str()),
+            &args.workspace,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .map_err(|e| format!("mounting the workspace: {e}"))?;
+    }
+    for path in hidden_dirs {
+        let flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mount(none, path, none, flags, none)
+            .map_err(|e| format!("making {} read-only: {e}", path.display()))?;
+    }
+    drop(ws);
+    Ok(())
+}
+
+fn blocked_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARD {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGQUIT);
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    set
+}
+
+/// Wait for `child`, forwarding signals to it; its exit status, shell-style.
+fn supervise(child: Pid, set: &SigSet) -> i32 {
+    loop {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue, // an orphan reaped (we may be PID 1)
+            }
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Ok(Signal::SIGINT) | Ok(Signal::SIGQUIT) => {}
+            Ok(sig) => {
+                let _ = kill(child, sig);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// PID 1 of the new PID namespace: fresh /proc, then the command.
+fn pid1(args: &InitArgs, set: &SigSet) -> ! {
+    let none: Option<&str> = None;
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    ) {
+        die(&format!("mounting /proc: {e}"));
+    }
+    // SAFETY: single-threaded.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => command(args),
+        Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, set)),
+        Err(e) => die(&format!("fork: {e}")),
+    }
+}
+
+/// The command: no privileges over the sandbox, then exec.
+fn command(args: &InitArgs) -> ! {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Err(e) = drop_privileges(args.run_as) {
+        die(&e);
+    }
+    if let Err(e) = std::env::set_current_dir(&args.workspace) {
+        die(&format!(
+            "entering the workspace {}: {e}",
+            args.workspace.display()
+        ));
+    }
+    let argv: Vec<CString> = args
+        .command
+        .iter()
+        .map(|a| {
+            CString::new(a.as_bytes()).unwrap_or_else(|_| die("an argument contains a NUL byte"))
+        })
+        .collect();
+    let Some(program) = argv.first() else {
+        die("no command")
+    };
+    let err = execvp(program, &argv).unwrap_err();
+    let name = args.command[0].to_string_lossy();
+    match err {
+        nix::errno::Errno::ENOENT => {
+            eprintln!("moat: {name}: command not found");
+            std::process::exit(127)
+        }
+        e => {
+            eprintln!("moat: {name}: cannot execute: {e}");
+            std::process::exit(126)
+        }
+    }
+}
+
+/// Capabilities that would let the command change the sandbox's network
+/// rules or routes, load code into the kernel or trace Moat.
+#[cfg(target_os = "linux")]
+const DROPPED: [caps::Capability; 6] = [
+    caps::Capability::CAP_NET_ADMIN,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_BPF,
+    caps::Capability::CAP_SYS_PTRACE,
+    caps::Capability::CAP_SYS_MODULE,
+];
+
+fn drop_privileges(run_as: Option<(u32, u32)>) -> Result<(), String> {
+    for cap in DROPPED {
+        caps::drop(None, caps::CapSet::Bounding, cap)
+            .map_err(|e| format!("dropping {cap}: {e}"))?;
+        for set in [
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+            caps::CapSet::Inheritable,
+        ] {
+            let _ = caps::drop(None, set, cap);
+        }
+    }
+    let _ = caps::clear(None, caps::CapSet::Ambient);
+    if let Some((uid, gid)) = run_as {
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).map_err(|e| format!("setgid: {e}"))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    Ok(())
+}

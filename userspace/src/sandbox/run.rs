@@ -1,0 +1,182 @@
+//! `moat run` on Linux, host side: start the sandbox's init, plumb its
+//! network namespace (transparent redirect to the proxy and DNS), serve the
+//! proxy and DNS from the host namespace, wait, return the exit code.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use super::dns::{self, SyntheticDns};
+use super::init::{self, SYNC_FD};
+use super::netns;
+use crate::net::Upstream;
+use crate::proxy::server::NameLookup;
+use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy, SoOriginalDst};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("starting the sandbox: {0}")]
+    Spawn(std::io::Error),
+    #[error("the sandbox did not start (see the message above)")]
+    InitFailed,
+    #[error(transparent)]
+    Net(#[from] netns::NetnsError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct RunSpec {
+    pub grants: Vec<Grant>,
+    pub upstream: Upstream,
+    pub policy: Policy,
+    pub ca: Arc<MoatCa>,
+    /// The merged CA bundle (system roots + Moat CA) on the host.
+    pub bundle: PathBuf,
+    pub workspace: PathBuf,
+    /// Paths the command must not see.
+    pub hide: Vec<PathBuf>,
+    pub env: Vec<(OsString, OsString)>,
+    pub run_as: Option<(u32, u32)>,
+    pub command: Vec<OsString>,
+}
+
+/// Run the command in the sandbox; its exit code (128+N for signal N).
+pub fn run(spec: RunSpec) -> Result<i32, RunError> {
+    let (mut ours, theirs) = UnixStream::pair()?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__sandbox-init")
+        .arg("--workspace")
+        .arg(&spec.workspace)
+        .arg("--bundle")
+        .arg(&spec.bundle);
+    for h in &spec.hide {
+        cmd.arg("--hide").arg(h);
+    }
+    if let Some((uid, gid)) = spec.run_as {
+        cmd.arg("--run-as").arg(format!("{uid}:{gid}"));
+    }
+    cmd.arg("--")
+        .args(&spec.command)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    // SAFETY: dup2 is async-signal-safe; it puts the sync socket on SYNC_FD.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc_dup2(fd, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+    drop(theirs);
+
+    let mut ready = [0u8; 1];
+    if ours.read_exact(&mut ready).is_err() || ready[0] != b'r' {
+        let _ = child.wait();
+        return Err(RunError::InitFailed);
+    }
+    let ns = std::fs::File::open(format!("/proc/{}/ns/net", child.id()))?;
+    let plumbed = netns::plumb(&ns);
+    let net = match plumbed {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dns = Arc::new(SyntheticDns::new());
+    let engine = Engine::new(
+        spec.ca.clone(),
+        &spec.grants,
+        spec.upstream,
+        spec.policy,
+        Limits::default(),
+    )?;
+    {
+        let _guard = rt.enter();
+        let proxy_listener = tokio::net::TcpListener::from_std(net.proxy_listener)?;
+        let dns_udp = tokio::net::UdpSocket::from_std(net.dns_udp)?;
+        let dns_tcp = tokio::net::TcpListener::from_std(net.dns_tcp)?;
+        let lookup_dns = dns.clone();
+        let names: NameLookup = Arc::new(move |ip| lookup_dns.name_for(ip));
+        rt.spawn(engine.serve_transparent(proxy_listener, Arc::new(SoOriginalDst), Some(names)));
+        rt.spawn(dns::serve_udp(dns_udp, dns.clone()));
+        rt.spawn(dns::serve_tcp(dns_tcp, dns.clone()));
+    }
+    ours.write_all(b"g")?;
+    drop(ours);
+
+    // Ctrl-C reaches the command straight from the terminal; Moat itself
+    // waits. SIGTERM sent to Moat is passed on.
+    let pid = child.id() as i32;
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM); }
+                _ = int.recv() => {}
+            }
+        }
+    });
+    let status = child.wait()?;
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    // SAFETY: plain syscall on descriptors we own.
+    unsafe { nix::libc::dup2(from, to) }
+}
+
+/// Parse `__sandbox-init` arguments (internal; built by [`run`]).
+pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
+    let mut args = init::InitArgs::default();
+    let mut it = raw.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{} needs a value", a.to_string_lossy()))
+        };
+        match a.to_str() {
+            Some("--workspace") => args.workspace = value()?.into(),
+            Some("--bundle") => args.bundle = value()?.into(),
+            Some("--hide") => args.hide.push(value()?.into()),
+            Some("--run-as") => {
+                let v = value()?.to_string_lossy().into_owned();
+                let (u, g) = v.split_once(':').ok_or("--run-as UID:GID")?;
+                args.run_as = Some((
+                    u.parse().map_err(|_| "bad uid")?,
+                    g.parse().map_err(|_| "bad gid")?,
+                ));
+            }
+            Some("--") => {
+                args.command = it.collect();
+                break;
+            }
+            _ => return Err(format!("unexpected argument {}", a.to_string_lossy())),
+        }
+    }
+    if args.command.is_empty() {
+        return Err("no command".into());
+    }
+    Ok(args)
+}
