@@ -80,23 +80,29 @@ pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Resu
     Ok(grants)
 }
 
+/// How Moat reaches upstreams: `MOAT_RESOLVE` plus `--resolve` flags (the
+/// flag winning for the same HOST:PORT), extra CA roots, the host's proxy.
+pub fn upstream_from(
+    resolve_flags: &[String],
+    upstream_ca: Option<&std::path::Path>,
+) -> Result<Upstream> {
+    let mut resolve = Resolve::parse(
+        &std::env::var("MOAT_RESOLVE").unwrap_or_default(),
+        "MOAT_RESOLVE",
+    )?;
+    for entry in resolve_flags {
+        resolve.add(entry, "--resolve")?;
+    }
+    let proxies = hyper_util::client::proxy::matcher::Matcher::from_env();
+    Ok(Upstream::new(resolve, upstream_ca, proxies)?)
+}
+
 pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
     let home = ctx.home()?;
     let store = ctx.store()?;
     let registry = ctx.registry()?;
     let grants = load_grants(&store, &registry, &args.grants)?;
-    let mut resolve = Resolve::parse(
-        &std::env::var("MOAT_RESOLVE").unwrap_or_default(),
-        "MOAT_RESOLVE",
-    )?;
-    for entry in &args.resolve {
-        resolve.add(entry, "--resolve")?;
-    }
-    let upstream = Upstream::new(
-        resolve,
-        args.upstream_ca.as_deref(),
-        hyper_util::client::proxy::matcher::Matcher::from_env(),
-    )?;
+    let upstream = upstream_from(&args.resolve, args.upstream_ca.as_deref())?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
     let patterns = |list: &[String]| -> Result<Vec<HostPattern>> {
         list.iter()

@@ -8,7 +8,6 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use super::Ctx;
-use crate::net::{Resolve, Upstream};
 use crate::proxy::{MoatCa, Policy};
 
 #[derive(Args)]
@@ -86,18 +85,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         bail!("workspace {} is not a directory", workspace.display());
     }
 
-    let mut resolve = Resolve::parse(
-        &std::env::var("MOAT_RESOLVE").unwrap_or_default(),
-        "MOAT_RESOLVE",
-    )?;
-    for entry in &args.resolve {
-        resolve.add(entry, "--resolve")?;
-    }
-    let upstream = Upstream::new(
-        resolve,
-        args.upstream_ca.as_deref(),
-        hyper_util::client::proxy::matcher::Matcher::from_env(),
-    )?;
+    let upstream = super::proxy::upstream_from(&args.resolve, args.upstream_ca.as_deref())?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
 
     // The merged bundle: system roots + the Moat CA.
