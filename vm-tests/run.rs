@@ -244,6 +244,48 @@ fn exit_codes_and_signals_propagate() {
     );
 }
 
+#[test]
+fn kill_9_of_moat_ends_the_sandbox() {
+    let s = setup();
+    let before = host_state();
+    let mut moat = s
+        .env
+        .cmd()
+        .args([
+            "run",
+            s.workspace.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "touch up.txt; exec sleep 3017",
+        ])
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !s.workspace.join("up.txt").exists() {
+        assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    moat.kill().unwrap(); // SIGKILL: no cleanup code runs
+    moat.wait().unwrap();
+    let gone = || {
+        !Command::new("pgrep")
+            .args(["-f", "sleep 3017"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let start = std::time::Instant::now();
+    while !gone() {
+        assert!(
+            start.elapsed().as_secs() < 5,
+            "the sandboxed command outlived moat"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(host_state(), before, "the host namespace changed");
+}
+
 fn nix_is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")

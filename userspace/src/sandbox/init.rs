@@ -189,6 +189,12 @@ fn supervise(child: Pid, set: &SigSet) -> i32 {
 
 /// PID 1 of the new PID namespace: fresh /proc, then the command.
 fn pid1(args: &InitArgs, set: &SigSet) -> ! {
+    // When the sandbox init dies, PID 1 dies, and the kernel ends every
+    // process of this PID namespace.
+    // (getppid() is 0 here, the parent being outside the namespace, so a
+    // parent that died before this line cannot be detected; the window is
+    // a few instructions after fork.)
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let none: Option<&str> = None;
     if let Err(e) = mount(
         Some("proc"),

@@ -73,6 +73,9 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
             if libc_dup2(fd, SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // If Moat dies (even kill -9), the sandbox dies with it: no
+            // command left running without its proxy.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             Ok(())
         });
     }
