@@ -810,3 +810,55 @@ fn host_proxy_settings_are_honoured() {
     ));
     assert!(err.contains("MOAT_UPSTREAM_CA /no/such/ca.pem"), "{err}");
 }
+
+#[test]
+fn github_token_from_the_gh_cli_first() {
+    let env = Env::new();
+    let bin = env.dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let gh = bin.join("gh");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let write_gh = |script: &str| {
+        fs::write(&gh, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&gh, fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // Logged in: gh wins over GITHUB_TOKEN.
+    write_gh(
+        "#!/bin/sh\n[ \"$1 $2\" = \"auth token\" ] && echo ghp_from_gh_cli_000000000000000000000000 && exit 0\nexit 2\n",
+    );
+    let out = ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("PATH", &path), ("GITHUB_TOKEN", GH)],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Using token from gh CLI"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        env.reveal("github", &[]).unwrap(),
+        "ghp_from_gh_cli_000000000000000000000000"
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &[])).stdout).unwrap();
+    assert_eq!(list[0]["source"], "gh");
+    // Not logged in: fall back to the environment.
+    write_gh("#!/bin/sh\necho 'not logged in' >&2\nexit 1\n");
+    let out = ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("PATH", &path), ("GITHUB_TOKEN", GH)],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Using token from GITHUB_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.reveal("github", &[]).unwrap(), GH);
+}

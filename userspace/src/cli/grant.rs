@@ -16,7 +16,7 @@ use crate::store::{Created, CredName, Credential, Kind, Store};
 
 const GRANT_HELP: &str = "\
 Examples:
-  moat grant github                      token from GITHUB_TOKEN/GH_TOKEN, else a hidden prompt
+  moat grant github                      gh CLI token, else GITHUB_TOKEN/GH_TOKEN, else a prompt
   echo \"$TOKEN\" | moat grant gitlab --token-stdin
   moat grant openai --no-validate        save without the validation request
   moat grant mcp context7                stored as mcp-context7
@@ -150,6 +150,9 @@ fn obtain_token(
             .context("reading the token from stdin")?;
         return Ok((checked_token(&buf, "standard input")?, "stdin".into()));
     }
+    if let Some(found) = token_from_command(provider)? {
+        return Ok(found);
+    }
     for var in &provider.source_env {
         if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             let value = zeroize::Zeroizing::new(value.to_string_lossy().into_owned());
@@ -178,6 +181,45 @@ fn obtain_token(
         "no token for '{}': {tried}, and stdin is not a terminal to prompt on; set the variable, or pipe the token with --token-stdin",
         provider.name
     )
+}
+
+/// The provider's CLI (`gh auth token`), when it is installed and logged in.
+/// On a terminal the user confirms; otherwise it is used as found.
+fn token_from_command(provider: &Provider) -> Result<Option<(SecretString, String)>> {
+    let Some(source) = &provider.source_command else {
+        return Ok(None);
+    };
+    let Some((program, args)) = source.argv.split_first() else {
+        return Ok(None);
+    };
+    let Ok(out) = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+    else {
+        return Ok(None); // not installed
+    };
+    let text = zeroize::Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
+    if !out.status.success() || text.trim().is_empty() {
+        return Ok(None); // installed, not logged in
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("Found {} authentication", source.label);
+        eprint!("Use token from {}? [Y/n]: ", source.label);
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if matches!(answer.trim().to_ascii_lowercase().as_str(), "n" | "no") {
+            return Ok(None);
+        }
+    } else {
+        eprintln!("Using token from {}", source.label);
+    }
+    Ok(Some((
+        checked_token(&text, source.label)?,
+        source.id.to_owned(),
+    )))
 }
 
 fn checked_token(raw: &str, origin: &str) -> Result<SecretString> {

@@ -25,7 +25,7 @@ system keychain, or a 0600 key file) and injects them per destination host from
 a TLS-intercepting proxy, so the agent only ever holds placeholders.
 
 Start with:
-  moat grant github            store a credential (from GITHUB_TOKEN/GH_TOKEN or a prompt)
+  moat grant github            store a credential (gh CLI, GITHUB_TOKEN/GH_TOKEN, or a prompt)
   moat grant list              what is stored
   moat grant providers         what can be granted, and for which hosts
   moat revoke github           delete a stored credential

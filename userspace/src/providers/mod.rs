@@ -79,6 +79,16 @@ pub struct Validate {
     pub prefix: String,
 }
 
+/// A command that prints the token when its tool is installed and logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceCommand {
+    pub argv: Vec<String>,
+    /// For messages: "gh CLI".
+    pub label: &'static str,
+    /// Recorded as the credential's source: "gh".
+    pub id: &'static str,
+}
+
 /// How `moat grant <provider>` obtains the credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -104,6 +114,8 @@ pub struct Provider {
     pub prompt: Option<String>,
     pub flow: Flow,
     pub origin: Origin,
+    /// A CLI that prints the token, tried before `source_env` (`gh auth token`).
+    pub source_command: Option<SourceCommand>,
     /// Hosts whose responses may carry the real token (OAuth token
     /// endpoints): there the proxy replaces it by the placeholder, so it never
     /// reaches the sandbox.

@@ -200,6 +200,7 @@ pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlEr
         flow: Flow::Token,
         origin,
         response_hosts: Vec::new(),
+        source_command: None,
     })
 }
 

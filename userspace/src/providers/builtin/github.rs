@@ -3,7 +3,7 @@
 //! deliberate departure from the reference table, which says Bearer for both).
 
 use super::super::placeholder::{Alphabet, Format};
-use super::super::{HeaderRule, HeaderValue, Injection, Provider, hosts};
+use super::super::{HeaderRule, HeaderValue, Injection, Provider, SourceCommand, hosts};
 use super::{header_provider, strings, validate_get};
 
 pub fn provider() -> Provider {
@@ -29,6 +29,12 @@ pub fn provider() -> Provider {
             },
         },
     ]);
+    // Sources in order: the gh CLI, then GITHUB_TOKEN / GH_TOKEN, then a prompt.
+    p.source_command = Some(SourceCommand {
+        argv: strings(&["gh", "auth", "token"]),
+        label: "gh CLI",
+        id: "gh",
+    });
     p.source_env = strings(&["GITHUB_TOKEN", "GH_TOKEN"]);
     p.container_env = Some("GH_TOKEN".into());
     p.placeholder = Some(Format::prefixed("ghp_", 36, Alphabet::Base62));

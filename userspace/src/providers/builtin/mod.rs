@@ -62,6 +62,7 @@ fn header_provider(
         flow: super::Flow::Token,
         origin: super::Origin::Builtin,
         response_hosts: Vec::new(),
+        source_command: None,
     }
 }
 
