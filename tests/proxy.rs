@@ -121,7 +121,13 @@ impl Rig {
         self.env.home().join("ca/ca.crt")
     }
 
+    /// curl through the proxy, trusting the Moat CA (intercepted hosts).
     fn curl(&self, args: &[&str]) -> Output {
+        self.curl_trusting(&self.moat_ca(), args)
+    }
+
+    /// curl through the proxy, trusting only `ca` (the test CA: spliced hosts).
+    fn curl_trusting(&self, ca: &std::path::Path, args: &[&str]) -> Output {
         Command::new("curl")
             .args([
                 "-sS",
@@ -130,7 +136,7 @@ impl Rig {
                 "-x",
                 &self.url,
                 "--cacert",
-                self.moat_ca().to_str().unwrap(),
+                ca.to_str().unwrap(),
             ])
             .args(args)
             .output()
@@ -217,19 +223,7 @@ fn injects_per_host_and_replaces_placeholders() {
         !out.status.success(),
         "a non-granted host must not be intercepted"
     );
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "30",
-            "-x",
-            &rig.url,
-            "--cacert",
-            rig.ca_file.to_str().unwrap(),
-            "https://plain.test/x",
-        ])
-        .output()
-        .unwrap();
+    let out = rig.curl_trusting(&rig.ca_file, &["https://plain.test/x"]);
     let v = json(&out);
     assert!(v["headers"]["authorization"].is_null() && v["headers"]["x-corp-key"].is_null());
 
@@ -701,19 +695,7 @@ fn no_intercept_and_allow_host_flags() {
     ]);
     // A pinned host is spliced: the upstream's own certificate, no injection.
     assert!(!rig.curl(&["https://api.github.com/user"]).status.success());
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            "-x",
-            &rig.url,
-            "--cacert",
-            rig.ca_file.to_str().unwrap(),
-            "https://api.github.com/user",
-        ])
-        .output()
-        .unwrap();
+    let out = rig.curl_trusting(&rig.ca_file, &["https://api.github.com/user"]);
     let v = json(&out);
     assert!(v["headers"]["authorization"].is_null(), "{v}");
     // github.com is still intercepted and injected.
