@@ -6,6 +6,8 @@
 //! without privileges.
 
 pub mod cli;
+pub mod config;
+pub mod events;
 pub mod home;
 pub mod net;
 pub mod providers;

@@ -113,6 +113,7 @@ pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
         no_intercept: patterns(&args.no_intercept)?,
         allow_restricted: patterns(&args.allow_host)?,
         inspect_all: args.inspect,
+        network: Default::default(),
     };
     let mut token_bytes = [0u8; 24];
     getrandom::fill(&mut token_bytes).map_err(|e| anyhow!("random: {e}"))?;

@@ -28,6 +28,8 @@ pub struct Target {
     /// Upstream over TLS (the client spoke TLS to us).
     pub tls: bool,
     pub plan: Plan,
+    /// Refused by the network policy: every request gets a 403 saying why.
+    pub deny: Option<String>,
 }
 
 impl Target {
@@ -79,10 +81,28 @@ pub async fn forward(
             "CONNECT inside an intercepted connection is not supported",
         );
     }
+    if let Some(reason) = &target.deny {
+        return moat_response(StatusCode::FORBIDDEN, reason);
+    }
+    let method = req.method().as_str();
+    let route = engine
+        .policy
+        .network
+        .request(&target.host, target.port, method, req.uri().path());
+    if let super::rules::Verdict::Deny(reason) = route {
+        engine.emit(
+            "deny",
+            serde_json::json!({"host": target.host, "port": target.port, "method": method, "path": req.uri().path(), "reason": reason}),
+        );
+        return moat_response(StatusCode::FORBIDDEN, &reason);
+    }
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let plan = &target.plan;
 
+    // For events: the path as the client sent it (placeholders, never a
+    // token), without the query.
+    let request_path = req.uri().path().to_owned();
     let path = req
         .uri()
         .path_and_query()
@@ -134,8 +154,12 @@ pub async fn forward(
             );
         }
     };
-    if !plan.grants.is_empty() {
+    if !plan.grants.is_empty() && target.tls {
         tracing::info!(host = %target.host, grants = ?plan.grants, method = %parts.method, "injecting");
+        engine.emit(
+            "inject",
+            serde_json::json!({"host": target.host, "port": target.port, "grants": plan.grants.iter().map(|g| g.as_ref()).collect::<Vec<&str>>(), "method": parts.method.as_str(), "path": request_path}),
+        );
     }
 
     let sent = tokio::time::timeout(
@@ -366,6 +390,7 @@ mod tests {
                 port,
                 tls,
                 plan: Plan::default(),
+                deny: None,
             }
             .authority()
         };

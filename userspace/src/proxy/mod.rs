@@ -12,6 +12,7 @@ pub mod guard;
 pub mod http;
 pub mod inject;
 pub mod peek;
+pub mod rules;
 pub mod server;
 pub mod substitute;
 pub mod upstream;
@@ -23,6 +24,7 @@ pub use guard::Guard;
 pub use inject::{Grant, InjectionTable};
 pub use server::{OriginalDst, SoOriginalDst};
 
+use crate::events::Events;
 use crate::net::{ConnectGuard, NetError, Upstream};
 use crate::providers::HostPattern;
 
@@ -49,6 +51,8 @@ pub struct Policy {
     /// be inspected and logged; hosts without a grant get nothing injected.
     /// Clients must trust the Moat CA for every host then.
     pub inspect_all: bool,
+    /// `moat.yaml` `network:`: strict/permissive and per-host rules.
+    pub network: rules::NetworkPolicy,
 }
 
 /// Limits that keep one run from exhausting the host.
@@ -99,6 +103,7 @@ pub struct Engine {
     client: upstream::UpstreamClient,
     guard: Arc<SharedGuard>,
     connections: Arc<tokio::sync::Semaphore>,
+    events: std::sync::OnceLock<Events>,
 }
 
 impl Engine {
@@ -127,6 +132,7 @@ impl Engine {
             client,
             guard,
             connections,
+            events: std::sync::OnceLock::new(),
         }))
     }
 
@@ -139,13 +145,27 @@ impl Engine {
             .add_listener(addr);
     }
 
+    /// Record connections, injections and denials here (once; later calls
+    /// are ignored).
+    pub fn set_events(&self, events: Events) {
+        let _ = self.events.set(events);
+    }
+
+    fn emit(&self, event: &str, fields: serde_json::Value) {
+        if let Some(events) = self.events.get() {
+            events.emit(event, fields);
+        }
+    }
+
     pub fn ca(&self) -> &MoatCa {
         &self.ca
     }
 
     /// Intercept (terminate TLS) for this destination?
     fn intercepts(&self, host: &str, port: u16) -> bool {
-        (self.policy.inspect_all || self.table.covers(host, port))
+        (self.policy.inspect_all
+            || self.table.covers(host, port)
+            || self.policy.network.inspects(host, port))
             && !self
                 .policy
                 .no_intercept

@@ -18,6 +18,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Engine;
 use super::http::{Target, forward, moat_response};
 use super::peek::{self, Peeked};
+use super::rules::Verdict;
 use super::upstream::ProxyBody;
 
 /// How long a client may take to send its first bytes before the
@@ -155,15 +157,59 @@ impl Engine {
             Peeked::Tls { sni: Some(sni), .. } => sni.clone(),
             _ => host,
         };
-        match peeked {
-            Peeked::Tls { .. } if self.intercepts(&host, port) => {
-                self.intercept(stream, host, port).await
+        let granted = self.table.covers(&host, port);
+        let deny = match self.policy.network.connection(&host, port, granted) {
+            Verdict::Allow => None,
+            Verdict::Deny(reason) => {
+                self.emit(
+                    "deny",
+                    json!({"host": host, "port": port, "reason": reason}),
+                );
+                Some(reason)
             }
-            _ => self.splice(stream, host, port).await,
+        };
+        let tls = matches!(peeked, Peeked::Tls { .. });
+        let http = matches!(peeked, Peeked::Http { .. });
+        let action = match () {
+            _ if deny.is_some() && !(tls || http) => "refuse",
+            _ if deny.is_some() => "deny",
+            _ if tls && self.intercepts(&host, port) => "intercept",
+            _ if http && self.policy.network.inspects(&host, port) => "inspect",
+            _ => "splice",
+        };
+        self.emit(
+            "connect",
+            json!({"host": host, "port": port, "action": action}),
+        );
+        match action {
+            // Raw TCP the policy refuses: closed at once.
+            "refuse" => drop(stream),
+            "splice" => self.splice(stream, host, port).await,
+            _ if tls => self.intercept(stream, host, port, deny).await,
+            _ => {
+                let target = self.target(host, port, false, deny);
+                self.serve_http(stream, target).await
+            }
         }
     }
 
-    async fn intercept<S>(self: Arc<Self>, stream: S, host: String, port: u16)
+    fn target(&self, host: String, port: u16, tls: bool, deny: Option<String>) -> Arc<Target> {
+        let plan = if tls && deny.is_none() {
+            self.table.plan(&host, port)
+        } else {
+            Default::default()
+        };
+        Arc::new(Target {
+            host,
+            port,
+            tls,
+            plan,
+            deny,
+        })
+    }
+
+    /// Terminate TLS with a Moat CA leaf, then serve the HTTP inside.
+    async fn intercept<S>(self: Arc<Self>, stream: S, host: String, port: u16, deny: Option<String>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -187,14 +233,17 @@ impl Engine {
             }
             Err(_) => return,
         };
-        let plan = self.table.plan(&host, port);
-        tracing::debug!(%host, port, grants = ?plan.grants, "intercepting");
-        let target = Arc::new(Target {
-            host,
-            port,
-            tls: true,
-            plan,
-        });
+        let target = self.target(host, port, true, deny);
+        tracing::debug!(host = %target.host, port, grants = ?target.plan.grants, "intercepting");
+        self.serve_http(tls, target).await
+    }
+
+    /// Serve HTTP/1 or HTTP/2 requests on a client connection, each
+    /// forwarded (or refused) for `target`.
+    async fn serve_http<S>(self: Arc<Self>, io: S, target: Arc<Target>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let engine = self.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let engine = engine.clone();
@@ -212,7 +261,7 @@ impl Engine {
             .max_header_list_size(self.limits.max_header_bytes as u32)
             .max_concurrent_streams(256);
         if let Err(e) = builder
-            .serve_connection_with_upgrades(TokioIo::new(tls), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .await
         {
             tracing::debug!("intercepted connection ended: {e}");
@@ -348,12 +397,19 @@ impl Engine {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        let target = Arc::new(Target {
-            port: authority.port_u16().unwrap_or(80),
-            host,
-            tls: false,
-            plan: Default::default(),
-        });
+        let port = authority.port_u16().unwrap_or(80);
+        let granted = self.table.covers(&host, port);
+        let deny = match self.policy.network.connection(&host, port, granted) {
+            Verdict::Allow => None,
+            Verdict::Deny(reason) => {
+                self.emit(
+                    "deny",
+                    json!({"host": host, "port": port, "reason": reason}),
+                );
+                Some(reason)
+            }
+        };
+        let target = self.target(host, port, false, deny);
         forward(self, target, req).await
     }
 

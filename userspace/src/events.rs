@@ -1,0 +1,120 @@
+//! A run's events as JSON lines (`$MOAT_HOME/runs/<id>/events.jsonl`): start,
+//! DNS queries, connections, injections (by grant name, never a token),
+//! policy denials, exit.
+//!
+//! One line per event, written with a single `write` on an `O_APPEND` file,
+//! so lines from concurrent tasks never interleave and `tail -f` sees each
+//! event as it happens. Writing never fails a run: an event that cannot be
+//! written is reported once on stderr and the run goes on.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value, json};
+
+/// Where events go. Cloning is cheap; [`Events::none`] discards them.
+#[derive(Clone, Default)]
+pub struct Events(Option<Arc<Sink>>);
+
+struct Sink {
+    file: Mutex<File>,
+    failed: AtomicBool,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Events(file)"
+        } else {
+            "Events(none)"
+        })
+    }
+}
+
+impl Events {
+    /// Append to `path` (created 0600 if missing).
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Self(Some(Arc::new(Sink {
+            file: Mutex::new(file),
+            failed: AtomicBool::new(false),
+        }))))
+    }
+
+    /// Events are dropped (tests, `moat proxy`).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Record `event` with `fields` (a JSON object; other values are ignored).
+    pub fn emit(&self, event: &str, fields: Value) {
+        let Some(sink) = &self.0 else { return };
+        let mut line = Map::new();
+        line.insert(
+            "ts".into(),
+            json!(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+        );
+        line.insert("event".into(), json!(event));
+        if let Value::Object(fields) = fields {
+            line.extend(fields);
+        }
+        let mut bytes = Value::Object(line).to_string().into_bytes();
+        bytes.push(b'\n');
+        let result = sink
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&bytes);
+        if let Err(e) = result
+            && !sink.failed.swap(true, Ordering::Relaxed)
+        {
+            eprintln!("moat: cannot write the run's events: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_json_object_per_line_with_time_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let events = Events::create(&path).unwrap();
+        events.emit("start", json!({"run": "ab12", "command": ["true"]}));
+        events.clone().emit("exit", json!({"code": 0}));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "start");
+        assert_eq!(lines[0]["run"], "ab12");
+        assert_eq!(lines[1]["code"], 0);
+        assert!(lines[1]["ts"].as_str().unwrap().ends_with('Z'));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn none_discards() {
+        let events = Events::none();
+        assert!(!events.is_enabled());
+        events.emit("start", json!({}));
+    }
+}
