@@ -5,10 +5,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::Ctx;
+use crate::config::{Config, HOST_ALIAS};
+use crate::events::Events;
+use crate::providers::HostPattern;
+use crate::proxy::rules::HostRule;
 use crate::proxy::{MoatCa, Policy};
+use crate::sandbox::trust;
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -16,30 +21,82 @@ Examples:
   sudo moat run --grant github -- gh api user
   moat run --grant github -- printenv GH_TOKEN     # a placeholder; the real token is nowhere inside
   moat run ./project --grant openai -- python agent.py
+  moat run --network-mode env --grant openai -- python agent.py
+  moat run -p 3000 -- npm run dev                 # the dev server on the host's 127.0.0.1:3000
 
-Inside, every TCP connection goes to Moat's proxy and every DNS query to
-Moat's resolver; other UDP, ICMP and IPv6 are blocked. Exit codes: the
-command's own, 128+N if it died of signal N, 125 if the sandbox could not be
-set up, 126/127 if the command cannot run / was not found.")]
+Network modes:
+  transparent  (default as root) the command gets its own network namespace:
+               every TCP connection goes to Moat's proxy and every DNS query to
+               Moat's resolver; other UDP, ICMP and IPv6 are blocked. Works for
+               programs that ignore HTTP_PROXY. The host's HOME, ~/.moat, /root,
+               /run/user, the SSH agent and docker.sock are hidden; system
+               directories are read-only; HOME and /tmp are fresh.
+  env          (default otherwise) HTTP_PROXY/HTTPS_PROXY point at Moat's proxy
+               with a per-run password; no isolation beyond that.
+
+moat.yaml in DIR (or agent.yaml) may set:
+  command: [python, agent.py]     grants: [github]     env: {KEY: value}
+  network:
+    policy: strict                # refuse hosts with no grant and no rule
+    rules:
+      - \"*.pypi.org\"
+      - api.github.com: [\"allow GET /repos/**\", \"deny * /**\"]
+    host: [5432]                  # host.moat.internal:5432 = the host's 127.0.0.1:5432
+
+Each run's events (DNS, connections, injections, denials, exit) are written to
+$MOAT_HOME/runs/<id>/events.jsonl.
+
+Exit codes: the command's own, 128+N if it died of signal N, 125 if the
+sandbox could not be set up, 126/127 if the command cannot run / was not found.")]
 pub struct RunArgs {
     /// Workspace directory (read-write, the command's working directory)
     #[arg(value_name = "DIR", default_value = ".")]
     dir: PathBuf,
-    /// Credential to inject (repeatable; see 'moat grant list')
+    /// Credential to inject (repeatable; merged with moat.yaml's grants)
     #[arg(long = "grant", value_name = "NAME")]
     grants: Vec<String>,
-    /// Set an environment variable inside (repeatable)
+    /// Set an environment variable inside (repeatable; wins over moat.yaml)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// How the command's traffic reaches the proxy [default: transparent as root, else env]
+    #[arg(long, value_enum, env = "MOAT_NETWORK_MODE")]
+    network_mode: Option<NetworkMode>,
+    /// How transparent mode redirects connections
+    #[arg(long, value_enum, default_value = "nft")]
+    redirect: Redirect,
+    /// Where the command runs
+    #[arg(long, value_enum, default_value = "native", env = "MOAT_RUNTIME")]
+    runtime: Runtime,
+    /// Publish a sandbox port on the host's 127.0.0.1 (HOSTPORT:PORT or PORT; repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:PORT")]
+    publish: Vec<String>,
     /// HOST:PORT=ADDR:PORT override for upstream connections (repeatable; added to MOAT_RESOLVE)
     #[arg(long, value_name = "HOST:PORT=ADDR:PORT")]
     resolve: Vec<String>,
     /// PEM file of extra CA roots to trust upstream (also MOAT_UPSTREAM_CA)
     #[arg(long, value_name = "FILE", env = "MOAT_UPSTREAM_CA")]
     upstream_ca: Option<PathBuf>,
-    /// The command and its arguments (default: your shell)
+    /// The command and its arguments (default: moat.yaml's command, else your shell)
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum NetworkMode {
+    Transparent,
+    Env,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum Redirect {
+    Nft,
+    Ebpf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum Runtime {
+    Native,
+    Docker,
 }
 
 /// Variables passed through from the host; everything else stays outside.
@@ -65,61 +122,267 @@ const CA_VARS: &[&str] = &[
     "AWS_CA_BUNDLE",
     "CARGO_HTTP_CAINFO",
 ];
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-#[cfg(target_os = "linux")]
+/// Everything a run needs, prepared the same way for every mode.
+struct Prepared {
+    events: Events,
+    grants: Vec<crate::proxy::Grant>,
+    upstream: crate::net::Upstream,
+    policy: Policy,
+    ca: Arc<MoatCa>,
+    bundle: PathBuf,
+    truststore: PathBuf,
+    workspace: PathBuf,
+    command: Vec<OsString>,
+    env_extra: Vec<(OsString, OsString)>,
+}
+
 pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
-    use crate::sandbox::{init, run};
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "moat run's transparent sandbox needs root for now (sudo moat run …); rootless user namespaces and --network-mode env are not in this build yet"
-        );
+    if args.runtime == Runtime::Docker {
+        bail!("--runtime docker is not in this build yet; use --runtime native");
     }
+    let mode = choose_mode(args.network_mode)?;
+    if mode == NetworkMode::Env && args.redirect == Redirect::Ebpf {
+        bail!("--redirect ebpf needs --network-mode transparent");
+    }
+    let publish = args
+        .publish
+        .iter()
+        .map(|p| parse_publish(p))
+        .collect::<Result<Vec<_>>>()?;
     let home = ctx.home()?;
-    let store = ctx.store()?;
-    let registry = ctx.registry()?;
-    let grants = super::proxy::load_grants(&store, &registry, &args.grants)?;
     let workspace = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("workspace {}", args.dir.display()))?;
     if !workspace.is_dir() {
         bail!("workspace {} is not a directory", workspace.display());
     }
+    let config = Config::find(&workspace)?;
+    let mut grant_names = config.grants.clone();
+    for g in &args.grants {
+        if !grant_names.contains(g) {
+            grant_names.push(g.clone());
+        }
+    }
+    let store = ctx.store()?;
+    let registry = ctx.registry()?;
+    let grants = super::proxy::load_grants(&store, &registry, &grant_names)?;
 
-    let upstream = super::proxy::upstream_from(&args.resolve, args.upstream_ca.as_deref())?;
+    // The host's loopback services named in network.host, as
+    // host.moat.internal:PORT; nothing else of the host is reachable.
+    let mut resolve = args.resolve.clone();
+    let mut policy = Policy {
+        network: config.network.policy.clone(),
+        ..Policy::default()
+    };
+    for port in &config.network.host_ports {
+        resolve.push(format!("{HOST_ALIAS}:{port}=127.0.0.1:{port}"));
+        let pattern = HostPattern::parse(&format!("{HOST_ALIAS}:{port}"))?;
+        policy.allow_restricted.push(pattern.clone());
+        policy.network.rules.push(HostRule {
+            host: pattern,
+            routes: Vec::new(),
+        });
+    }
+    let upstream = super::proxy::upstream_from(&resolve, args.upstream_ca.as_deref())?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
 
-    // The merged bundle: system roots + the Moat CA.
-    let run_dir = home.root().join("runs").join(run_id());
-    home.ensure_dir(&run_dir)?;
-    let mut bundle = std::fs::read(SYSTEM_BUNDLE).unwrap_or_default();
-    bundle.extend_from_slice(b"\n");
-    bundle.extend_from_slice(ca.cert_pem().as_bytes());
-    let bundle_path = run_dir.join("ca-bundle.pem");
-    std::fs::write(&bundle_path, bundle)?;
+    let id = run_id();
+    let dir = home.root().join("runs").join(&id);
+    home.ensure_dir(&home.root().join("runs"))?;
+    home.ensure_dir(&dir)?;
+    let events_path = dir.join("events.jsonl");
+    let events = Events::create(&events_path)
+        .with_context(|| format!("creating {}", events_path.display()))?;
+    home.chown(&events_path)?;
 
-    let mut env: Vec<(OsString, OsString)> = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if PASS.contains(&name.as_ref()) || name.starts_with("LC_") {
-            env.push((k, v));
-        }
+    // Trust inside: system roots + the Moat CA, as PEM and for Java.
+    let bundle = trust::merged_bundle(&trust::system_bundle(), ca.cert_pem());
+    let truststore = trust::java_truststore(&bundle)?;
+    let bundle_path = dir.join("ca-bundle.pem");
+    let truststore_path = dir.join("java-truststore.p12");
+    for (path, bytes) in [(&bundle_path, &bundle), (&truststore_path, &truststore)] {
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        home.chown(path)?;
     }
-    env.push(("HOME".into(), init::HOME_INSIDE.into()));
-    for var in CA_VARS {
-        env.push(((*var).into(), init::BUNDLE_INSIDE.into()));
-    }
+
+    let mut env_extra: Vec<(OsString, OsString)> = Vec::new();
     for g in &grants {
         if let (Some(var), Some(ph)) = (&g.provider.container_env, &g.placeholder) {
-            env.push((var.into(), ph.into()));
+            env_extra.push((var.into(), ph.into()));
         }
+    }
+    for (k, v) in &config.env {
+        env_extra.push((k.into(), v.into()));
     }
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("-e expects KEY=VALUE, got '{kv}'")
         };
-        env.retain(|(name, _)| name != k);
-        env.push((k.into(), v.into()));
+        env_extra.push((k.into(), v.into()));
     }
+    let command = if !args.command.is_empty() {
+        args.command
+    } else if !config.command.is_empty() {
+        config.command.clone()
+    } else {
+        vec![std::env::var_os("SHELL").unwrap_or_else(|| "/bin/sh".into())]
+    };
+    events.emit(
+        "start",
+        serde_json::json!({
+            "run": id,
+            "mode": format!("{mode:?}").to_lowercase(),
+            "workspace": workspace,
+            "command": command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "grants": grant_names,
+            "config": config.path,
+        }),
+    );
+    tracing::info!(run = %id, "events: {}", events_path.display());
+    let prepared = Prepared {
+        events: events.clone(),
+        grants,
+        upstream,
+        policy,
+        ca,
+        bundle: bundle_path,
+        truststore: truststore_path,
+        workspace,
+        command,
+        env_extra,
+    };
+    let trust_files = [prepared.bundle.clone(), prepared.truststore.clone()];
+    let result = match mode {
+        NetworkMode::Transparent => transparent(&home, prepared, publish, args.redirect),
+        NetworkMode::Env => env_mode(prepared, &publish),
+    };
+    // The run's directory keeps its events; the trust files are not needed again.
+    for f in trust_files {
+        let _ = std::fs::remove_file(f);
+    }
+    match &result {
+        Ok(code) => events.emit("exit", serde_json::json!({"code": code})),
+        Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
+    }
+    result
+}
+
+/// transparent when it can work here (root on Linux), env otherwise, and
+/// say so when the user did not choose.
+fn choose_mode(asked: Option<NetworkMode>) -> Result<NetworkMode> {
+    let privileged = cfg!(target_os = "linux") && nix::unistd::geteuid().is_root();
+    match asked {
+        Some(NetworkMode::Transparent) if !cfg!(target_os = "linux") => {
+            bail!("--network-mode transparent is Linux-only; use --network-mode env")
+        }
+        Some(NetworkMode::Transparent) if !privileged => bail!(
+            "--network-mode transparent needs root in this build (sudo moat run …); \
+             rootless user namespaces are not in yet. --network-mode env works without root"
+        ),
+        Some(mode) => Ok(mode),
+        None if privileged => Ok(NetworkMode::Transparent),
+        None => {
+            eprintln!(
+                "moat: network mode env (HTTP_PROXY); the transparent sandbox needs root \
+                 (sudo moat run …). Pass --network-mode env to silence this."
+            );
+            Ok(NetworkMode::Env)
+        }
+    }
+}
+
+/// `HOSTPORT:PORT` or `PORT`.
+fn parse_publish(spec: &str) -> Result<(u16, u16)> {
+    let port = |s: &str| {
+        s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            anyhow::anyhow!("-p {spec}: '{s}' is not a port (expected HOSTPORT:PORT or PORT)")
+        })
+    };
+    match spec.split_once(':') {
+        Some((h, p)) => Ok((port(h)?, port(p)?)),
+        None => {
+            let p = port(spec)?;
+            Ok((p, p))
+        }
+    }
+}
+
+/// The allowlisted host variables (plus HOME, as given).
+fn base_env(home: OsString) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let name = k.to_string_lossy();
+            PASS.contains(&name.as_ref()) || name.starts_with("LC_")
+        })
+        .collect();
+    env.push(("HOME".into(), home));
+    env
+}
+
+/// Later entries win over earlier ones with the same name.
+fn merged(
+    mut env: Vec<(OsString, OsString)>,
+    extra: Vec<(OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != &k);
+        env.push((k, v));
+    }
+    env
+}
+
+fn env_mode(p: Prepared, publish: &[(u16, u16)]) -> Result<i32> {
+    if let Some((h, c)) = publish.iter().find(|(h, c)| h != c) {
+        bail!(
+            "-p {h}:{c}: in env mode the command shares the host's network; use its own port ({c}) directly"
+        );
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    let mut env = base_env(home);
+    for var in CA_VARS {
+        env.push(((*var).into(), p.bundle.clone().into()));
+    }
+    env.push((
+        "JAVA_TOOL_OPTIONS".into(),
+        trust::java_tool_options(&p.truststore.to_string_lossy()).into(),
+    ));
+    let env = merged(env, p.env_extra);
+    crate::sandbox::envmode::run(crate::sandbox::envmode::EnvRunSpec {
+        grants: p.grants,
+        upstream: p.upstream,
+        policy: p.policy,
+        ca: p.ca,
+        events: p.events,
+        env,
+        workspace: p.workspace,
+        command: p.command,
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn transparent(
+    home: &crate::home::MoatHome,
+    p: Prepared,
+    publish: Vec<(u16, u16)>,
+    redirect: Redirect,
+) -> Result<i32> {
+    use crate::sandbox::{init, run};
+    if redirect == Redirect::Ebpf {
+        bail!("--redirect ebpf is not in this build yet; use --redirect nft");
+    }
+    let mut env = base_env(init::HOME_INSIDE.into());
+    for var in CA_VARS {
+        env.push(((*var).into(), init::BUNDLE_INSIDE.into()));
+    }
+    env.push((
+        "JAVA_TOOL_OPTIONS".into(),
+        trust::java_tool_options(init::JAVA_TRUSTSTORE_INSIDE).into(),
+    ));
+    let files = vec![
+        (p.bundle, PathBuf::from(init::BUNDLE_INSIDE)),
+        (p.truststore, PathBuf::from(init::JAVA_TRUSTSTORE_INSIDE)),
+    ];
+    let env = merged(env, p.env_extra);
 
     let mut hide = vec![
         home.root().to_owned(),
@@ -135,34 +398,31 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     hide.extend(["/var/run/docker.sock", "/run/docker.sock"].map(PathBuf::from));
     hide.sort();
     hide.dedup();
-
-    let command = if args.command.is_empty() {
-        vec![std::env::var_os("SHELL").unwrap_or_else(|| "/bin/sh".into())]
-    } else {
-        args.command
-    };
-    let run_as = home.owner().map(|o| (o.uid, o.gid));
     let code = run::run(run::RunSpec {
-        grants,
-        upstream,
-        policy: Policy::default(),
-        ca,
-        bundle: bundle_path,
-        workspace,
+        grants: p.grants,
+        upstream: p.upstream,
+        policy: p.policy,
+        ca: p.ca,
+        files,
+        workspace: p.workspace,
         hide,
         env,
-        run_as,
-        command,
-    });
-    let _ = std::fs::remove_dir_all(&run_dir);
-    Ok(code?)
+        run_as: home.owner().map(|o| (o.uid, o.gid)),
+        command: p.command,
+        events: p.events,
+        publish,
+    })?;
+    Ok(code)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn run(_ctx: &Ctx, _args: RunArgs) -> Result<i32> {
-    bail!(
-        "moat run's sandbox is Linux-only in this build; --network-mode env is not in this build yet"
-    )
+fn transparent(
+    _home: &crate::home::MoatHome,
+    _p: Prepared,
+    _publish: Vec<(u16, u16)>,
+    _redirect: Redirect,
+) -> Result<i32> {
+    bail!("--network-mode transparent is Linux-only; use --network-mode env")
 }
 
 fn run_id() -> String {

@@ -23,6 +23,12 @@ use nix::unistd::{ForkResult, Pid, execvp, fork};
 pub const SYNC_FD: i32 = 3;
 /// Where the merged CA bundle appears inside the sandbox.
 pub const BUNDLE_INSIDE: &str = "/tmp/.moat/ca-bundle.pem";
+/// Where the Java truststore (same certificates) appears inside.
+pub const JAVA_TRUSTSTORE_INSIDE: &str = "/tmp/.moat/java-truststore.p12";
+/// Host system directories the command sees read-only.
+const READ_ONLY: [&str; 10] = [
+    "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/boot",
+];
 /// The sandbox's fresh HOME.
 pub const HOME_INSIDE: &str = "/tmp/home";
 
@@ -32,8 +38,10 @@ pub struct InitArgs {
     pub workspace: PathBuf,
     /// Directories to hide behind empty read-only tmpfs mounts.
     pub hide: Vec<PathBuf>,
-    /// The merged CA bundle on the host, copied to [`BUNDLE_INSIDE`].
-    pub bundle: PathBuf,
+    /// Files copied into the fresh /tmp: (host path, path inside). The
+    /// merged CA bundle goes to [`BUNDLE_INSIDE`]; files under
+    /// [`HOME_INSIDE`] belong to the command's user.
+    pub files: Vec<(PathBuf, PathBuf)>,
     /// uid/gid to run the command as (the sudo caller), if any.
     pub run_as: Option<(u32, u32)>,
     pub command: Vec<OsString>,
@@ -93,8 +101,16 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
     let ws_meta = ws.metadata().map_err(|e| e.to_string())?;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(|e| format!("making / private: {e}"))?;
-    let bundle = std::fs::read(&args.bundle)
-        .map_err(|e| format!("reading {}: {e}", args.bundle.display()))?;
+    // Read before /tmp is replaced: the host files may live under /tmp.
+    let files = args
+        .files
+        .iter()
+        .map(|(host, inside)| {
+            std::fs::read(host)
+                .map(|bytes| (inside, bytes))
+                .map_err(|e| format!("reading {}: {e}", host.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let tmpfs = |path: &std::path::Path, mode: &str| {
         mount(
             Some("tmpfs"),
@@ -106,11 +122,39 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
         .map_err(|e| format!("mounting a tmpfs on {}: {e}", path.display()))
     };
     tmpfs("/tmp".as_ref(), "mode=1777")?;
-    std::fs::create_dir_all("/tmp/.moat").map_err(|e| e.to_string())?;
-    std::fs::write(BUNDLE_INSIDE, bundle).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(HOME_INSIDE).map_err(|e| e.to_string())?;
-    if let Some((uid, gid)) = args.run_as {
-        let _ = std::os::unix::fs::chown(HOME_INSIDE, Some(uid), Some(gid));
+    let owner = |path: &std::path::Path| {
+        if let Some((uid, gid)) = args.run_as {
+            let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
+        }
+    };
+    owner(HOME_INSIDE.as_ref());
+    for (inside, bytes) in files {
+        if let Some(parent) = inside.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            if parent.starts_with(HOME_INSIDE) {
+                for dir in parent
+                    .ancestors()
+                    .take_while(|d| d.starts_with(HOME_INSIDE))
+                {
+                    owner(dir);
+                }
+            }
+        }
+        std::fs::write(inside, bytes).map_err(|e| format!("{}: {e}", inside.display()))?;
+        if inside.starts_with(HOME_INSIDE) {
+            owner(inside);
+        }
+    }
+    // Programs that read the system bundle (Go, OpenSSL's default paths)
+    // trust the Moat CA too.
+    if std::path::Path::new(BUNDLE_INSIDE).exists() {
+        for system in super::trust::SYSTEM_BUNDLES {
+            if std::fs::metadata(system).is_ok_and(|m| m.is_file()) {
+                mount(Some(BUNDLE_INSIDE), system, none, MsFlags::MS_BIND, none)
+                    .map_err(|e| format!("mounting the CA bundle on {system}: {e}"))?;
+            }
+        }
     }
     let mut hidden_dirs = Vec::new();
     for path in &args.hide {
@@ -129,9 +173,27 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
                 .map_err(|e| format!("hiding {}: {e}", path.display()))?;
         }
     }
+    let mut read_only = false;
+    for dir in READ_ONLY {
+        // Symlinks (/bin -> usr/bin on merged-/usr systems) follow their target.
+        if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        mount(
+            Some(dir),
+            dir,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .map_err(|e| format!("binding {dir}: {e}"))?;
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(none, dir, none, flags, none).map_err(|e| format!("making {dir} read-only: {e}"))?;
+        read_only |= args.workspace.starts_with(dir);
+    }
     let visible = std::fs::metadata(&args.workspace)
         .is_ok_and(|m| m.dev() == ws_meta.dev() && m.ino() == ws_meta.ino());
-    if !visible {
+    if !visible || read_only {
         std::fs::create_dir_all(&args.workspace)
             .map_err(|e| format!("re-creating the workspace mount point: {e}"))?;
         let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&ws));

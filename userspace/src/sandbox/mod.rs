@@ -1,6 +1,7 @@
 //! Sandbox pieces: the host-side services a sandboxed child talks to.
 
 pub mod dns;
+pub mod envmode;
 #[cfg(target_os = "linux")]
 pub mod init;
 #[cfg(target_os = "linux")]
@@ -8,3 +9,4 @@ pub mod netns;
 pub mod nft;
 #[cfg(target_os = "linux")]
 pub mod run;
+pub mod trust;

@@ -142,6 +142,59 @@ pub fn plumb(netns: &File) -> Result<SandboxNet, NetnsError> {
     })
 }
 
+/// Opens TCP connections to `127.0.0.1:<port>` *inside* a sandbox's network
+/// namespace, for `moat run -p`: one thread lives in the namespace and
+/// connects on request, so no runtime thread ever changes namespace.
+#[derive(Clone)]
+pub struct Dialer {
+    requests: std::sync::mpsc::Sender<(
+        u16,
+        std::sync::mpsc::SyncSender<io::Result<std::net::TcpStream>>,
+    )>,
+}
+
+impl Dialer {
+    pub fn new(netns: &File) -> Result<Self, NetnsError> {
+        refuse_own_namespace(netns)?;
+        let netns = netns.try_clone().map_err(NetnsError::Inspect)?;
+        let (tx, rx) = std::sync::mpsc::channel::<(
+            u16,
+            std::sync::mpsc::SyncSender<io::Result<std::net::TcpStream>>,
+        )>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("moat-dialer".into())
+            .spawn(move || {
+                let entered = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET);
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if !ok {
+                    return;
+                }
+                // Ends when every Dialer is dropped.
+                for (port, reply) in rx {
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    let _ = reply.send(std::net::TcpStream::connect(addr));
+                }
+            })
+            .map_err(NetnsError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { requests: tx }),
+            Ok(Err(e)) => Err(NetnsError::Setns(e)),
+            Err(_) => Err(NetnsError::ThreadPanicked),
+        }
+    }
+
+    /// Connect to `127.0.0.1:port` in the sandbox (blocking; call from a
+    /// blocking task).
+    pub fn connect(&self, port: u16) -> io::Result<std::net::TcpStream> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let gone = || io::Error::other("the sandbox's network is gone");
+        self.requests.send((port, tx)).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
+    }
+}
+
 /// Errors if `netns` is the calling thread's own network namespace.
 fn refuse_own_namespace(netns: &File) -> Result<(), NetnsError> {
     let target = netns.metadata().map_err(NetnsError::Inspect)?;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::dns::{self, SyntheticDns};
 use super::init::{self, SYNC_FD};
 use super::netns;
+use crate::events::Events;
 use crate::net::Upstream;
 use crate::proxy::server::NameLookup;
 use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy, SoOriginalDst};
@@ -36,14 +37,17 @@ pub struct RunSpec {
     pub upstream: Upstream,
     pub policy: Policy,
     pub ca: Arc<MoatCa>,
-    /// The merged CA bundle (system roots + Moat CA) on the host.
-    pub bundle: PathBuf,
+    /// Host files copied into the sandbox's fresh /tmp (host, inside).
+    pub files: Vec<(PathBuf, PathBuf)>,
     pub workspace: PathBuf,
     /// Paths the command must not see.
     pub hide: Vec<PathBuf>,
     pub env: Vec<(OsString, OsString)>,
     pub run_as: Option<(u32, u32)>,
     pub command: Vec<OsString>,
+    pub events: Events,
+    /// `-p HOSTPORT:PORT`: host 127.0.0.1:HOSTPORT → sandbox 127.0.0.1:PORT.
+    pub publish: Vec<(u16, u16)>,
 }
 
 /// Run the command in the sandbox; its exit code (128+N for signal N).
@@ -53,9 +57,10 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     let mut cmd = Command::new(exe);
     cmd.arg("__sandbox-init")
         .arg("--workspace")
-        .arg(&spec.workspace)
-        .arg("--bundle")
-        .arg(&spec.bundle);
+        .arg(&spec.workspace);
+    for (host, inside) in &spec.files {
+        cmd.arg("--file").arg(host).arg(inside);
+    }
     for h in &spec.hide {
         cmd.arg("--hide").arg(h);
     }
@@ -110,6 +115,22 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         spec.policy,
         Limits::default(),
     )?;
+    engine.set_events(spec.events.clone());
+    let events = spec.events.clone();
+    dns.set_observer(Box::new(move |name, qtype, answer| {
+        events.emit(
+            "dns",
+            serde_json::json!({"name": name, "type": qtype, "answer": answer.map(|a| a.to_string())}),
+        );
+    }));
+    let published = match publish(&rt, &ns, &spec.publish) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     {
         let _guard = rt.enter();
         let proxy_listener = tokio::net::TcpListener::from_std(net.proxy_listener)?;
@@ -138,11 +159,57 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         }
     });
     let status = child.wait()?;
+    drop(published);
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Listen on the host's 127.0.0.1 for each `-p` and pass every connection
+/// to the port inside the sandbox. Bound before the command starts, so a
+/// taken port fails the run up front.
+fn publish(
+    rt: &tokio::runtime::Runtime,
+    ns: &std::fs::File,
+    ports: &[(u16, u16)],
+) -> Result<Option<netns::Dialer>, RunError> {
+    if ports.is_empty() {
+        return Ok(None);
+    }
+    let dialer = netns::Dialer::new(ns)?;
+    for &(host_port, port) in ports {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", host_port)).map_err(|e| {
+            RunError::Io(std::io::Error::new(
+                e.kind(),
+                format!("-p {host_port}:{port}: cannot listen on 127.0.0.1:{host_port}: {e}"),
+            ))
+        })?;
+        listener.set_nonblocking(true)?;
+        let _guard = rt.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let dialer = dialer.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((mut outside, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
+                let dialer = dialer.clone();
+                tokio::spawn(async move {
+                    let inside = tokio::task::spawn_blocking(move || dialer.connect(port)).await;
+                    let Ok(Ok(inside)) = inside else { return };
+                    let _ = inside.set_nonblocking(true);
+                    let Ok(mut inside) = tokio::net::TcpStream::from_std(inside) else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                });
+            }
+        });
+    }
+    Ok(Some(dialer))
 }
 
 fn libc_dup2(from: i32, to: i32) -> i32 {
@@ -161,7 +228,10 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
         };
         match a.to_str() {
             Some("--workspace") => args.workspace = value()?.into(),
-            Some("--bundle") => args.bundle = value()?.into(),
+            Some("--file") => {
+                let host = value()?.into();
+                args.files.push((host, value()?.into()));
+            }
             Some("--hide") => args.hide.push(value()?.into()),
             Some("--run-as") => {
                 let v = value()?.to_string_lossy().into_owned();
