@@ -31,12 +31,16 @@
 //! The sandboxed command cannot undo this: the programs are attached through
 //! BPF links held only by Moat's file descriptors (detaching needs the link,
 //! or `CAP_SYS_ADMIN`/`CAP_NET_ADMIN`/`CAP_BPF` to find it, which the child
-//! lacks). A child running as uid 0 could still write its pid into another
-//! cgroup's `cgroup.procs` (file permissions, not capabilities, guard that):
-//! the init should unshare a cgroup namespace (`CLONE_NEWCGROUP`) once it is
-//! in the run's cgroup, which makes every cgroup outside it unreachable.
-//! Even outside the cgroup a process still sits in the sandbox's namespace,
-//! which has no way out.
+//! lacks). **But** a child running as uid 0 can, without any capability,
+//! write its pid into the root cgroup's `cgroup.procs` (file permissions,
+//! not capabilities, guard migration) and so leave the run's cgroup. A
+//! cgroup namespace does not stop that unless cgroup2 is mounted with
+//! `nsdelegate`, which the hybrid hosts we target lack (checked). So the
+//! init, in the sandbox's mount namespace, must remount the cgroup2 mount
+//! read-only (`MS_REMOUNT|MS_BIND|MS_RDONLY` on [`super::cgroup::cgroup2_mount`])
+//! before it drops its capabilities; `vm-tests/ebpf.rs` checks that this
+//! holds. Even outside the cgroup a process is still in the sandbox's
+//! namespace, which has no way out.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -168,8 +172,7 @@ impl Redirector {
         let orig_map = ebpf
             .take_map("orig_dst")
             .ok_or(BpfError::Missing("map orig_dst"))?;
-        let orig: HashMap<MapData, [u8; 8], [u8; 8]> =
-            HashMap::try_from(orig_map).map_err(map_err("orig_dst"))?;
+        let orig: OrigMap = HashMap::try_from(orig_map).map_err(map_err("orig_dst"))?;
 
         let cgroup_path = cgroup.path().to_owned();
         let attach_err = |section: String| {
@@ -272,12 +275,15 @@ pub fn decode_orig(value: [u8; 8]) -> SocketAddrV4 {
     SocketAddrV4::new(ip, u16::from_be_bytes([value[4], value[5]]))
 }
 
+/// `orig_dst`: `encode_peer_key` → `struct orig`.
+type OrigMap = HashMap<MapData, [u8; 8], [u8; 8]>;
+
 /// The eBPF redirector's answer to "where was this connection going":
 /// looks the accepted stream's peer up in the `orig_dst` map and deletes the
 /// entry (each connection is asked once; the map is LRU-bounded anyway).
 #[derive(Clone)]
 pub struct BpfOriginalDst {
-    map: Arc<Mutex<HashMap<MapData, [u8; 8], [u8; 8]>>>,
+    map: Arc<Mutex<OrigMap>>,
 }
 
 impl BpfOriginalDst {
