@@ -13,6 +13,7 @@
 
 #![cfg(target_os = "linux")]
 
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -186,6 +187,8 @@ d.settimeout(3)
 d.sendto(b"hello", ("10.253.0.2", 53))
 r, peer = d.recvfrom(512)
 print("DNS", r.decode(), "%s:%d" % peer)
+t = socket.create_connection(("10.253.0.2", 53), timeout=3)
+print("TCPDNS", t.makefile().readline().strip(), "PEER %s:%d" % t.getpeername())
 for name, fam, typ, addr in [
     ("V6", socket.AF_INET6, socket.SOCK_STREAM, ("fd00:253::1", 443)),
     ("MAPPED", socket.AF_INET6, socket.SOCK_STREAM, ("::ffff:198.18.0.7", 443)),
@@ -211,6 +214,7 @@ TCP ORIG 198.18.0.7:443 PEER 198.18.0.7:443
 UDP EPERM
 UDPCONNECT EPERM
 DNS DNS:hello 10.253.0.2:53
+TCPDNS TCPDNS PEER 10.253.0.2:53
 V6 EPERM
 MAPPED EPERM
 LOOP6 EPERM
@@ -276,11 +280,12 @@ fn redirects_refuses_resists_and_leaves_nothing() {
     );
 
     // The "proxy" listener and a DNS responder, inside the namespace.
-    let (proxy, dns) = holder.inside(|| {
-        (
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
-        )
+    let (proxy, dns, dns_tcp) = holder.inside(|| {
+        let proxy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        // A fresh namespace: the same TCP port is free but for the proxy's.
+        let tcp = TcpListener::bind(udp.local_addr().unwrap()).unwrap();
+        (proxy, udp, tcp)
     });
     let proxy_addr = match proxy.local_addr().unwrap() {
         std::net::SocketAddr::V4(a) => a,
@@ -293,6 +298,12 @@ fn redirects_refuses_resists_and_leaves_nothing() {
             let mut reply = b"DNS:".to_vec();
             reply.extend_from_slice(&buf[..n]);
             let _ = dns.send_to(&reply, peer);
+        }
+    });
+
+    std::thread::spawn(move || {
+        for mut s in dns_tcp.incoming().flatten() {
+            let _ = s.write_all(b"TCPDNS\n");
         }
     });
 
