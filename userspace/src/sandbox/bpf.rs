@@ -107,12 +107,13 @@ pub enum BpfError {
         source: Box<ProgramError>,
     },
 
-    #[error("attaching {section} to {cgroup}: {source}{hint}")]
+    /// `detail` is the whole cause chain (aya's own message is only
+    /// "`bpf_link_create` failed"; the errno is what tells the user why).
+    #[error("attaching {section} to {cgroup}: {detail}{hint}")]
     Attach {
         section: String,
         cgroup: PathBuf,
-        #[source]
-        source: Box<ProgramError>,
+        detail: String,
         hint: &'static str,
     },
 
@@ -177,11 +178,14 @@ impl Redirector {
         let cgroup_path = cgroup.path().to_owned();
         let attach_err = |section: String| {
             let cgroup = cgroup_path.clone();
-            move |e: ProgramError| BpfError::Attach {
-                hint: attach_hint(&e),
-                section,
-                cgroup,
-                source: Box::new(e),
+            move |e: ProgramError| {
+                let detail = cause_chain(&e);
+                BpfError::Attach {
+                    hint: attach_hint(&detail),
+                    section,
+                    cgroup,
+                    detail,
+                }
             }
         };
         let prog_err = |what, name: &str| {
@@ -210,9 +214,7 @@ impl Redirector {
                 .map_err(attach_err("sockops".into()))?;
         }
         for name in SOCK_ADDR_PROGRAMS {
-            let program = ebpf
-                .program_mut(name)
-                .ok_or(BpfError::Missing("a cgroup/* program"))?;
+            let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
             let sock_addr: &mut CgroupSockAddr = program
                 .try_into()
                 .map_err(prog_err("wrong type for", name))?;
@@ -239,9 +241,20 @@ impl Redirector {
     }
 }
 
-fn attach_hint(e: &ProgramError) -> &'static str {
-    let text = e.to_string();
-    if text.contains("Operation not permitted") || text.contains("Permission denied") {
+/// `e`, then each of its sources, joined by ": ".
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn attach_hint(detail: &str) -> &'static str {
+    if detail.contains("Operation not permitted") || detail.contains("Permission denied") {
         " (attaching BPF programs to a cgroup needs root: CAP_BPF and CAP_NET_ADMIN)"
     } else {
         ""
@@ -374,16 +387,25 @@ mod tests {
 
     #[test]
     fn attach_errors_name_program_and_cgroup() {
+        let denied = ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: io::Error::from_raw_os_error(nix::libc::EPERM),
+        });
+        let detail = cause_chain(&denied);
         let e = BpfError::Attach {
             section: "cgroup/connect4".into(),
             cgroup: PathBuf::from("/sys/fs/cgroup/unified/moat/ab12"),
-            source: Box::new(ProgramError::NotLoaded),
-            hint: "",
+            hint: attach_hint(&detail),
+            detail,
         };
         let s = e.to_string();
         assert!(
-            s.starts_with("attaching cgroup/connect4 to /sys/fs/cgroup/unified/moat/ab12: "),
+            s.starts_with(
+                "attaching cgroup/connect4 to /sys/fs/cgroup/unified/moat/ab12: \
+                 `bpf_link_create` failed: Operation not permitted"
+            ),
             "{s}"
         );
+        assert!(s.contains("needs root"), "{s}");
     }
 }
