@@ -14,6 +14,10 @@ packages=(
   iproute2         # ip: inspect routes/links in vm-tests (Moat itself uses netlink)
   iputils-ping     # ping: vm-tests check that ICMP cannot leave the sandbox
   python3          # raw DNS/UDP/IPv6 clients inside the sandbox in vm-tests
+  clang            # builds the eBPF redirector (ebpf/redirect.bpf.c) in build.rs
+  llvm             # llvm-objdump/llvm-strip for looking at that object
+  libbpf-dev       # bpf/bpf_helpers.h, bpf/bpf_endian.h for the eBPF redirector
+  bpftool          # vm-tests/ebpf.rs checks no program is left attached
 )
 
 missing=()
