@@ -14,6 +14,9 @@ packages=(
   iproute2         # ip: inspect routes/links in vm-tests (Moat itself uses netlink)
   iputils-ping     # ping: vm-tests check that ICMP cannot leave the sandbox
   python3          # raw DNS/UDP/IPv6 clients inside the sandbox in vm-tests
+  python3-requests # a real client (requests) in vm-tests
+  git              # git over https (git http-backend) in vm-tests
+  openjdk-17-jdk-headless  # Java HttpClient in vm-tests (the truststore path)
   clang            # builds the eBPF redirector (ebpf/redirect.bpf.c) in build.rs
   llvm             # llvm-objdump/llvm-strip for looking at that object
   libbpf-dev       # bpf/bpf_helpers.h, bpf/bpf_endian.h for the eBPF redirector

@@ -243,7 +243,7 @@ fn sandbox_traffic_lands_on_host_served_sockets() {
     assert_ne!(sandbox_ino, host_ns);
 
     let handle = File::open(&holder.ns_path).unwrap();
-    let net = netns::plumb(&handle).unwrap_or_else(|e| panic!("plumb: {e}"));
+    let net = netns::plumb(&handle, true).unwrap_or_else(|e| panic!("plumb: {e}"));
     drop(handle);
     // This thread never left the host namespace.
     assert_eq!(ns_inode("/proc/thread-self/ns/net"), host_ns);

@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Output};
 
 use common::*;
-use moat_testkit::{StubServer, TestCa, fake_github_accepting};
+use moat_testkit::{StubServer, TestCa, fake_github_accepting, git_server};
 
 const REAL: &str = "ghp_RealTokenInsideNothing0123456789abcd";
 
@@ -20,6 +20,7 @@ struct Setup {
     env: Env,
     ca_file: std::path::PathBuf,
     server: StubServer,
+    git: StubServer,
     workspace: std::path::PathBuf,
 }
 
@@ -33,10 +34,17 @@ fn setup() -> Setup {
     let ca_file = ca.write_pem(env.dir.path()).unwrap();
     let server = StubServer::start(
         &ca,
-        &["api.github.com", "github.com"],
+        &["api.github.com", "files.pypi.test"],
         fake_github_accepting(Some(REAL.into())),
     )
     .unwrap();
+    // github.com: a real Git smart-HTTP server with one repository, open
+    // only to Basic x-access-token:<the real token>.
+    let repos = env.dir.path().join("repos");
+    make_repo(&repos.join("octo/hello.git"));
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{REAL}"));
+    let git = git_server(&ca, &["github.com"], repos, format!("Basic {basic}")).unwrap();
     ok(&env.run(
         &["grant", "github", "--no-validate"],
         &[("GITHUB_TOKEN", REAL), ("MOAT_KEY_BACKEND", "file")],
@@ -47,26 +55,84 @@ fn setup() -> Setup {
         env,
         ca_file,
         server,
+        git,
         workspace,
     }
 }
 
+/// A bare repository at `path` holding one commit with README = "hello".
+fn make_repo(path: &std::path::Path) {
+    let work = path.with_extension("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("README"), "hello from git\n").unwrap();
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    };
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "README"]);
+    git(&work, &["commit", "-qm", "one"]);
+    git(
+        &work,
+        &["clone", "-q", "--bare", ".", path.to_str().unwrap()],
+    );
+}
+
 impl Setup {
-    fn run(&self, script: &str) -> Output {
-        self.env
-            .cmd()
-            .args(["run", self.workspace.to_str().unwrap(), "--grant", "github"])
+    /// `moat run` with the github grant and the stand-ins wired in.
+    fn cmd(&self, extra: &[&str], script: &str) -> Command {
+        let mut cmd = self.env.cmd();
+        cmd.args(["run", self.workspace.to_str().unwrap(), "--grant", "github"])
             .args(["--resolve", &self.server.resolve_entry("api.github.com")])
+            .args(["--resolve", &self.server.resolve_entry("files.pypi.test")])
+            .args(["--resolve", &self.git.resolve_entry("github.com")])
             .args(["--upstream-ca", self.ca_file.to_str().unwrap()])
             .args([
                 "-e",
                 &format!("MOAT_HOME_SEEN={}", self.env.home().display()),
             ])
-            .args(["--", "/bin/sh", "-c", script])
-            .output()
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", script]);
+        cmd
+    }
+
+    fn run(&self, script: &str) -> Output {
+        self.run_with(&[], script)
+    }
+
+    fn run_with(&self, extra: &[&str], script: &str) -> Output {
+        self.cmd(extra, script).output().unwrap()
+    }
+
+    /// The events of the only run so far.
+    fn events(&self) -> Vec<serde_json::Value> {
+        let runs: Vec<_> = std::fs::read_dir(self.env.home().join("runs"))
             .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        std::fs::read_to_string(runs[0].join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
+
+/// The redirectors every transparent test runs with.
+const REDIRECTS: [&str; 2] = ["nft", "ebpf"];
 
 fn host_state() -> (String, String, String) {
     let out = |args: &[&str]| {
@@ -86,56 +152,96 @@ fn host_state() -> (String, String, String) {
     )
 }
 
+const JAVA_CLIENT: &str = r#"
+import java.net.URI;
+import java.net.http.*;
+public class Main {
+    public static void main(String[] args) throws Exception {
+        var client = HttpClient.newHttpClient();
+        var req = HttpRequest.newBuilder(URI.create("https://api.github.com/user")).build();
+        System.out.println(client.send(req, HttpResponse.BodyHandlers.ofString()).body());
+    }
+}
+"#;
+
 #[test]
 fn clients_get_injected_credentials_they_never_see() {
     let s = setup();
-    let before = host_state();
-    let out = s.run(
-        r#"set -e
+    std::fs::write(s.workspace.join("Main.java"), JAVA_CLIENT).unwrap();
+    for redirect in REDIRECTS {
+        let before = host_state();
+        let out = s.run_with(
+            &["--redirect", redirect],
+            r#"set -e
 echo "curl: $(curl -sS https://api.github.com/user)"
 echo "noproxy: $(curl -sS --noproxy '*' https://api.github.com/user)"
 echo "python: $(/usr/bin/python3 -c 'import http.client,ssl; c=http.client.HTTPSConnection("api.github.com"); c.request("GET","/user"); print(c.getresponse().read().decode())')"
+echo "requests: $(/usr/bin/python3 -c 'import requests; print(requests.get("https://api.github.com/user").text)')"
 echo "node: $(node -e 'fetch("https://api.github.com/user").then(r=>r.text()).then(t=>console.log(t))')"
+echo "java: $(java Main.java 2>/dev/null)"
+rm -rf hello && git clone -q https://github.com/octo/hello.git 2>&1 && echo "git: $(cat hello/README)"
 echo "dns: $(getent hosts api.github.com)"
 echo "placeholder: $GH_TOKEN"
 env > "$PWD/env.txt"
+cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' > "$PWD/proc-environ.txt"
 "#,
-    );
-    let text = stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    for client in ["curl", "noproxy", "python", "node"] {
-        let line = text
+        );
+        let text = stdout(&out);
+        assert!(out.status.success(), "{redirect}: {text}\n{}", stderr(&out));
+        for client in ["curl", "noproxy", "python", "requests", "node", "java"] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{client}:")))
+                .unwrap_or_default();
+            assert!(
+                line.contains("\"login\":\"octocat\""),
+                "{redirect}: {client} was not injected: {line}\n{}",
+                stderr(&out)
+            );
+        }
+        assert!(text.contains("git: hello from git"), "{redirect}: {text}");
+        assert!(text.lines().any(|l| l.starts_with("dns: 198.1")), "{text}");
+        let ph = text
             .lines()
-            .find(|l| l.starts_with(&format!("{client}:")))
-            .unwrap_or_default();
+            .find_map(|l| l.strip_prefix("placeholder: "))
+            .unwrap();
         assert!(
-            line.contains("\"login\":\"octocat\""),
-            "{client} was not injected: {line}"
+            ph.starts_with("ghp_") && ph.len() == 40 && ph != REAL,
+            "{ph}"
+        );
+        for file in ["env.txt", "proc-environ.txt"] {
+            let env = std::fs::read_to_string(s.workspace.join(file)).unwrap();
+            assert!(
+                !env.contains(REAL) && !env.contains("GITHUB_TOKEN="),
+                "{file}: {env}"
+            );
+            assert!(env.contains("GH_TOKEN=ghp_"), "{file}");
+        }
+        assert!(!text.contains(REAL));
+        assert_eq!(
+            host_state(),
+            before,
+            "{redirect}: the host namespace changed"
         );
     }
-    assert!(text.lines().any(|l| l.starts_with("dns: 198.1")), "{text}");
-    let ph = text
-        .lines()
-        .find_map(|l| l.strip_prefix("placeholder: "))
+    // No file the command could read holds the token: the workspace, and
+    // what a run leaves in $MOAT_HOME (events, not secrets).
+    let grep = Command::new("grep")
+        .args(["-rlF", REAL])
+        .arg(&s.workspace)
+        .arg(s.env.home().join("runs"))
+        .output()
         .unwrap();
-    assert!(
-        ph.starts_with("ghp_") && ph.len() == 40 && ph != REAL,
-        "{ph}"
-    );
-    let env = std::fs::read_to_string(s.workspace.join("env.txt")).unwrap();
-    assert!(
-        !env.contains(REAL) && !env.contains("GITHUB_TOKEN="),
-        "{env}"
-    );
-    assert!(!text.contains(REAL));
-    assert_eq!(host_state(), before, "the host namespace changed");
+    assert!(grep.stdout.is_empty(), "{}", stdout(&grep));
 }
 
 #[test]
 fn nothing_of_the_host_leaks_in_and_the_rules_are_out_of_reach() {
     let s = setup();
-    let out = s.run(
-        r#"
+    for redirect in REDIRECTS {
+        let out = s.run_with(
+            &["--redirect", redirect],
+            r#"
 echo "moat_home: $(ls -A "$MOAT_HOME_SEEN" 2>/dev/null | wc -l)"
 echo "root: $(ls -A /root 2>/dev/null | wc -l)"
 echo "home: $HOME"
@@ -160,35 +266,36 @@ except OSError:
 PY
 echo "after: $(curl -sS https://api.github.com/user)"
 "#,
-    );
-    let text = stdout(&out);
-    let line = |k: &str| {
-        text.lines()
-            .find(|l| l.starts_with(k))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    assert_eq!(line("moat_home:"), "moat_home: 0", "{text}");
-    assert_eq!(line("root:"), "root: 0", "{text}");
-    assert_eq!(line("home:"), "home: /tmp/home");
-    assert_eq!(line("nft:"), "nft: refused", "{text}");
-    assert_eq!(line("route:"), "route: refused", "{text}");
-    assert!(line("udp:").starts_with("udp: blocked"), "{text}");
-    let v6: f64 = line("ipv6:")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or(99.0);
-    assert!(
-        line("ipv6:").starts_with("ipv6: failed") && v6 < 1.0,
-        "{text}"
-    );
-    assert_eq!(line("raw:"), "raw: refused", "{text}");
-    assert!(
-        line("after:").contains("octocat"),
-        "the rules must still hold: {text}"
-    );
+        );
+        let text = stdout(&out);
+        let line = |k: &str| {
+            text.lines()
+                .find(|l| l.starts_with(k))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(line("moat_home:"), "moat_home: 0", "{text}");
+        assert_eq!(line("root:"), "root: 0", "{text}");
+        assert_eq!(line("home:"), "home: /tmp/home");
+        assert_eq!(line("nft:"), "nft: refused", "{text}");
+        assert_eq!(line("route:"), "route: refused", "{text}");
+        assert!(line("udp:").starts_with("udp: blocked"), "{text}");
+        let v6: f64 = line("ipv6:")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or(99.0);
+        assert!(
+            line("ipv6:").starts_with("ipv6: failed") && v6 < 1.0,
+            "{text}"
+        );
+        assert_eq!(line("raw:"), "raw: refused", "{text}");
+        assert!(
+            line("after:").contains("octocat"),
+            "the rules must still hold: {text}"
+        );
+    }
 }
 
 #[test]
@@ -291,4 +398,321 @@ fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
+}
+
+#[test]
+fn strict_policy_refuses_what_is_neither_granted_nor_allowed() {
+    let s = setup();
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        "network:\n  policy: strict\n  rules:\n    - files.pypi.test:\n        - deny DELETE /**\n",
+    )
+    .unwrap();
+    for redirect in REDIRECTS {
+        let _ = std::fs::remove_dir_all(s.env.home().join("runs"));
+        let out = s.run_with(
+            &["--redirect", redirect],
+            r#"
+echo "granted: $(curl -sS https://api.github.com/user)"
+echo "allowed: $(curl -sS -o /dev/null -w '%{http_code}' https://files.pypi.test/simple/)"
+echo "route: $(curl -sS -o /dev/null -w '%{http_code}' -X DELETE https://files.pypi.test/simple/)"
+echo "route-why: $(curl -sS -X DELETE https://files.pypi.test/simple/)"
+echo "denied: $(curl -sS -o /dev/null -w '%{http_code}' https://evil.test/)"
+echo "denied-why: $(curl -sS https://evil.test/)"
+/usr/bin/python3 - <<'PY'
+import socket
+s = socket.create_connection(("evil.test", 5432), timeout=5)
+try:
+    s.sendall(b"hello\r\n")
+    print("raw: got %r" % s.recv(100))
+except OSError as e:
+    print("raw: closed", e.errno)
+PY
+"#,
+        );
+        let text = stdout(&out);
+        let line = |k: &str| {
+            text.lines()
+                .find(|l| l.starts_with(k))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            line("granted:").contains("octocat"),
+            "{redirect}: {text}\n{}",
+            stderr(&out)
+        );
+        assert_eq!(line("allowed:"), "allowed: 404", "{redirect}: {text}");
+        assert_eq!(line("route:"), "route: 403", "{redirect}: {text}");
+        assert!(
+            line("route-why:").contains("deny DELETE /**"),
+            "{redirect}: {text}"
+        );
+        assert_eq!(line("denied:"), "denied: 403", "{redirect}: {text}");
+        assert!(
+            line("denied-why:").contains("strict network policy"),
+            "{redirect}: {text}"
+        );
+        assert!(
+            line("raw:") == "raw: got b''" || line("raw:").starts_with("raw: closed"),
+            "{redirect}: {text}"
+        );
+        // Only the allowed request reached the stand-in.
+        assert!(
+            !s.server.seen().iter().any(|r| r.method == "DELETE"),
+            "a denied request went upstream"
+        );
+
+        let events = s.events();
+        let has = |event: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+            events.iter().any(|e| e["event"] == event && pred(e))
+        };
+        assert!(has("start", &|e| e["grants"][0] == "github"), "{events:?}");
+        assert!(has("dns", &|e| e["name"] == "evil.test"), "{events:?}");
+        assert!(has("inject", &|e| e["host"] == "api.github.com"
+            && e["grants"][0] == "github"
+            && e["path"] == "/user"));
+        assert!(has("deny", &|e| e["host"] == "evil.test" && e["port"] == 443));
+        assert!(has("deny", &|e| e["host"] == "evil.test" && e["port"] == 5432));
+        assert!(has("deny", &|e| e["method"] == "DELETE"));
+        assert!(has("exit", &|e| e["code"] == 0), "{events:?}");
+        let raw = serde_json::to_string(&events).unwrap();
+        assert!(!raw.contains(REAL));
+    }
+}
+
+/// A one-shot HTTP server on the host's loopback answering `body`.
+fn host_service(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn host_services_only_through_network_host() {
+    let s = setup();
+    let (open, _a) = host_service("hello-from-host");
+    let (closed, _b) = host_service("must-not-be-seen");
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        format!("network:\n  host: [{open}]\n"),
+    )
+    .unwrap();
+    let out = s.run(&format!(
+        r#"
+echo "open: $(curl -sS --max-time 5 http://host.moat.internal:{open}/ 2>&1)"
+echo "closed: $(curl -sS --max-time 5 http://host.moat.internal:{closed}/ 2>&1)"
+echo "loopback: $(curl -sS --max-time 5 http://127.0.0.1:{open}/ 2>&1)"
+"#
+    ));
+    let text = stdout(&out);
+    assert!(
+        text.contains("open: hello-from-host"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(!text.contains("must-not-be-seen"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("closed: ") && l.contains("not published")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("loopback: curl:")),
+        "the sandbox's own loopback is not the host's: {text}"
+    );
+}
+
+#[test]
+fn publish_exposes_a_sandbox_port_on_the_hosts_loopback() {
+    let s = setup();
+    let host_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(s.workspace.join("index.html"), "served-from-the-sandbox").unwrap();
+    let mut moat = s
+        .cmd(
+            &["-p", &format!("{host_port}:8000")],
+            "/usr/bin/python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 & \
+             while [ ! -e done ]; do sleep 0.05; done; kill $!",
+        )
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let body = loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "2"])
+            .arg(format!("http://127.0.0.1:{host_port}/index.html"))
+            .output()
+            .unwrap();
+        if out.status.success() && !out.stdout.is_empty() {
+            break stdout(&out);
+        }
+        assert!(
+            start.elapsed().as_secs() < 15,
+            "never published: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::fs::write(s.workspace.join("done"), "").unwrap();
+    assert_eq!(moat.wait().unwrap().code(), Some(0));
+    assert_eq!(body, "served-from-the-sandbox");
+}
+
+#[test]
+fn system_directories_are_read_only_and_the_cgroup_is_out_of_reach() {
+    let s = setup();
+    for redirect in REDIRECTS {
+        let out = s.run_with(
+            &["--redirect", redirect],
+            r#"
+touch /usr/moat-was-here 2>/dev/null && echo "usr: written" || echo "usr: refused"
+touch /etc/moat-was-here 2>/dev/null && echo "etc: written" || echo "etc: refused"
+touch ws-ok && echo "workspace: written"
+for f in /sys/fs/cgroup/unified/cgroup.procs /sys/fs/cgroup/cgroup.procs; do
+  [ -e "$f" ] && { echo $$ > "$f" 2>/dev/null && echo "cgroup: escaped" || echo "cgroup: refused"; }
+done
+echo "after: $(curl -sS https://api.github.com/user)"
+"#,
+        );
+        let text = stdout(&out);
+        assert!(text.contains("usr: refused"), "{redirect}: {text}");
+        assert!(text.contains("etc: refused"), "{redirect}: {text}");
+        assert!(text.contains("workspace: written"), "{redirect}: {text}");
+        assert!(
+            text.contains("cgroup: refused") && !text.contains("cgroup: escaped"),
+            "{redirect}: {text}"
+        );
+        assert!(text.contains("octocat"), "{redirect}: {text}");
+        assert!(!std::path::Path::new("/usr/moat-was-here").exists());
+    }
+}
+
+#[test]
+fn env_mode_injects_through_the_proxy_variables() {
+    let s = setup();
+    let out = s.run_with(
+        &["--network-mode", "env"],
+        r#"
+echo "curl: $(curl -sS https://api.github.com/user)"
+echo "requests: $(/usr/bin/python3 -c 'import requests; print(requests.get("https://api.github.com/user").text)')"
+echo "direct: $(curl -sS --noproxy '*' --max-time 3 https://api.github.com/user 2>&1 | head -c 80)"
+case "$HTTPS_PROXY" in http://moat:*@127.0.0.1:*) echo "proxy: ok";; *) echo "proxy: $HTTPS_PROXY";; esac
+echo "node: $NODE_USE_ENV_PROXY"
+"#,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("curl:") && l.contains("octocat")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("requests:") && l.contains("octocat")),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("direct:") && l.contains("octocat")),
+        "{text}"
+    );
+    assert!(
+        text.contains("proxy: ok") && text.contains("node: 1"),
+        "{text}"
+    );
+    assert!(!text.contains(REAL));
+}
+
+#[test]
+fn env_mode_is_the_default_without_root_and_works_as_nobody() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    // nobody needs its own MOAT_HOME and HOME, and a way in to the CA file.
+    let dir = s.env.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (home, moat_home) = (dir.join("nobody-home"), dir.join("nobody-moat"));
+    for d in [&home, &moat_home, &s.workspace] {
+        std::fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let nobody = |args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(MOAT)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", &home)
+            .env("MOAT_HOME", &moat_home)
+            .env("MOAT_KEY_BACKEND", "file")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes());
+        child.wait_with_output().unwrap()
+    };
+    ok(&nobody(
+        &["grant", "github", "--token-stdin", "--no-validate"],
+        Some(REAL),
+    ));
+    let out = nobody(
+        &[
+            "run",
+            s.workspace.to_str().unwrap(),
+            "--grant",
+            "github",
+            "--resolve",
+            &s.server.resolve_entry("api.github.com"),
+            "--upstream-ca",
+            s.ca_file.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo \"id: $(id -u)\"; echo \"curl: $(curl -sS https://api.github.com/user)\"",
+        ],
+        None,
+    );
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(
+        err.contains("network mode env"),
+        "the mode is announced: {err}"
+    );
+    assert!(text.contains("id: 65534"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("curl:") && l.contains("octocat")),
+        "{text}\n{err}"
+    );
+    // Asking for transparent without root says what to do.
+    let out = nobody(
+        &["run", "--network-mode", "transparent", "--", "true"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
 }

@@ -19,6 +19,9 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
+mod git;
+pub use git::git_server;
+
 /// A test certificate authority. Its PEM goes in `MOAT_UPSTREAM_CA`.
 pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,

@@ -125,6 +125,7 @@ const CA_VARS: &[&str] = &[
 
 /// Everything a run needs, prepared the same way for every mode.
 struct Prepared {
+    id: String,
     events: Events,
     grants: Vec<crate::proxy::Grant>,
     upstream: crate::net::Upstream,
@@ -174,6 +175,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         network: config.network.policy.clone(),
         ..Policy::default()
     };
+    policy
+        .network
+        .reserved
+        .push(HostPattern::parse(HOST_ALIAS)?);
     for port in &config.network.host_ports {
         resolve.push(format!("{HOST_ALIAS}:{port}=127.0.0.1:{port}"));
         let pattern = HostPattern::parse(&format!("{HOST_ALIAS}:{port}"))?;
@@ -240,6 +245,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     );
     tracing::info!(run = %id, "events: {}", events_path.display());
     let prepared = Prepared {
+        id: id.clone(),
         events: events.clone(),
         grants,
         upstream,
@@ -367,9 +373,6 @@ fn transparent(
     redirect: Redirect,
 ) -> Result<i32> {
     use crate::sandbox::{init, run};
-    if redirect == Redirect::Ebpf {
-        bail!("--redirect ebpf is not in this build yet; use --redirect nft");
-    }
     let mut env = base_env(init::HOME_INSIDE.into());
     for var in CA_VARS {
         env.push(((*var).into(), init::BUNDLE_INSIDE.into()));
@@ -399,6 +402,11 @@ fn transparent(
     hide.sort();
     hide.dedup();
     let code = run::run(run::RunSpec {
+        id: p.id,
+        redirect: match redirect {
+            Redirect::Nft => run::Redirect::Nft,
+            Redirect::Ebpf => run::Redirect::Ebpf,
+        },
         grants: p.grants,
         upstream: p.upstream,
         policy: p.policy,

@@ -127,6 +127,9 @@ pub enum Verdict {
 pub struct NetworkPolicy {
     pub mode: Mode,
     pub rules: Vec<HostRule>,
+    /// Names never looked up or reached unless a rule allows the exact
+    /// destination (Moat's own `host.moat.internal`, in any mode).
+    pub reserved: Vec<HostPattern>,
 }
 
 impl NetworkPolicy {
@@ -136,7 +139,13 @@ impl NetworkPolicy {
 
     /// May a connection to `host:port` be made at all?
     pub fn connection(&self, host: &str, port: u16, granted: bool) -> Verdict {
-        if granted || self.mode == Mode::Permissive || self.rule_for(host, port).is_some() {
+        if granted || self.rule_for(host, port).is_some() {
+            Verdict::Allow
+        } else if self.reserved.iter().any(|r| r.matches(host, port)) {
+            Verdict::Deny(format!(
+                "{host}:{port} is not published to the sandbox (list the port in network.host in moat.yaml)"
+            ))
+        } else if self.mode == Mode::Permissive {
             Verdict::Allow
         } else {
             Verdict::Deny(format!(
@@ -204,6 +213,7 @@ mod tests {
         let p = NetworkPolicy {
             mode: Mode::Strict,
             rules: vec![rule("*.pypi.test", &[])],
+            ..Default::default()
         };
         assert_eq!(p.connection("api.github.com", 443, true), Verdict::Allow);
         assert_eq!(p.connection("files.pypi.test", 443, false), Verdict::Allow);
@@ -229,6 +239,7 @@ mod tests {
                     "deny DELETE /**",
                 ],
             )],
+            ..Default::default()
         };
         let req = |m, path| p.request("api.github.com", 443, m, path);
         assert_eq!(req("GET", "/repos/moat/pulls"), Verdict::Allow);

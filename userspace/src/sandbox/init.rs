@@ -173,6 +173,13 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
                 .map_err(|e| format!("hiding {}: {e}", path.display()))?;
         }
     }
+    // A uid-0 command could otherwise move itself out of the run's cgroup
+    // (and away from the eBPF redirector) by writing cgroup.procs.
+    if let Ok(cgroup2) = super::cgroup::cgroup2_mount() {
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(none, &cgroup2, none, flags, none)
+            .map_err(|e| format!("making {} read-only: {e}", cgroup2.display()))?;
+    }
     let mut read_only = false;
     for dir in READ_ONLY {
         // Symlinks (/bin -> usr/bin on merged-/usr systems) follow their target.

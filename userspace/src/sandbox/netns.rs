@@ -131,12 +131,12 @@ pub enum NetnsError {
 ///
 /// Refuses the caller's own network namespace, so a wrong handle can never
 /// change the host's routes or firewall.
-pub fn plumb(netns: &File) -> Result<SandboxNet, NetnsError> {
+pub fn plumb(netns: &File, nft_rules: bool) -> Result<SandboxNet, NetnsError> {
     refuse_own_namespace(netns)?;
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("moat-netns".into())
-            .spawn_scoped(scope, || plumb_inside(netns))
+            .spawn_scoped(scope, || plumb_inside(netns, nft_rules))
             .map_err(NetnsError::Thread)?;
         worker.join().map_err(|_| NetnsError::ThreadPanicked)?
     })
@@ -206,7 +206,7 @@ fn refuse_own_namespace(netns: &File) -> Result<(), NetnsError> {
 }
 
 /// Runs on a thread of its own, which ends (namespace and all) when done.
-fn plumb_inside(netns: &File) -> Result<SandboxNet, NetnsError> {
+fn plumb_inside(netns: &File, nft_rules: bool) -> Result<SandboxNet, NetnsError> {
     setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Setns)?;
 
     route_loopback()?;
@@ -218,7 +218,9 @@ fn plumb_inside(netns: &File) -> Result<SandboxNet, NetnsError> {
     let proxy_port = local("read the proxy port", proxy_listener.local_addr())?;
     let dns_port = local("read the DNS port", dns_udp.local_addr())?;
 
-    load_ruleset(&nft::ruleset(proxy_port, dns_port))?;
+    if nft_rules {
+        load_ruleset(&nft::ruleset(proxy_port, dns_port))?;
+    }
 
     for (what, r) in [
         (

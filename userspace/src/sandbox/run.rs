@@ -4,19 +4,22 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+use super::bpf::{RedirectConfig, Redirector};
+use super::cgroup::{self, RunCgroup};
 use super::dns::{self, SyntheticDns};
 use super::init::{self, SYNC_FD};
 use super::netns;
 use crate::events::Events;
 use crate::net::Upstream;
 use crate::proxy::server::NameLookup;
-use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy, SoOriginalDst};
+use crate::proxy::{Engine, Grant, Limits, MoatCa, OriginalDst, Policy, SoOriginalDst};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -28,11 +31,27 @@ pub enum RunError {
     Net(#[from] netns::NetnsError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroup::CgroupError),
+    #[error(transparent)]
+    Bpf(#[from] super::bpf::BpfError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
+/// How the sandbox's connections are sent to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// nftables rules inside the sandbox's namespace (`SO_ORIGINAL_DST`).
+    Nft,
+    /// eBPF programs on the run's cgroup (original destinations in a map).
+    Ebpf,
+}
+
 pub struct RunSpec {
+    /// The run's id (names its cgroup with [`Redirect::Ebpf`]).
+    pub id: String,
+    pub redirect: Redirect,
     pub grants: Vec<Grant>,
     pub upstream: Upstream,
     pub policy: Policy,
@@ -52,6 +71,14 @@ pub struct RunSpec {
 
 /// Run the command in the sandbox; its exit code (128+N for signal N).
 pub fn run(spec: RunSpec) -> Result<i32, RunError> {
+    if spec.redirect == Redirect::Ebpf {
+        // Cgroups of runs that were killed before they could clean up.
+        match cgroup::sweep_stale() {
+            Ok(gone) if !gone.is_empty() => tracing::info!(?gone, "removed stale run cgroups"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("sweeping stale run cgroups: {e}"),
+        }
+    }
     let (mut ours, theirs) = UnixStream::pair()?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -92,14 +119,37 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         let _ = child.wait();
         return Err(RunError::InitFailed);
     }
-    let ns = std::fs::File::open(format!("/proc/{}/ns/net", child.id()))?;
-    let plumbed = netns::plumb(&ns);
-    let net = match plumbed {
-        Ok(n) => n,
+    let setup = || -> Result<_, RunError> {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", child.id()))?;
+        let cgroup = match spec.redirect {
+            Redirect::Nft => None,
+            Redirect::Ebpf => {
+                // Everything the init forks from now on is born in the cgroup.
+                let cg = RunCgroup::create(&spec.id)?;
+                cg.add_pid(child.id())?;
+                Some(cg)
+            }
+        };
+        let net = netns::plumb(&ns, spec.redirect == Redirect::Nft)?;
+        let (dst, redirector): (Arc<dyn OriginalDst>, _) = match &cgroup {
+            None => (Arc::new(SoOriginalDst), None),
+            Some(cg) => {
+                let config = RedirectConfig {
+                    proxy: SocketAddrV4::new(Ipv4Addr::LOCALHOST, net.proxy_port),
+                    dns_port: net.dns_port,
+                };
+                let r = Redirector::attach(cg, config)?;
+                (Arc::new(r.original_dst()), Some(r))
+            }
+        };
+        Ok((ns, net, dst, redirector, cgroup))
+    };
+    let (ns, net, dst, redirector, cgroup) = match setup() {
+        Ok(s) => s,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(e.into());
+            return Err(e);
         }
     };
 
@@ -138,7 +188,7 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         let dns_tcp = tokio::net::TcpListener::from_std(net.dns_tcp)?;
         let lookup_dns = dns.clone();
         let names: NameLookup = Arc::new(move |ip| lookup_dns.name_for(ip));
-        rt.spawn(engine.serve_transparent(proxy_listener, Arc::new(SoOriginalDst), Some(names)));
+        rt.spawn(engine.serve_transparent(proxy_listener, dst, Some(names)));
         rt.spawn(dns::serve_udp(dns_udp, dns.clone()));
         rt.spawn(dns::serve_tcp(dns_tcp, dns.clone()));
     }
@@ -160,6 +210,12 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     });
     let status = child.wait()?;
     drop(published);
+    drop(redirector);
+    if let Some(cg) = cgroup
+        && let Err(e) = cg.remove()
+    {
+        tracing::warn!("removing the run's cgroup: {e}");
+    }
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     use std::os::unix::process::ExitStatusExt;
     Ok(status

@@ -63,7 +63,7 @@ pub fn java_truststore(bundle_pem: &[u8]) -> Result<Vec<u8>, TrustError> {
 /// `JAVA_TOOL_OPTIONS` pointing the JVM at the truststore at `path`.
 pub fn java_tool_options(path: &str) -> String {
     format!(
-        "-Djavax.net.ssl.trustStore={path} -Djavax.net.ssl.trustStorePassword={JAVA_PASSWORD} -Djavax.net.ssl.trustStoreType=PKCS12"
+        "-Djavax.net.ssl.trustStore={path} -Djavax.net.ssl.trustStorePassword={JAVA_PASSWORD} -Djavax.net.ssl.trustStoreType=PKCS12 -Djava.net.preferIPv4Stack=true"
     )
 }
 
