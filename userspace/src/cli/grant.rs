@@ -1,4 +1,9 @@
 //! `moat grant <provider>`, `moat grant list|providers|show`.
+//!
+//! Provider-specific flows live in `grant/`: Claude (setup-token, paste,
+//! import), npm (registries), OAuth (token endpoint, refresh token).
+
+mod claude;
 
 use std::io::{IsTerminal, Read};
 
@@ -19,6 +24,9 @@ Examples:
   moat grant github                      gh CLI token, else GITHUB_TOKEN/GH_TOKEN, else a prompt
   echo \"$TOKEN\" | moat grant gitlab --token-stdin
   moat grant openai --no-validate        save without the validation request
+  moat grant claude                      claude setup-token, paste a token, or import Claude Code's login
+  moat grant claude --import             import ~/.claude/.credentials.json (no questions)
+  moat grant anthropic                   API key from ANTHROPIC_API_KEY or a prompt
   moat grant mcp context7                stored as mcp-context7
   moat grant github --profile work       into the 'work' profile
   moat grant list --json
@@ -40,6 +48,10 @@ pub struct GrantArgs {
     /// Read the token from standard input (a pipe) instead of env or a prompt
     #[arg(long)]
     token_stdin: bool,
+    /// Import the login of the provider's own tool without asking: Claude
+    /// Code's ~/.claude/.credentials.json for 'claude'
+    #[arg(long, conflicts_with = "token_stdin")]
+    import: bool,
 }
 
 #[derive(Subcommand)]
@@ -88,11 +100,25 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
     if let Flow::Pending(what) = provider.flow {
         bail!("{what}; the provider is listed so runs and scripts can name it");
     }
+    if args.import && provider.flow != Flow::Claude {
+        bail!(
+            "--import is for providers with a local tool to import from (claude); 'moat grant {}' does not take it",
+            provider.name
+        );
+    }
     let name = credential_name(provider, args.server.as_deref())?;
     let store = ctx.store()?;
 
-    let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
-    let mut cred = Credential::new_static(&provider.name, token, source);
+    let mut cred = match provider.flow {
+        Flow::Claude => claude::obtain(provider, args)?,
+        _ => {
+            let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
+            Credential::new_static(&provider.name, token, source)
+        }
+    };
+    if let Err(why) = provider.check_token(cred.token.expose_secret()) {
+        bail!("{why}. Nothing was saved");
+    }
     if !args.no_validate
         && let Some(identity) = validate_token(provider, cred.token.expose_secret())?
     {
@@ -138,17 +164,7 @@ fn obtain_token(
     from_stdin: bool,
 ) -> Result<(SecretString, String)> {
     if from_stdin {
-        if std::io::stdin().is_terminal() {
-            bail!(
-                "--token-stdin reads a pipe; try: printf %s \"$TOKEN\" | moat grant {}",
-                provider.name
-            );
-        }
-        let mut buf = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_to_string(&mut buf)
-            .context("reading the token from stdin")?;
-        return Ok((checked_token(&buf, "standard input")?, "stdin".into()));
+        return Ok((token_from_stdin(provider)?, "stdin".into()));
     }
     if let Some(found) = token_from_command(provider)? {
         return Ok(found);
@@ -205,12 +221,7 @@ fn token_from_command(provider: &Provider) -> Result<Option<(SecretString, Strin
     }
     if std::io::stdin().is_terminal() {
         eprintln!("Found {} authentication", source.label);
-        eprint!("Use token from {}? [Y/n]: ", source.label);
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .context("reading the answer")?;
-        if matches!(answer.trim().to_ascii_lowercase().as_str(), "n" | "no") {
+        if !confirm(&format!("Use token from {}?", source.label))? {
             return Ok(None);
         }
     } else {
@@ -220,6 +231,34 @@ fn token_from_command(provider: &Provider) -> Result<Option<(SecretString, Strin
         checked_token(&text, source.label)?,
         source.id.to_owned(),
     )))
+}
+
+/// A yes/no question on the terminal; Enter means yes.
+fn confirm(question: &str) -> Result<bool> {
+    eprint!("{question} [Y/n]: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(!matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "n" | "no"
+    ))
+}
+
+/// The whole of a piped stdin as a token (`--token-stdin`).
+fn token_from_stdin(provider: &Provider) -> Result<SecretString> {
+    if std::io::stdin().is_terminal() {
+        bail!(
+            "--token-stdin reads a pipe; try: printf %s \"$TOKEN\" | moat grant {}",
+            provider.name
+        );
+    }
+    let mut buf = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .context("reading the token from stdin")?;
+    checked_token(&buf, "standard input")
 }
 
 fn checked_token(raw: &str, origin: &str) -> Result<SecretString> {
@@ -241,13 +280,26 @@ fn validate_token(provider: &Provider, token: &str) -> Result<Option<String>> {
     let Some(req) = validate::build(provider, token) else {
         return Ok(None);
     };
+    if provider.validate.as_ref().is_some_and(|v| v.confirm)
+        && std::io::stdin().is_terminal()
+        && !confirm("Validate the token with a test request? This makes a small API call.")?
+    {
+        return Ok(None);
+    }
     eprintln!("Validating token...");
     let upstream = Upstream::from_env()?;
     let header = req
         .header
         .as_ref()
         .map(|(n, v)| (n.as_str(), v.expose_secret()));
-    let headers: Vec<(&str, &str)> = header.into_iter().collect();
+    let headers: Vec<(&str, &str)> = header
+        .into_iter()
+        .chain(
+            req.extra_headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        )
+        .collect();
     let fetched = super::block_on(upstream.fetch(&req.method, req.url.expose_secret(), &headers, Default::default()))?
         .map_err(|e| anyhow!("cannot validate the token: {e}. Nothing was saved; fix the connection, or save without checking: --no-validate"))?;
     match validate::judge(fetched.status, &fetched.body, token) {
@@ -343,11 +395,12 @@ fn injection_json(p: &Provider) -> serde_json::Value {
         Injection::Headers(rules) => json!(rules
             .iter()
             .map(|r| {
-                let (prefix, basic_user) = match &r.value {
-                    HeaderValue::Prefixed(prefix) => (Some(prefix.as_str()), None),
-                    HeaderValue::Basic { user } => (None, Some(user.as_str())),
+                let (prefix, basic_user, value) = match &r.value {
+                    HeaderValue::Prefixed(prefix) => (Some(prefix.as_str()), None, None),
+                    HeaderValue::Basic { user } => (None, Some(user.as_str()), None),
+                    HeaderValue::Fixed(value) => (None, None, Some(value.as_str())),
                 };
-                json!({ "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(), "header": r.header, "prefix": prefix, "basic_user": basic_user })
+                json!({ "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(), "header": r.header, "prefix": prefix, "basic_user": basic_user, "value": value })
             })
             .collect::<Vec<_>>()),
         Injection::Substitute => json!("token substitution"),
@@ -370,7 +423,7 @@ fn providers(ctx: &Ctx) -> Result<()> {
                     "name": p.name, "description": p.description, "aliases": p.aliases, "origin": p.origin.label(),
                     "file": file, "hosts": p.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "inject": injection_json(p), "source_env": p.source_env, "container_env": p.container_env,
-                    "validates": p.validate.is_some(), "available": matches!(p.flow, Flow::Token),
+                    "validates": p.validate.is_some(), "available": !matches!(p.flow, Flow::Pending(_)),
                 })
             })
             .collect();

@@ -101,6 +101,7 @@ impl InjectionTable {
                             providers::HeaderValue::Basic { user } => {
                                 format!("Basic {}", B64.encode(format!("{user}:{token}")))
                             }
+                            providers::HeaderValue::Fixed(value) => value.clone(),
                         });
                         let mut value = HeaderValue::from_str(&text).map_err(|_| {
                             err(
@@ -280,11 +281,7 @@ mod tests {
             "Bearer sk-ant-oat01-x"
         );
         assert_eq!(header(&plan, "x-api-key").unwrap(), "sk-ant-api03-y");
-        assert!(
-            header(&plan, "anthropic-beta")
-                .unwrap()
-                .starts_with("oauth-")
-        );
+        assert_eq!(header(&plan, "anthropic-beta").unwrap(), "oauth-2025-04-20");
         assert_eq!(plan.grants.len(), 2);
     }
 

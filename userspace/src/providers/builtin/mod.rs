@@ -2,19 +2,20 @@
 //! reference; special flows (OAuth import, npm registries, AWS, SSH) are
 //! completed in their own files as they land.
 
-mod anthropic;
+pub mod anthropic;
 mod aws;
-mod claude;
-mod gemini;
-mod github;
-mod graphite;
-mod mcp;
-mod meta;
-mod npm;
-mod openai;
+pub mod claude;
+pub mod gemini;
+pub mod github;
+pub mod graphite;
+pub mod mcp;
+pub mod meta;
+pub mod npm;
+pub mod openai;
 mod ssh;
 
-use super::Provider;
+use super::{BindError, Binding, Provider, SandboxFile};
+use crate::store::Credential;
 
 /// Every built-in provider, in the order `moat grant providers` lists them.
 pub fn all() -> Vec<Provider> {
@@ -31,6 +32,26 @@ pub fn all() -> Vec<Provider> {
         ssh::provider(),
         mcp::provider(),
     ]
+}
+
+/// Built-ins whose rules depend on the credential bind themselves.
+pub(super) fn bind(p: &Provider, cred: &Credential) -> Result<Vec<Binding>, BindError> {
+    Ok(vec![Binding {
+        provider: p.clone(),
+        token: cred.token.clone(),
+    }])
+}
+
+/// Placeholder config files for the sandbox HOME, per built-in.
+pub(super) fn sandbox_files(
+    p: &Provider,
+    _cred: &Credential,
+    placeholder: &str,
+) -> Vec<SandboxFile> {
+    match p.name.as_str() {
+        "graphite" => vec![graphite::user_config(placeholder)],
+        _ => Vec::new(),
+    }
 }
 
 /// A provider that injects one header with a prefix on all its hosts.
@@ -72,6 +93,8 @@ fn validate_get(url: &str) -> Option<super::Validate> {
         method: "GET".to_owned(),
         header: None,
         prefix: String::new(),
+        extra_headers: Vec::new(),
+        confirm: false,
     })
 }
 
