@@ -493,3 +493,119 @@ fn grant_providers_lists_every_builtin() {
         "{table}"
     );
 }
+
+fn npm_world() -> World {
+    World::new(
+        &["npm.corp.test", "pkgs.other.test", "extra.corp.test"],
+        moat_testkit::apis::fake_npm_registry(),
+    )
+}
+
+#[test]
+fn npm_registries_from_npmrc_env_and_host_merge_into_one_credential() {
+    let w = npm_world();
+    std::fs::write(
+        w.env.user_home().join(".npmrc"),
+        "registry=https://npm.corp.test/\n@myorg:registry=https://npm.corp.test/\n@other:registry=https://pkgs.other.test/api/npm/\n//npm.corp.test/:_authToken=corp-token\n//pkgs.other.test/api/npm/:_authToken=${OTHER_TOKEN}\n",
+    )
+    .unwrap();
+    let out = ok(&w.grant(&["npm"], &[("OTHER_TOKEN", "other-token")])).clone();
+    let text = stderr(&out);
+    assert!(
+        text.contains(
+            "Found registries: npm.corp.test (default, @myorg), pkgs.other.test (@other)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ npm.corp.test — authenticated as \"jsmith\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ pkgs.other.test — authenticated as"),
+        "{text}"
+    );
+    assert!(!text.contains("corp-token") && !text.contains("other-token"));
+    let whoami: Vec<String> = w.server.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(whoami, ["/-/whoami", "/api/npm/-/whoami"]);
+
+    // --host merges a third registry into the same credential.
+    ok(&w.grant_stdin(
+        &["npm", "--host", "extra.corp.test", "--token-stdin"],
+        "extra-token",
+    ));
+    let v = w.show("npm");
+    let regs: serde_json::Value =
+        serde_json::from_str(v["metadata"]["registries"].as_str().unwrap()).unwrap();
+    let hosts: Vec<&str> = regs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        ["extra.corp.test", "npm.corp.test", "pkgs.other.test"]
+    );
+    assert_eq!(v["placeholder"], "npm_moatProxyInjected00000000");
+
+    // A refused token: nothing changes.
+    let err = fails(&w.grant_stdin(
+        &["npm", "--host", "extra.corp.test", "--token-stdin"],
+        "bad-token",
+    ));
+    assert!(err.contains("extra.corp.test rejected the token"), "{err}");
+    assert!(!err.contains("bad-token"));
+    // --token-stdin without --host does not guess the registry.
+    let err = fails(&w.grant(&["npm", "--token-stdin"], &[]));
+    assert!(err.contains("--host"), "{err}");
+
+    // Each registry host gets its own Bearer token through the proxy.
+    let p = w.proxy(&["npm"]);
+    for (host, token) in [
+        ("npm.corp.test", "corp-token"),
+        ("pkgs.other.test", "other-token"),
+        ("extra.corp.test", "extra-token"),
+    ] {
+        p.get(
+            &format!("https://{host}/@myorg%2fpkg"),
+            &["Authorization: Bearer npm_moatProxyInjected00000000"],
+        );
+        assert_eq!(
+            last_header(&w.server, "authorization"),
+            [format!("Bearer {token}")],
+            "{host}"
+        );
+    }
+}
+
+#[test]
+fn npm_token_env_needs_a_known_default_registry() {
+    let w = npm_world();
+    let err = fails(&w.grant(&["npm"], &[("PATH", "/nonexistent")]));
+    assert!(
+        err.contains("no npm registry tokens found") && err.contains("--host"),
+        "{err}"
+    );
+    let err = fails(&w.grant(
+        &["npm"],
+        &[("PATH", "/nonexistent"), ("NPM_TOKEN", "env-token")],
+    ));
+    assert!(err.contains("default registry is unknown"), "{err}");
+    ok(&w.grant(
+        &["npm"],
+        &[
+            ("NPM_TOKEN", "env-token"),
+            ("npm_config_registry", "https://npm.corp.test/"),
+        ],
+    ));
+    let v = w.show("npm");
+    assert_eq!(v["source"], "env:NPM_TOKEN");
+    assert!(
+        v["metadata"]["registries"]
+            .as_str()
+            .unwrap()
+            .contains("\"default\":true")
+    );
+    assert_eq!(w.env.reveal("npm", &[]).unwrap(), "env-token");
+}

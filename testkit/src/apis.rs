@@ -60,3 +60,17 @@ pub fn fake_ai_apis() -> Handler {
         )
     })
 }
+
+/// An npm registry's `GET [/path]/-/whoami`: Bearer tokens without `bad`
+/// belong to `jsmith`.
+pub fn fake_npm_registry() -> Handler {
+    Arc::new(|seen: &Seen| {
+        if !seen.path.ends_with("/-/whoami") {
+            return json(200, r#"{"ok":true}"#);
+        }
+        match first(seen, "authorization").strip_prefix("Bearer ") {
+            Some(t) if !t.is_empty() && !t.contains("bad") => json(200, r#"{"username":"jsmith"}"#),
+            _ => json(401, r#"{"error":"Unauthorized: invalid token"}"#),
+        }
+    })
+}

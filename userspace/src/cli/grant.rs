@@ -4,6 +4,7 @@
 //! import), npm (registries), OAuth (token endpoint, refresh token).
 
 mod claude;
+mod npm;
 
 use std::io::{IsTerminal, Read};
 
@@ -27,6 +28,8 @@ Examples:
   moat grant claude                      claude setup-token, paste a token, or import Claude Code's login
   moat grant claude --import             import ~/.claude/.credentials.json (no questions)
   moat grant anthropic                   API key from ANTHROPIC_API_KEY or a prompt
+  moat grant npm                         registries from ~/.npmrc (//host/:_authToken=) and NPM_TOKEN
+  moat grant npm --host npm.corp.test    add or replace one registry (calls merge into 'npm')
   moat grant mcp context7                stored as mcp-context7
   moat grant github --profile work       into the 'work' profile
   moat grant list --json
@@ -52,6 +55,10 @@ pub struct GrantArgs {
     /// Code's ~/.claude/.credentials.json for 'claude'
     #[arg(long, conflicts_with = "token_stdin")]
     import: bool,
+    /// For 'npm': the registry host (or URL) to add or replace; repeated
+    /// calls merge into one credential
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -106,11 +113,18 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
             provider.name
         );
     }
+    if args.host.is_some() && provider.flow != Flow::Npm {
+        bail!(
+            "--host is for 'moat grant npm'; 'moat grant {}' does not take it",
+            provider.name
+        );
+    }
     let name = credential_name(provider, args.server.as_deref())?;
     let store = ctx.store()?;
 
     let mut cred = match provider.flow {
         Flow::Claude => claude::obtain(provider, args)?,
+        Flow::Npm => npm::obtain(provider, args, store.get(&name).ok())?,
         _ => {
             let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
             Credential::new_static(&provider.name, token, source)

@@ -36,20 +36,24 @@ pub fn all() -> Vec<Provider> {
 
 /// Built-ins whose rules depend on the credential bind themselves.
 pub(super) fn bind(p: &Provider, cred: &Credential) -> Result<Vec<Binding>, BindError> {
-    Ok(vec![Binding {
-        provider: p.clone(),
-        token: cred.token.clone(),
-    }])
+    match p.name.as_str() {
+        "npm" => npm::bind(p, cred),
+        _ => Ok(vec![Binding {
+            provider: p.clone(),
+            token: cred.token.clone(),
+        }]),
+    }
 }
 
 /// Placeholder config files for the sandbox HOME, per built-in.
 pub(super) fn sandbox_files(
     p: &Provider,
-    _cred: &Credential,
+    cred: &Credential,
     placeholder: &str,
 ) -> Vec<SandboxFile> {
     match p.name.as_str() {
         "graphite" => vec![graphite::user_config(placeholder)],
+        "npm" => vec![npm::npmrc(cred)],
         _ => Vec::new(),
     }
 }
