@@ -609,3 +609,79 @@ fn npm_token_env_needs_a_known_default_registry() {
     );
     assert_eq!(w.env.reveal("npm", &[]).unwrap(), "env-token");
 }
+
+#[test]
+fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requests() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = World::new(
+        &["auth.corp.test", "api.corp.test"],
+        moat_testkit::apis::fake_oauth_endpoint(calls.clone()),
+    );
+    let args = [
+        "oauth",
+        "corp",
+        "--token-url",
+        "https://auth.corp.test/token",
+        "--client-id",
+        "moat-test",
+        "--host",
+        "api.corp.test",
+        "--token-stdin",
+    ];
+    // A refused refresh token: nothing saved, the token not echoed.
+    let err = fails(&w.grant_stdin(&args, "rt-bad-0123456789"));
+    assert!(
+        err.contains("invalid_grant") || err.contains("expired or revoked"),
+        "{err}"
+    );
+    assert!(!err.contains("rt-bad-0123456789"));
+    assert!(!w.stored("oauth-corp"));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let out = ok(&w.grant_stdin(&args, "rt-good-0123456789")).clone();
+    assert!(
+        stderr(&out).contains("Refresh token is valid."),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let token_call = w
+        .server
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/token")
+        .unwrap();
+    let form = String::from_utf8_lossy(&token_call.body).into_owned();
+    assert!(
+        form.contains("client_id=moat-test") && form.contains("refresh_token=rt-good"),
+        "{form}"
+    );
+    let v = w.show("oauth-corp");
+    assert_eq!(v["kind"], "oauth");
+    assert_eq!(v["secrets"], serde_json::json!(["refresh_token"]));
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-1");
+
+    // at-1 expires within 5 minutes: the proxy refreshes before injecting,
+    // once for 8 concurrent requests, and re-seals the new token.
+    let p = w.proxy(&["oauth-corp"]);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| p.get("https://api.corp.test/v1/things", &[]));
+        }
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "{}", p.log_text());
+    let api: Vec<_> = w
+        .server
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/v1/things")
+        .collect();
+    assert_eq!(api.len(), 8);
+    for s in &api {
+        assert_eq!(s.header("authorization"), ["Bearer at-2"]);
+    }
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-2");
+    assert!(!p.log_text().contains("rt-good-0123456789"));
+}

@@ -4,6 +4,7 @@
 //! `{"ok":true}` to anything else so tests can look at what arrived.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{Handler, Reply, Seen};
 
@@ -72,5 +73,39 @@ pub fn fake_npm_registry() -> Handler {
             Some(t) if !t.is_empty() && !t.contains("bad") => json(200, r#"{"username":"jsmith"}"#),
             _ => json(401, r#"{"error":"Unauthorized: invalid token"}"#),
         }
+    })
+}
+
+/// An OAuth token endpoint (`POST /token`, `grant_type=refresh_token`) that
+/// counts its calls in `calls`. The first answer expires in 60 s (so a proxy
+/// refreshes at once), later ones in an hour; access tokens are `at-<call>`.
+/// Refresh tokens containing `bad` get `invalid_grant`. Other paths: `{"ok":true}`.
+pub fn fake_oauth_endpoint(calls: Arc<AtomicUsize>) -> Handler {
+    Arc::new(move |seen: &Seen| {
+        if seen.path != "/token" {
+            return json(200, r#"{"ok":true}"#);
+        }
+        let form = String::from_utf8_lossy(&seen.body).into_owned();
+        let field = |k: &str| {
+            form.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_owned()
+        };
+        if seen.method != "POST" || field("grant_type") != "refresh_token" {
+            return json(400, r#"{"error":"unsupported_grant_type"}"#);
+        }
+        if field("refresh_token").is_empty() || field("refresh_token").contains("bad") {
+            return json(
+                400,
+                r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+            );
+        }
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let expires = if n == 1 { 60 } else { 3600 };
+        json(
+            200,
+            &format!(r#"{{"access_token":"at-{n}","expires_in":{expires},"token_type":"Bearer"}}"#),
+        )
     })
 }

@@ -5,6 +5,7 @@
 
 mod claude;
 mod npm;
+mod oauth;
 
 use std::io::{IsTerminal, Read};
 
@@ -30,6 +31,8 @@ Examples:
   moat grant anthropic                   API key from ANTHROPIC_API_KEY or a prompt
   moat grant npm                         registries from ~/.npmrc (//host/:_authToken=) and NPM_TOKEN
   moat grant npm --host npm.corp.test    add or replace one registry (calls merge into 'npm')
+  printf %s \"$REFRESH\" | moat grant oauth corp --token-url https://auth.corp.test/token \\
+      --client-id moat --host api.corp.test --token-stdin     stored as oauth-corp, refreshed by Moat
   moat grant mcp context7                stored as mcp-context7
   moat grant github --profile work       into the 'work' profile
   moat grant list --json
@@ -43,7 +46,7 @@ pub struct GrantArgs {
     /// Provider to grant (see 'moat grant providers')
     #[arg(required = true)]
     provider: Option<String>,
-    /// For 'mcp': the MCP server's name (stored as mcp-<name>)
+    /// For 'mcp' and 'oauth': the name (stored as mcp-<name>, oauth-<name>)
     server: Option<String>,
     /// Save without making the provider's validation request
     #[arg(long)]
@@ -56,9 +59,16 @@ pub struct GrantArgs {
     #[arg(long, conflicts_with = "token_stdin")]
     import: bool,
     /// For 'npm': the registry host (or URL) to add or replace; repeated
-    /// calls merge into one credential
+    /// calls merge into one credential. For 'oauth': a host to inject the
+    /// access token on (repeatable)
     #[arg(long, value_name = "HOST")]
-    host: Option<String>,
+    host: Vec<String>,
+    /// For 'oauth': the token endpoint (https://…/token)
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
+    /// For 'oauth': the OAuth client id
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -113,11 +123,14 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
             provider.name
         );
     }
-    if args.host.is_some() && provider.flow != Flow::Npm {
+    if !args.host.is_empty() && !matches!(provider.flow, Flow::Npm | Flow::Oauth) {
         bail!(
-            "--host is for 'moat grant npm'; 'moat grant {}' does not take it",
+            "--host is for 'moat grant npm' and 'moat grant oauth'; 'moat grant {}' does not take it",
             provider.name
         );
+    }
+    if (args.token_url.is_some() || args.client_id.is_some()) && provider.flow != Flow::Oauth {
+        bail!("--token-url and --client-id are for 'moat grant oauth <name>'");
     }
     let name = credential_name(provider, args.server.as_deref())?;
     let store = ctx.store()?;
@@ -125,6 +138,7 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
     let mut cred = match provider.flow {
         Flow::Claude => claude::obtain(provider, args)?,
         Flow::Npm => npm::obtain(provider, args, store.get(&name).ok())?,
+        Flow::Oauth => oauth::obtain(provider, args)?,
         _ => {
             let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
             Credential::new_static(&provider.name, token, source)
@@ -159,6 +173,10 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
 fn credential_name(provider: &Provider, server: Option<&str>) -> Result<CredName> {
     match (provider.name.as_str(), server) {
         ("mcp", Some(server)) => Ok(CredName::parse(&format!("mcp-{server}"))?),
+        ("oauth", Some(server)) => Ok(CredName::parse(&format!("oauth-{server}"))?),
+        ("oauth", None) => bail!(
+            "name the credential: moat grant oauth <name> --token-url URL --client-id ID --host HOST"
+        ),
         ("mcp", None) => {
             bail!("name the MCP server: moat grant mcp <name> (as in moat.yaml's mcp: entries)")
         }
@@ -453,6 +471,7 @@ fn providers(ctx: &Ctx) -> Result<()> {
                     "npm" => "per registry".to_owned(),
                     "ssh" => "the granted host".to_owned(),
                     "mcp" => "from moat.yaml".to_owned(),
+                    "oauth" => "given at grant time".to_owned(),
                     _ => "-".to_owned(),
                 }
             } else {

@@ -84,12 +84,29 @@ pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Resu
             use secrecy::ExposeSecret;
             placeholder::derive(f, &key, name.as_str(), cred.token.expose_secret())
         });
-        for binding in provider.bind(&cred)? {
+        let bindings = provider.bind(&cred)?;
+        let live = provider.refresh_policy(&cred).map(|policy| {
+            use crate::proxy::refresh::{LiveToken, StorePersist, SystemClock};
+            let persist = StorePersist {
+                store: Store::from_env(store.home().clone(), store.profile().cloned())?,
+                name: name.clone(),
+            };
+            anyhow::Ok(Arc::new(LiveToken::new(
+                name.as_str(),
+                cred,
+                policy,
+                Arc::new(SystemClock),
+                Arc::new(persist),
+            )))
+        });
+        let live = live.transpose()?;
+        for binding in bindings {
             grants.push(Grant {
                 name: name.to_string(),
                 provider: binding.provider,
                 token: binding.token,
                 placeholder: placeholder.clone(),
+                live: live.clone(),
             });
         }
     }

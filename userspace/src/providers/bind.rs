@@ -55,6 +55,15 @@ impl Provider {
         }])
     }
 
+    /// How the proxy keeps `cred` fresh during a run; `None`: static.
+    pub fn refresh_policy(&self, cred: &Credential) -> Option<super::oauth::Policy> {
+        if self.origin == Origin::Builtin {
+            builtin::refresh_policy(self, cred)
+        } else {
+            None
+        }
+    }
+
     /// Files to create in the sandbox HOME for this credential; `placeholder`
     /// is the credential's placeholder (see [`super::placeholder::derive`]).
     /// Empty for most providers.

@@ -14,6 +14,7 @@ pub mod yaml;
 
 pub mod builtin;
 pub mod migrate;
+pub mod oauth;
 
 use std::path::PathBuf;
 

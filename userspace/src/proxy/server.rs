@@ -187,6 +187,9 @@ impl Engine {
             }
             Err(_) => return,
         };
+        self.table
+            .refresh_for(&host, port, self.upstream.as_ref())
+            .await;
         let plan = self.table.plan(&host, port);
         tracing::debug!(%host, port, grants = ?plan.grants, "intercepting");
         let target = Arc::new(Target {

@@ -215,12 +215,13 @@ pub(super) fn obtain(
     existing: Option<Credential>,
 ) -> Result<Credential> {
     let found = npmrc()?;
-    let (picked, source) = match &args.host {
-        Some(host) => one_host(provider, host, args, found)?,
-        None if args.token_stdin => bail!(
+    let (picked, source) = match args.host.as_slice() {
+        [host] => one_host(provider, host, args, found)?,
+        [_, _, ..] => bail!("name one registry per call: moat grant npm --host HOST (calls merge)"),
+        [] if args.token_stdin => bail!(
             "--token-stdin needs the registry it is for: moat grant npm --host <registry-host> --token-stdin"
         ),
-        None => discover(found)?,
+        [] => discover(found)?,
     };
     if !args.no_validate {
         validate_all(&picked)?;

@@ -11,6 +11,7 @@ pub mod graphite;
 pub mod mcp;
 pub mod meta;
 pub mod npm;
+pub mod oauth;
 pub mod openai;
 mod ssh;
 
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Provider> {
         graphite::provider(),
         meta::provider(),
         npm::provider(),
+        oauth::provider(),
         aws::provider(),
         ssh::provider(),
         mcp::provider(),
@@ -38,10 +40,20 @@ pub fn all() -> Vec<Provider> {
 pub(super) fn bind(p: &Provider, cred: &Credential) -> Result<Vec<Binding>, BindError> {
     match p.name.as_str() {
         "npm" => npm::bind(p, cred),
+        "oauth" => oauth::bind(p, cred),
         _ => Ok(vec![Binding {
             provider: p.clone(),
             token: cred.token.clone(),
         }]),
+    }
+}
+
+/// How a built-in's credential is kept fresh during a run, if at all.
+pub(super) fn refresh_policy(p: &Provider, cred: &Credential) -> Option<super::oauth::Policy> {
+    let refreshable = cred.metadata.contains_key(super::oauth::TOKEN_URL);
+    match p.name.as_str() {
+        "oauth" if refreshable => Some(oauth::policy()),
+        _ => None,
     }
 }
 
