@@ -685,3 +685,66 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
     assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-2");
     assert!(!p.log_text().contains("rt-good-0123456789"));
 }
+
+#[test]
+fn github_enterprise_host_is_its_own_credential() {
+    let handler: moat_testkit::Handler = std::sync::Arc::new(|s: &moat_testkit::Seen| {
+        let auth = s
+            .header("authorization")
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        match s.path.as_str() {
+            "/api/v3/user" if auth == "Bearer ghe-token-0123456789" => {
+                (200, "application/json", r#"{"login":"ent-user"}"#.into())
+            }
+            "/api/v3/user" => (
+                401,
+                "application/json",
+                r#"{"message":"Bad credentials"}"#.into(),
+            ),
+            _ => (200, "application/json", r#"{"ok":true}"#.into()),
+        }
+    });
+    let w = World::new(&["ghe.corp.test", "api.github.com"], handler);
+    let err = fails(&w.grant_stdin(
+        &["github", "--host", "ghe.corp.test", "--token-stdin"],
+        "ghe-bad-0123456789",
+    ));
+    assert!(err.contains("rejected the token"), "{err}");
+    let out = ok(&w.grant_stdin(
+        &["github", "--host", "ghe.corp.test", "--token-stdin"],
+        "ghe-token-0123456789",
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Authenticated as: ent-user"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("GitHub Enterprise (ghe.corp.test)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        w.show("github:ghe.corp.test")["metadata"]["enterprise_host"],
+        "ghe.corp.test"
+    );
+    ok(&w.grant_stdin(
+        &["github", "--token-stdin", "--no-validate"],
+        "ghp_dotcom0123456789",
+    ));
+
+    let p = w.proxy(&["github:ghe.corp.test", "github"]);
+    p.get("https://ghe.corp.test/api/v3/repos/o/r", &[]);
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer ghe-token-0123456789"]
+    );
+    p.get("https://api.github.com/user", &[]);
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer ghp_dotcom0123456789"]
+    );
+}

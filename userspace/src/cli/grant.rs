@@ -35,6 +35,7 @@ Examples:
       --client-id moat --host api.corp.test --token-stdin     stored as oauth-corp, refreshed by Moat
   moat grant mcp context7                stored as mcp-context7
   moat grant github --profile work       into the 'work' profile
+  moat grant github --host ghe.corp.test GitHub Enterprise (API at /api/v3), stored as github:ghe.corp.test
   moat grant list --json
   moat grant providers";
 
@@ -60,7 +61,8 @@ pub struct GrantArgs {
     import: bool,
     /// For 'npm': the registry host (or URL) to add or replace; repeated
     /// calls merge into one credential. For 'oauth': a host to inject the
-    /// access token on (repeatable)
+    /// access token on (repeatable). For 'github': a GitHub Enterprise Server
+    /// host (stored as github:HOST)
     #[arg(long, value_name = "HOST")]
     host: Vec<String>,
     /// For 'oauth': the token endpoint (https://…/token)
@@ -123,16 +125,25 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
             provider.name
         );
     }
-    if !args.host.is_empty() && !matches!(provider.flow, Flow::Npm | Flow::Oauth) {
-        bail!(
-            "--host is for 'moat grant npm' and 'moat grant oauth'; 'moat grant {}' does not take it",
+    let enterprise;
+    let (provider, name) = match (provider.name.as_str(), args.host.as_slice()) {
+        ("github", [host]) => {
+            let host = host.trim().to_ascii_lowercase();
+            enterprise = crate::providers::builtin::github::enterprise(provider, &host)?;
+            (&enterprise, CredName::parse(&format!("github:{host}"))?)
+        }
+        ("github", [_, _, ..]) => {
+            bail!("name one GitHub Enterprise host per call: moat grant github --host HOST")
+        }
+        (_, [_, ..]) if !matches!(provider.flow, Flow::Npm | Flow::Oauth) => bail!(
+            "--host is for 'moat grant npm', 'moat grant oauth' and 'moat grant github' (Enterprise); 'moat grant {}' does not take it",
             provider.name
-        );
-    }
+        ),
+        _ => (provider, credential_name(provider, args.server.as_deref())?),
+    };
     if (args.token_url.is_some() || args.client_id.is_some()) && provider.flow != Flow::Oauth {
         bail!("--token-url and --client-id are for 'moat grant oauth <name>'");
     }
-    let name = credential_name(provider, args.server.as_deref())?;
     let store = ctx.store()?;
 
     let mut cred = match provider.flow {
@@ -144,6 +155,12 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
             Credential::new_static(&provider.name, token, source)
         }
     };
+    if let Some(host) = name.as_str().strip_prefix("github:") {
+        cred.metadata.insert(
+            crate::providers::builtin::github::ENTERPRISE_HOST.into(),
+            host.to_owned(),
+        );
+    }
     if let Err(why) = provider.check_token(cred.token.expose_secret()) {
         bail!("{why}. Nothing was saved");
     }

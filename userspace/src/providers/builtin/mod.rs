@@ -41,6 +41,16 @@ pub(super) fn bind(p: &Provider, cred: &Credential) -> Result<Vec<Binding>, Bind
     match p.name.as_str() {
         "npm" => npm::bind(p, cred),
         "oauth" => oauth::bind(p, cred),
+        "github" => match cred.metadata.get(github::ENTERPRISE_HOST) {
+            Some(host) => Ok(vec![Binding {
+                provider: github::enterprise(p, host)?,
+                token: cred.token.clone(),
+            }]),
+            None => Ok(vec![Binding {
+                provider: p.clone(),
+                token: cred.token.clone(),
+            }]),
+        },
         _ => Ok(vec![Binding {
             provider: p.clone(),
             token: cred.token.clone(),
