@@ -748,3 +748,23 @@ fn github_enterprise_host_is_its_own_credential() {
         ["Bearer ghp_dotcom0123456789"]
     );
 }
+
+#[test]
+fn mcp_grant_stores_mcp_name() {
+    let env = Env::new();
+    let file = [("MOAT_KEY_BACKEND", "file")];
+    let out = ok(&env.run_stdin(
+        &["grant", "mcp", "context7", "--token-stdin"],
+        &file,
+        "c7-key-0123",
+    ))
+    .clone();
+    assert!(
+        stdout(&out).contains("MCP credential 'mcp-context7' saved"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(env.reveal("mcp-context7", &file).unwrap(), "c7-key-0123");
+    let err = fails(&env.run(&["grant", "mcp"], &file));
+    assert!(err.contains("moat grant mcp <name>"), "{err}");
+}
