@@ -101,6 +101,7 @@ fn github_grant() -> Grant {
         provider: reg.get("github").unwrap().clone(),
         token: SecretString::from(GH),
         placeholder: None,
+        live: None,
     }
 }
 
@@ -185,6 +186,7 @@ fn response_substitution_keeps_the_real_token_out() {
         provider,
         token: SecretString::from("real-access-token-123"),
         placeholder: Some("placeholder-token-xyz".into()),
+        live: None,
     };
     let d = door("auth.example.test", vec![grant], Limits::default());
     // The echo upstream puts the (injected) token in its response body.

@@ -2,6 +2,8 @@
 //! benchmarks: a throwaway CA and HTTPS servers on 127.0.0.1 that record what
 //! they receive. Nothing here ever reaches beyond loopback.
 
+pub mod apis;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,11 @@
 //! `moat grant <provider>`, `moat grant list|providers|show`.
+//!
+//! Provider-specific flows live in `grant/`: Claude (setup-token, paste,
+//! import), npm (registries), OAuth (token endpoint, refresh token).
+
+mod claude;
+mod npm;
+mod oauth;
 
 use std::io::{IsTerminal, Read};
 
@@ -19,8 +26,16 @@ Examples:
   moat grant github                      gh CLI token, else GITHUB_TOKEN/GH_TOKEN, else a prompt
   echo \"$TOKEN\" | moat grant gitlab --token-stdin
   moat grant openai --no-validate        save without the validation request
+  moat grant claude                      claude setup-token, paste a token, or import Claude Code's login
+  moat grant claude --import             import ~/.claude/.credentials.json (no questions)
+  moat grant anthropic                   API key from ANTHROPIC_API_KEY or a prompt
+  moat grant npm                         registries from ~/.npmrc (//host/:_authToken=) and NPM_TOKEN
+  moat grant npm --host npm.corp.test    add or replace one registry (calls merge into 'npm')
+  printf %s \"$REFRESH\" | moat grant oauth corp --token-url https://auth.corp.test/token \\
+      --client-id moat --host api.corp.test --token-stdin     stored as oauth-corp, refreshed by Moat
   moat grant mcp context7                stored as mcp-context7
   moat grant github --profile work       into the 'work' profile
+  moat grant github --host ghe.corp.test GitHub Enterprise (API at /api/v3), stored as github:ghe.corp.test
   moat grant list --json
   moat grant providers";
 
@@ -32,7 +47,7 @@ pub struct GrantArgs {
     /// Provider to grant (see 'moat grant providers')
     #[arg(required = true)]
     provider: Option<String>,
-    /// For 'mcp': the MCP server's name (stored as mcp-<name>)
+    /// For 'mcp' and 'oauth': the name (stored as mcp-<name>, oauth-<name>)
     server: Option<String>,
     /// Save without making the provider's validation request
     #[arg(long)]
@@ -40,6 +55,22 @@ pub struct GrantArgs {
     /// Read the token from standard input (a pipe) instead of env or a prompt
     #[arg(long)]
     token_stdin: bool,
+    /// Import the login of the provider's own tool without asking: Claude
+    /// Code's ~/.claude/.credentials.json for 'claude'
+    #[arg(long, conflicts_with = "token_stdin")]
+    import: bool,
+    /// For 'npm': the registry host (or URL) to add or replace; repeated
+    /// calls merge into one credential. For 'oauth': a host to inject the
+    /// access token on (repeatable). For 'github': a GitHub Enterprise Server
+    /// host (stored as github:HOST)
+    #[arg(long, value_name = "HOST")]
+    host: Vec<String>,
+    /// For 'oauth': the token endpoint (https://…/token)
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
+    /// For 'oauth': the OAuth client id
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -88,11 +119,51 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
     if let Flow::Pending(what) = provider.flow {
         bail!("{what}; the provider is listed so runs and scripts can name it");
     }
-    let name = credential_name(provider, args.server.as_deref())?;
+    if args.import && provider.flow != Flow::Claude {
+        bail!(
+            "--import is for providers with a local tool to import from (claude); 'moat grant {}' does not take it",
+            provider.name
+        );
+    }
+    let enterprise;
+    let (provider, name) = match (provider.name.as_str(), args.host.as_slice()) {
+        ("github", [host]) => {
+            let host = host.trim().to_ascii_lowercase();
+            enterprise = crate::providers::builtin::github::enterprise(provider, &host)?;
+            (&enterprise, CredName::parse(&format!("github:{host}"))?)
+        }
+        ("github", [_, _, ..]) => {
+            bail!("name one GitHub Enterprise host per call: moat grant github --host HOST")
+        }
+        (_, [_, ..]) if !matches!(provider.flow, Flow::Npm | Flow::Oauth) => bail!(
+            "--host is for 'moat grant npm', 'moat grant oauth' and 'moat grant github' (Enterprise); 'moat grant {}' does not take it",
+            provider.name
+        ),
+        _ => (provider, credential_name(provider, args.server.as_deref())?),
+    };
+    if (args.token_url.is_some() || args.client_id.is_some()) && provider.flow != Flow::Oauth {
+        bail!("--token-url and --client-id are for 'moat grant oauth <name>'");
+    }
     let store = ctx.store()?;
 
-    let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
-    let mut cred = Credential::new_static(&provider.name, token, source);
+    let mut cred = match provider.flow {
+        Flow::Claude => claude::obtain(provider, args)?,
+        Flow::Npm => npm::obtain(provider, args, store.get(&name).ok())?,
+        Flow::Oauth => oauth::obtain(provider, args)?,
+        _ => {
+            let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
+            Credential::new_static(&provider.name, token, source)
+        }
+    };
+    if let Some(host) = name.as_str().strip_prefix("github:") {
+        cred.metadata.insert(
+            crate::providers::builtin::github::ENTERPRISE_HOST.into(),
+            host.to_owned(),
+        );
+    }
+    if let Err(why) = provider.check_token(cred.token.expose_secret()) {
+        bail!("{why}. Nothing was saved");
+    }
     if !args.no_validate
         && let Some(identity) = validate_token(provider, cred.token.expose_secret())?
     {
@@ -119,6 +190,10 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
 fn credential_name(provider: &Provider, server: Option<&str>) -> Result<CredName> {
     match (provider.name.as_str(), server) {
         ("mcp", Some(server)) => Ok(CredName::parse(&format!("mcp-{server}"))?),
+        ("oauth", Some(server)) => Ok(CredName::parse(&format!("oauth-{server}"))?),
+        ("oauth", None) => bail!(
+            "name the credential: moat grant oauth <name> --token-url URL --client-id ID --host HOST"
+        ),
         ("mcp", None) => {
             bail!("name the MCP server: moat grant mcp <name> (as in moat.yaml's mcp: entries)")
         }
@@ -138,17 +213,7 @@ fn obtain_token(
     from_stdin: bool,
 ) -> Result<(SecretString, String)> {
     if from_stdin {
-        if std::io::stdin().is_terminal() {
-            bail!(
-                "--token-stdin reads a pipe; try: printf %s \"$TOKEN\" | moat grant {}",
-                provider.name
-            );
-        }
-        let mut buf = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_to_string(&mut buf)
-            .context("reading the token from stdin")?;
-        return Ok((checked_token(&buf, "standard input")?, "stdin".into()));
+        return Ok((token_from_stdin(provider)?, "stdin".into()));
     }
     if let Some(found) = token_from_command(provider)? {
         return Ok(found);
@@ -205,12 +270,7 @@ fn token_from_command(provider: &Provider) -> Result<Option<(SecretString, Strin
     }
     if std::io::stdin().is_terminal() {
         eprintln!("Found {} authentication", source.label);
-        eprint!("Use token from {}? [Y/n]: ", source.label);
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .context("reading the answer")?;
-        if matches!(answer.trim().to_ascii_lowercase().as_str(), "n" | "no") {
+        if !confirm(&format!("Use token from {}?", source.label))? {
             return Ok(None);
         }
     } else {
@@ -220,6 +280,34 @@ fn token_from_command(provider: &Provider) -> Result<Option<(SecretString, Strin
         checked_token(&text, source.label)?,
         source.id.to_owned(),
     )))
+}
+
+/// A yes/no question on the terminal; Enter means yes.
+fn confirm(question: &str) -> Result<bool> {
+    eprint!("{question} [Y/n]: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(!matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "n" | "no"
+    ))
+}
+
+/// The whole of a piped stdin as a token (`--token-stdin`).
+fn token_from_stdin(provider: &Provider) -> Result<SecretString> {
+    if std::io::stdin().is_terminal() {
+        bail!(
+            "--token-stdin reads a pipe; try: printf %s \"$TOKEN\" | moat grant {}",
+            provider.name
+        );
+    }
+    let mut buf = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .context("reading the token from stdin")?;
+    checked_token(&buf, "standard input")
 }
 
 fn checked_token(raw: &str, origin: &str) -> Result<SecretString> {
@@ -241,13 +329,26 @@ fn validate_token(provider: &Provider, token: &str) -> Result<Option<String>> {
     let Some(req) = validate::build(provider, token) else {
         return Ok(None);
     };
+    if provider.validate.as_ref().is_some_and(|v| v.confirm)
+        && std::io::stdin().is_terminal()
+        && !confirm("Validate the token with a test request? This makes a small API call.")?
+    {
+        return Ok(None);
+    }
     eprintln!("Validating token...");
     let upstream = Upstream::from_env()?;
     let header = req
         .header
         .as_ref()
         .map(|(n, v)| (n.as_str(), v.expose_secret()));
-    let headers: Vec<(&str, &str)> = header.into_iter().collect();
+    let headers: Vec<(&str, &str)> = header
+        .into_iter()
+        .chain(
+            req.extra_headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        )
+        .collect();
     let fetched = super::block_on(upstream.fetch(&req.method, req.url.expose_secret(), &headers, Default::default()))?
         .map_err(|e| anyhow!("cannot validate the token: {e}. Nothing was saved; fix the connection, or save without checking: --no-validate"))?;
     match validate::judge(fetched.status, &fetched.body, token) {
@@ -343,11 +444,12 @@ fn injection_json(p: &Provider) -> serde_json::Value {
         Injection::Headers(rules) => json!(rules
             .iter()
             .map(|r| {
-                let (prefix, basic_user) = match &r.value {
-                    HeaderValue::Prefixed(prefix) => (Some(prefix.as_str()), None),
-                    HeaderValue::Basic { user } => (None, Some(user.as_str())),
+                let (prefix, basic_user, value) = match &r.value {
+                    HeaderValue::Prefixed(prefix) => (Some(prefix.as_str()), None, None),
+                    HeaderValue::Basic { user } => (None, Some(user.as_str()), None),
+                    HeaderValue::Fixed(value) => (None, None, Some(value.as_str())),
                 };
-                json!({ "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(), "header": r.header, "prefix": prefix, "basic_user": basic_user })
+                json!({ "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(), "header": r.header, "prefix": prefix, "basic_user": basic_user, "value": value })
             })
             .collect::<Vec<_>>()),
         Injection::Substitute => json!("token substitution"),
@@ -370,7 +472,7 @@ fn providers(ctx: &Ctx) -> Result<()> {
                     "name": p.name, "description": p.description, "aliases": p.aliases, "origin": p.origin.label(),
                     "file": file, "hosts": p.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "inject": injection_json(p), "source_env": p.source_env, "container_env": p.container_env,
-                    "validates": p.validate.is_some(), "available": matches!(p.flow, Flow::Token),
+                    "validates": p.validate.is_some(), "available": !matches!(p.flow, Flow::Pending(_)),
                 })
             })
             .collect();
@@ -386,6 +488,7 @@ fn providers(ctx: &Ctx) -> Result<()> {
                     "npm" => "per registry".to_owned(),
                     "ssh" => "the granted host".to_owned(),
                     "mcp" => "from moat.yaml".to_owned(),
+                    "oauth" => "given at grant time".to_owned(),
                     _ => "-".to_owned(),
                 }
             } else {

@@ -52,30 +52,63 @@ pub struct ProxyArgs {
 }
 
 /// Decrypt the named credentials into proxy grants (values stay in memory).
+/// An old Claude OAuth token stored as `anthropic` is moved to `claude` first.
 pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Result<Vec<Grant>> {
+    use crate::providers::migrate::{Migration, migrate_anthropic_oauth};
+    let claude_related = names.iter().any(|n| n == "anthropic" || n == "claude");
+    let migrated = claude_related && migrate_anthropic_oauth(store)? == Migration::Moved;
+    if migrated {
+        eprintln!(
+            "moat: the OAuth token stored as 'anthropic' is a Claude token; moved to 'claude' (use --grant claude from now on)"
+        );
+    }
     let mut grants = Vec::new();
     for raw in names {
+        let raw = if migrated && raw == "anthropic" {
+            "claude"
+        } else {
+            raw.as_str()
+        };
         let name = CredName::parse(raw)?;
+        if grants.iter().any(|g: &Grant| g.name == name.as_str()) {
+            continue;
+        }
         let (cred, key) = store.get_with_placeholder_key(&name)?;
-        let provider = registry
-            .get(&cred.provider)
-            .ok_or_else(|| {
-                anyhow!(
-                    "credential '{name}' is for provider '{}', which is no longer defined",
-                    cred.provider
-                )
-            })?
-            .clone();
+        let provider = registry.get(&cred.provider).ok_or_else(|| {
+            anyhow!(
+                "credential '{name}' is for provider '{}', which is no longer defined",
+                cred.provider
+            )
+        })?;
         let placeholder = provider.placeholder.as_ref().map(|f| {
             use secrecy::ExposeSecret;
             placeholder::derive(f, &key, name.as_str(), cred.token.expose_secret())
         });
-        grants.push(Grant {
-            name: name.to_string(),
-            provider,
-            token: cred.token,
-            placeholder,
+        let bindings = provider.bind(&cred)?;
+        let live = provider.refresh_policy(&cred).map(|policy| {
+            use crate::proxy::refresh::{LiveToken, StorePersist, SystemClock};
+            let persist = StorePersist {
+                store: Store::from_env(store.home().clone(), store.profile().cloned())?,
+                name: name.clone(),
+            };
+            anyhow::Ok(Arc::new(LiveToken::new(
+                name.as_str(),
+                cred,
+                policy,
+                Arc::new(SystemClock),
+                Arc::new(persist),
+            )))
         });
+        let live = live.transpose()?;
+        for binding in bindings {
+            grants.push(Grant {
+                name: name.to_string(),
+                provider: binding.provider,
+                token: binding.token,
+                placeholder: placeholder.clone(),
+                live: live.clone(),
+            });
+        }
     }
     Ok(grants)
 }

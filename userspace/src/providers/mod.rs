@@ -5,16 +5,20 @@
 //! the top-level `providers/` directory, embedded at build time; users add
 //! their own in `$MOAT_HOME/providers/*.yaml`.
 
+pub mod bind;
 pub mod hosts;
 pub mod placeholder;
 pub mod registry;
 pub mod validate;
 pub mod yaml;
 
-mod builtin;
+pub mod builtin;
+pub mod migrate;
+pub mod oauth;
 
 use std::path::PathBuf;
 
+pub use bind::{BindError, Binding, SandboxFile};
 pub use hosts::HostPattern;
 pub use placeholder::Format as PlaceholderFormat;
 pub use registry::Registry;
@@ -47,6 +51,8 @@ pub enum HeaderValue {
     Prefixed(String),
     /// `Basic base64(user:token)` (GitHub's git endpoints).
     Basic { user: String },
+    /// A constant that goes with the credential (Claude's OAuth beta flag).
+    Fixed(String),
 }
 
 /// One header injected on a set of hosts.
@@ -77,6 +83,10 @@ pub struct Validate {
     pub method: String,
     pub header: Option<String>,
     pub prefix: String,
+    /// Fixed headers the API needs besides the credential (`anthropic-version`).
+    pub extra_headers: Vec<(String, String)>,
+    /// Ask on a terminal before validating (the request costs the user a call).
+    pub confirm: bool,
 }
 
 /// A command that prints the token when its tool is installed and logged in.
@@ -94,6 +104,14 @@ pub struct SourceCommand {
 pub enum Flow {
     /// A single token: `--token-stdin`, `source_env`, then a hidden prompt.
     Token,
+    /// Claude Code OAuth token: `claude setup-token`, paste, or import of
+    /// `~/.claude/.credentials.json`.
+    Claude,
+    /// npm registries from `--host`, `~/.npmrc`, `NPM_TOKEN`, merged into one
+    /// credential.
+    Npm,
+    /// A generic OAuth 2.0 credential (`moat grant oauth <name>`).
+    Oauth,
     /// A provider-specific flow not in this build yet (the text says what to do).
     Pending(&'static str),
 }
@@ -123,6 +141,17 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// Refuse a token that is plainly for another provider (an Anthropic API
+    /// key given to `claude`, an OAuth token given to `anthropic`); the
+    /// message says which command takes it.
+    pub fn check_token(&self, token: &str) -> Result<(), &'static str> {
+        match (&self.origin, self.name.as_str()) {
+            (Origin::Builtin, "anthropic") => builtin::anthropic::check_api_key(token),
+            (Origin::Builtin, "claude") => builtin::claude::check_oauth_token(token),
+            _ => Ok(()),
+        }
+    }
+
     pub fn is_named(&self, name: &str) -> bool {
         self.name == name || self.aliases.iter().any(|a| a == name)
     }

@@ -10,6 +10,8 @@ pub struct Request {
     pub method: String,
     pub url: SecretString,
     pub header: Option<(String, SecretString)>,
+    /// Non-secret headers the API needs (`anthropic-version`).
+    pub extra_headers: Vec<(String, String)>,
 }
 
 /// Build the request for `token`, or `None` when the provider has no
@@ -22,7 +24,7 @@ pub fn build(provider: &Provider, token: &str) -> Option<Request> {
                 Some(r.header.clone()),
                 match &r.value {
                     HeaderValue::Prefixed(p) => p.clone(),
-                    HeaderValue::Basic { .. } => String::new(),
+                    HeaderValue::Basic { .. } | HeaderValue::Fixed(_) => String::new(),
                 },
             ),
             None => (None, String::new()),
@@ -42,6 +44,7 @@ pub fn build(provider: &Provider, token: &str) -> Option<Request> {
         method: v.method.clone(),
         url: SecretString::from(v.url.replace("${token}", token)),
         header,
+        extra_headers: v.extra_headers.clone(),
     })
 }
 

@@ -178,6 +178,8 @@ pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlEr
                 method,
                 header: v.header,
                 prefix: v.prefix.unwrap_or_default(),
+                extra_headers: Vec::new(),
+                confirm: false,
             })
         }
     };

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+use super::refresh::{LiveToken, TokenEndpoint};
 use super::substitute::Substitutions;
 use crate::providers::{self, HostPattern, Injection, Provider};
 
@@ -21,6 +22,9 @@ pub struct Grant {
     /// What the sandbox holds instead of the token (token substitution and
     /// response substitution need it).
     pub placeholder: Option<String>,
+    /// For refreshable credentials: the live token, injected instead of
+    /// `token` once refreshed.
+    pub live: Option<Arc<LiveToken>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +37,32 @@ pub struct TableError {
 struct HeaderRule {
     pattern: HostPattern,
     name: HeaderName,
-    value: HeaderValue,
+    value: RuleValue,
     grant: Arc<str>,
+}
+
+#[derive(Clone)]
+enum RuleValue {
+    Static(HeaderValue),
+    /// Rendered from the live token when a connection is planned.
+    Live {
+        live: Arc<LiveToken>,
+        render: providers::HeaderValue,
+    },
+}
+
+/// The header value for `token`, marked sensitive so nothing logs it.
+fn render(value: &providers::HeaderValue, token: &str) -> Option<HeaderValue> {
+    let text = Zeroizing::new(match value {
+        providers::HeaderValue::Prefixed(prefix) => format!("{prefix}{token}"),
+        providers::HeaderValue::Basic { user } => {
+            format!("Basic {}", B64.encode(format!("{user}:{token}")))
+        }
+        providers::HeaderValue::Fixed(value) => value.clone(),
+    });
+    let mut value = HeaderValue::from_str(&text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 struct SubstRule {
@@ -96,19 +124,23 @@ impl InjectionTable {
                             HeaderName::from_bytes(rule.header.as_bytes()).map_err(|_| {
                                 err(format!("'{}' is not a valid header name", rule.header))
                             })?;
-                        let text = Zeroizing::new(match &rule.value {
-                            providers::HeaderValue::Prefixed(prefix) => format!("{prefix}{token}"),
-                            providers::HeaderValue::Basic { user } => {
-                                format!("Basic {}", B64.encode(format!("{user}:{token}")))
-                            }
-                        });
-                        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                        let value = render(&rule.value, token).ok_or_else(|| {
                             err(
                                 "the token cannot be sent in an HTTP header (invalid characters)"
                                     .into(),
                             )
                         })?;
-                        value.set_sensitive(true);
+                        let value = match (&g.live, &rule.value) {
+                            (
+                                Some(live),
+                                providers::HeaderValue::Prefixed(_)
+                                | providers::HeaderValue::Basic { .. },
+                            ) => RuleValue::Live {
+                                live: live.clone(),
+                                render: rule.value.clone(),
+                            },
+                            _ => RuleValue::Static(value),
+                        };
                         for pattern in &rule.hosts {
                             t.headers.push(HeaderRule {
                                 pattern: pattern.clone(),
@@ -167,6 +199,26 @@ impl InjectionTable {
             || self.response.iter().any(|r| r.pattern.matches(host, port))
     }
 
+    /// Refresh, where due, the refreshable credentials that apply to
+    /// `host:port`, so the plan made next carries fresh tokens.
+    pub async fn refresh_for(&self, host: &str, port: u16, endpoint: &dyn TokenEndpoint) {
+        let mut seen: Vec<&Arc<LiveToken>> = Vec::new();
+        for r in self
+            .headers
+            .iter()
+            .filter(|r| r.pattern.matches(host, port))
+        {
+            if let RuleValue::Live { live, .. } = &r.value
+                && !seen.iter().any(|s| Arc::ptr_eq(s, live))
+            {
+                seen.push(live);
+            }
+        }
+        for live in seen {
+            live.ensure_fresh(endpoint).await;
+        }
+    }
+
     pub fn plan(&self, host: &str, port: u16) -> Plan {
         let mut plan = Plan::default();
         let mut note = |grant: &Arc<str>| {
@@ -180,9 +232,21 @@ impl InjectionTable {
             .iter()
             .filter(|r| r.pattern.matches(host, port))
         {
-            if !headers.iter().any(|(n, _)| n == r.name) {
-                headers.push((r.name.clone(), r.value.clone()));
-                note(&r.grant);
+            if headers.iter().any(|(n, _)| n == r.name) {
+                continue;
+            }
+            let value = match &r.value {
+                RuleValue::Static(v) => Some(v.clone()),
+                RuleValue::Live { live, render: how } => render(how, live.token().expose_secret()),
+            };
+            match value {
+                Some(v) => {
+                    headers.push((r.name.clone(), v));
+                    note(&r.grant);
+                }
+                None => {
+                    tracing::warn!(grant = %r.grant, "the refreshed token cannot be sent in an HTTP header; not injected")
+                }
             }
         }
         let mut collect = |rules: &[SubstRule]| {
@@ -213,6 +277,7 @@ mod tests {
             provider: reg.get(provider).unwrap().clone(),
             token: SecretString::from(token),
             placeholder: placeholder.map(str::to_owned),
+            live: None,
         }
     }
 
@@ -280,11 +345,7 @@ mod tests {
             "Bearer sk-ant-oat01-x"
         );
         assert_eq!(header(&plan, "x-api-key").unwrap(), "sk-ant-api03-y");
-        assert!(
-            header(&plan, "anthropic-beta")
-                .unwrap()
-                .starts_with("oauth-")
-        );
+        assert_eq!(header(&plan, "anthropic-beta").unwrap(), "oauth-2025-04-20");
         assert_eq!(plan.grants.len(), 2);
     }
 

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod http;
 pub mod inject;
 pub mod peek;
+pub mod refresh;
 pub mod rules;
 pub mod server;
 pub mod substitute;

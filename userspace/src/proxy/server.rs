@@ -233,6 +233,11 @@ impl Engine {
             }
             Err(_) => return,
         };
+        if deny.is_none() {
+            self.table
+                .refresh_for(&host, port, self.upstream.as_ref())
+                .await;
+        }
         let target = self.target(host, port, true, deny);
         tracing::debug!(host = %target.host, port, grants = ?target.plan.grants, "intercepting");
         self.serve_http(tls, target).await

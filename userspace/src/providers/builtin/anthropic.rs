@@ -1,8 +1,12 @@
-//! Anthropic API keys: `x-api-key` on api.anthropic.com.
+//! Anthropic API keys: `x-api-key` on api.anthropic.com. OAuth tokens
+//! (`sk-ant-oat…`) belong to the `claude` provider instead.
 
 use super::super::Provider;
 use super::super::placeholder::{Alphabet, Format};
-use super::{header_provider, strings};
+use super::{header_provider, strings, validate_get};
+
+/// The API version Moat's validation request asks for (the API requires one).
+pub const API_VERSION: &str = "2023-06-01";
 
 pub fn provider() -> Provider {
     let mut p = header_provider(
@@ -16,6 +20,38 @@ pub fn provider() -> Provider {
     p.source_env = strings(&["ANTHROPIC_API_KEY"]);
     p.container_env = Some("ANTHROPIC_API_KEY".into());
     p.placeholder = Some(Format::prefixed("sk-ant-api03-", 95, Alphabet::UrlSafe));
+    p.validate = validate_get("https://api.anthropic.com/v1/models").map(|mut v| {
+        v.extra_headers = vec![("anthropic-version".into(), API_VERSION.into())];
+        // Listing models is free, but it is still a call on the user's account.
+        v.confirm = true;
+        v
+    });
     p.prompt = Some("Enter your Anthropic API key.\nYou can create one at: https://console.anthropic.com/settings/keys".into());
     p
+}
+
+/// An OAuth token given to `moat grant anthropic` would be sent as
+/// `x-api-key` and refused: say where it belongs instead.
+pub fn check_api_key(token: &str) -> Result<(), &'static str> {
+    if token.starts_with(super::claude::OAUTH_PREFIX) {
+        return Err(
+            "this is a Claude OAuth token (sk-ant-oat…), not an API key; store it with: moat grant claude",
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oauth_tokens_are_refused_as_api_keys() {
+        assert!(check_api_key("sk-ant-api03-abc").is_ok());
+        assert!(
+            check_api_key("sk-ant-oat01-abc")
+                .unwrap_err()
+                .contains("moat grant claude")
+        );
+    }
 }

@@ -3,7 +3,9 @@
 //! deliberate departure from the reference table, which says Bearer for both).
 
 use super::super::placeholder::{Alphabet, Format};
-use super::super::{HeaderRule, HeaderValue, Injection, Provider, SourceCommand, hosts};
+use super::super::{
+    BindError, HeaderRule, HeaderValue, HostPattern, Injection, Provider, SourceCommand, hosts,
+};
 use super::{header_provider, strings, validate_get};
 
 pub fn provider() -> Provider {
@@ -41,4 +43,56 @@ pub fn provider() -> Provider {
     p.validate = validate_get("https://api.github.com/user");
     p.prompt = Some("Enter a GitHub Personal Access Token.\nTo create one: visit https://github.com/settings/tokens".into());
     p
+}
+
+/// Metadata key naming a GitHub Enterprise Server host.
+pub const ENTERPRISE_HOST: &str = "enterprise_host";
+
+/// The provider for a GitHub Enterprise Server `host` (`moat grant github
+/// --host HOST`, stored as `github:HOST`): API at `https://HOST/api/v3`,
+/// Bearer on that host, token from `gh auth token --hostname HOST`.
+pub fn enterprise(p: &Provider, host: &str) -> Result<Provider, BindError> {
+    let pattern = HostPattern::parse(host).map_err(|e| BindError::Incomplete {
+        provider: "github".into(),
+        what: format!("enterprise host '{host}': {e}"),
+    })?;
+    let mut p = p.clone();
+    p.title = format!("GitHub Enterprise ({host})");
+    p.hosts = vec![pattern.clone()];
+    p.injection = Injection::Headers(vec![HeaderRule {
+        hosts: vec![pattern],
+        header: "Authorization".into(),
+        value: HeaderValue::Prefixed("Bearer ".into()),
+    }]);
+    if let Some(cmd) = &mut p.source_command {
+        cmd.argv.extend(strings(&["--hostname", host]));
+    }
+    p.validate = validate_get(&format!("https://{host}/api/v3/user"));
+    p.prompt = Some(format!(
+        "Enter a personal access token for {host}.\nTo create one: visit https://{host}/settings/tokens"
+    ));
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enterprise_host_gets_bearer_api_v3_and_gh_hostname() {
+        let p = enterprise(&provider(), "ghe.corp.test").unwrap();
+        let Injection::Headers(rules) = &p.injection else {
+            panic!()
+        };
+        assert_eq!(rules.len(), 1);
+        assert!(rules[0].hosts[0].matches("ghe.corp.test", 443));
+        assert!(!rules[0].hosts[0].matches("api.github.com", 443));
+        assert_eq!(rules[0].value, HeaderValue::Prefixed("Bearer ".into()));
+        assert_eq!(p.validate.unwrap().url, "https://ghe.corp.test/api/v3/user");
+        assert_eq!(
+            p.source_command.unwrap().argv,
+            ["gh", "auth", "token", "--hostname", "ghe.corp.test"]
+        );
+        assert!(enterprise(&provider(), "bad host").is_err());
+    }
 }

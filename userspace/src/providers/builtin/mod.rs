@@ -2,19 +2,21 @@
 //! reference; special flows (OAuth import, npm registries, AWS, SSH) are
 //! completed in their own files as they land.
 
-mod anthropic;
+pub mod anthropic;
 mod aws;
-mod claude;
-mod gemini;
-mod github;
-mod graphite;
-mod mcp;
-mod meta;
-mod npm;
-mod openai;
+pub mod claude;
+pub mod gemini;
+pub mod github;
+pub mod graphite;
+pub mod mcp;
+pub mod meta;
+pub mod npm;
+pub mod oauth;
+pub mod openai;
 mod ssh;
 
-use super::Provider;
+use super::{BindError, Binding, Provider, SandboxFile};
+use crate::store::Credential;
 
 /// Every built-in provider, in the order `moat grant providers` lists them.
 pub fn all() -> Vec<Provider> {
@@ -27,10 +29,55 @@ pub fn all() -> Vec<Provider> {
         graphite::provider(),
         meta::provider(),
         npm::provider(),
+        oauth::provider(),
         aws::provider(),
         ssh::provider(),
         mcp::provider(),
     ]
+}
+
+/// Built-ins whose rules depend on the credential bind themselves.
+pub(super) fn bind(p: &Provider, cred: &Credential) -> Result<Vec<Binding>, BindError> {
+    match p.name.as_str() {
+        "npm" => npm::bind(p, cred),
+        "oauth" => oauth::bind(p, cred),
+        "github" => match cred.metadata.get(github::ENTERPRISE_HOST) {
+            Some(host) => Ok(vec![Binding {
+                provider: github::enterprise(p, host)?,
+                token: cred.token.clone(),
+            }]),
+            None => Ok(vec![Binding {
+                provider: p.clone(),
+                token: cred.token.clone(),
+            }]),
+        },
+        _ => Ok(vec![Binding {
+            provider: p.clone(),
+            token: cred.token.clone(),
+        }]),
+    }
+}
+
+/// How a built-in's credential is kept fresh during a run, if at all.
+pub(super) fn refresh_policy(p: &Provider, cred: &Credential) -> Option<super::oauth::Policy> {
+    let refreshable = cred.metadata.contains_key(super::oauth::TOKEN_URL);
+    match p.name.as_str() {
+        "oauth" if refreshable => Some(oauth::policy()),
+        _ => None,
+    }
+}
+
+/// Placeholder config files for the sandbox HOME, per built-in.
+pub(super) fn sandbox_files(
+    p: &Provider,
+    cred: &Credential,
+    placeholder: &str,
+) -> Vec<SandboxFile> {
+    match p.name.as_str() {
+        "graphite" => vec![graphite::user_config(placeholder)],
+        "npm" => vec![npm::npmrc(cred)],
+        _ => Vec::new(),
+    }
 }
 
 /// A provider that injects one header with a prefix on all its hosts.
@@ -72,6 +119,8 @@ fn validate_get(url: &str) -> Option<super::Validate> {
         method: "GET".to_owned(),
         header: None,
         prefix: String::new(),
+        extra_headers: Vec::new(),
+        confirm: false,
     })
 }
 

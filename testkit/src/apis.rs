@@ -1,0 +1,111 @@
+//! Stand-ins for the AI and developer APIs Moat's providers talk to. Each
+//! answers the validation request `moat grant` makes, judging only the shape
+//! of the credential (tokens containing `bad` are refused), and answers
+//! `{"ok":true}` to anything else so tests can look at what arrived.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::{Handler, Reply, Seen};
+
+fn json(status: u16, body: &str) -> Reply {
+    (status, "application/json", body.to_owned())
+}
+
+fn first<'a>(seen: &'a Seen, name: &str) -> &'a str {
+    seen.header(name).first().copied().unwrap_or("")
+}
+
+/// `GET /v1/models` of Anthropic (`x-api-key` + `anthropic-version`, or a
+/// Bearer `sk-ant-oat…` token with the OAuth beta flag) and of OpenAI
+/// (Bearer `sk-…`).
+pub fn fake_ai_apis() -> Handler {
+    Arc::new(|seen: &Seen| {
+        if seen.path != "/v1/models" {
+            return json(200, r#"{"ok":true}"#);
+        }
+        let key = first(seen, "x-api-key");
+        let bearer = first(seen, "authorization")
+            .strip_prefix("Bearer ")
+            .unwrap_or("");
+        let anthropic_ok = || !first(seen, "anthropic-version").is_empty();
+        let unauthorized = |msg: &str| {
+            json(
+                401,
+                &format!(
+                    r#"{{"type":"error","error":{{"type":"authentication_error","message":"{msg}"}}}}"#
+                ),
+            )
+        };
+        if !key.is_empty() {
+            return if key.starts_with("sk-ant-api03-") && !key.contains("bad") && anthropic_ok() {
+                json(200, r#"{"data":[{"id":"claude-test"}]}"#)
+            } else {
+                unauthorized("invalid x-api-key")
+            };
+        }
+        if bearer.starts_with("sk-ant-oat") {
+            let beta = first(seen, "anthropic-beta").contains("oauth-2025-04-20");
+            return if beta && anthropic_ok() && !bearer.contains("bad") {
+                json(200, r#"{"data":[{"id":"claude-test"}]}"#)
+            } else {
+                unauthorized("Invalid bearer token")
+            };
+        }
+        if bearer.starts_with("sk-") && !bearer.contains("bad") {
+            return json(200, r#"{"object":"list","data":[]}"#);
+        }
+        json(
+            401,
+            r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error"}}"#,
+        )
+    })
+}
+
+/// An npm registry's `GET [/path]/-/whoami`: Bearer tokens without `bad`
+/// belong to `jsmith`.
+pub fn fake_npm_registry() -> Handler {
+    Arc::new(|seen: &Seen| {
+        if !seen.path.ends_with("/-/whoami") {
+            return json(200, r#"{"ok":true}"#);
+        }
+        match first(seen, "authorization").strip_prefix("Bearer ") {
+            Some(t) if !t.is_empty() && !t.contains("bad") => json(200, r#"{"username":"jsmith"}"#),
+            _ => json(401, r#"{"error":"Unauthorized: invalid token"}"#),
+        }
+    })
+}
+
+/// An OAuth token endpoint (`POST /token`, `grant_type=refresh_token`) that
+/// counts its calls in `calls`. The first answer expires in 60 s (so a proxy
+/// refreshes at once), later ones in an hour; access tokens are `at-<call>`.
+/// Refresh tokens containing `bad` get `invalid_grant`. Other paths: `{"ok":true}`.
+pub fn fake_oauth_endpoint(calls: Arc<AtomicUsize>) -> Handler {
+    Arc::new(move |seen: &Seen| {
+        if seen.path != "/token" {
+            return json(200, r#"{"ok":true}"#);
+        }
+        let form = String::from_utf8_lossy(&seen.body).into_owned();
+        let field = |k: &str| {
+            form.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_owned()
+        };
+        if seen.method != "POST" || field("grant_type") != "refresh_token" {
+            return json(400, r#"{"error":"unsupported_grant_type"}"#);
+        }
+        if field("refresh_token").is_empty() || field("refresh_token").contains("bad") {
+            return json(
+                400,
+                r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+            );
+        }
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let expires = if n == 1 { 60 } else { 3600 };
+        json(
+            200,
+            &format!(r#"{{"access_token":"at-{n}","expires_in":{expires},"token_type":"Bearer"}}"#),
+        )
+    })
+}

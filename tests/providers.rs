@@ -1,0 +1,770 @@
+//! Built-in providers end to end: `moat grant` from each source, validation
+//! against local stand-ins of each API (TLS, test CA, `MOAT_RESOLVE`), and
+//! the exact header per host through the real `moat proxy`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::*;
+use moat_testkit::{StubServer, TestCa};
+
+const ANTHROPIC_KEY: &str = "sk-ant-api03-RealAnthropicKey0123456789";
+const CLAUDE_TOKEN: &str = "sk-ant-oat01-RealClaudeOauthToken0123456789";
+const OPENAI_KEY: &str = "sk-proj-RealOpenAiKey0123456789";
+const GRAPHITE_TOKEN: &str = "RealGraphiteToken0123456789";
+
+/// A temp MOAT_HOME/HOME plus a TLS stand-in answering for `names`.
+struct World {
+    env: Env,
+    ca_file: PathBuf,
+    server: StubServer,
+    resolve: String,
+}
+
+impl World {
+    fn new(names: &[&str], handler: moat_testkit::Handler) -> Self {
+        let env = Env::new();
+        let ca = TestCa::new().unwrap();
+        let ca_file = ca.write_pem(env.dir.path()).unwrap();
+        let server = StubServer::start(&ca, names, handler).unwrap();
+        let resolve = names
+            .iter()
+            .map(|n| server.resolve_entry(n))
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            env,
+            ca_file,
+            server,
+            resolve,
+        }
+    }
+
+    /// The environment that sends Moat's own requests to the stand-in.
+    fn net<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v = vec![
+            ("MOAT_KEY_BACKEND", "file"),
+            ("MOAT_RESOLVE", self.resolve.as_str()),
+            ("MOAT_UPSTREAM_CA", self.ca_file.to_str().unwrap()),
+        ];
+        v.extend_from_slice(extra);
+        v
+    }
+
+    fn grant(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut full = vec!["grant"];
+        full.extend_from_slice(args);
+        self.env.run(&full, &self.net(extra))
+    }
+
+    fn grant_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut full = vec!["grant"];
+        full.extend_from_slice(args);
+        self.env.run_stdin(&full, &self.net(&[]), input)
+    }
+
+    fn show(&self, name: &str) -> serde_json::Value {
+        let out = ok(&self
+            .env
+            .run(&["grant", "show", name, "--json"], &self.net(&[])))
+        .clone();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn stored(&self, name: &str) -> bool {
+        self.env
+            .home()
+            .join(format!("credentials/{name}.enc"))
+            .exists()
+    }
+
+    /// `moat proxy --grant …` against the stand-in.
+    fn proxy(&self, grants: &[&str]) -> Proxy {
+        let mut cmd = self.env.cmd();
+        cmd.arg("-vv").arg("proxy");
+        for g in grants {
+            cmd.args(["--grant", g]);
+        }
+        let log = self.env.dir.path().join("proxy.log");
+        let mut child = cmd
+            .envs(self.net(&[]))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("http://moat:"),
+            "proxy did not start: {line:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Proxy {
+            child,
+            url: line.trim().to_owned(),
+            ca: self.env.home().join("ca/ca.crt"),
+            log,
+        }
+    }
+}
+
+struct Proxy {
+    child: Child,
+    url: String,
+    ca: PathBuf,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// curl through the proxy, trusting the Moat CA; the response body.
+    fn get(&self, url: &str, headers: &[&str]) -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "-x", &self.url, "--cacert"])
+            .arg(&self.ca);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.arg(url).output().expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {url}: {}\n{}",
+            stderr(&out),
+            self.log_text()
+        );
+        stdout(&out)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The headers the stand-in received on its last request.
+fn last_header(server: &StubServer, name: &str) -> Vec<String> {
+    let seen = server.seen();
+    let last = seen.last().expect("the stand-in saw no request");
+    last.header(name).iter().map(|s| s.to_string()).collect()
+}
+
+fn ai_world() -> World {
+    World::new(
+        &[
+            "api.anthropic.com",
+            "api.openai.com",
+            "chatgpt.com",
+            "files.openai.com",
+            "api.graphite.com",
+            "app.graphite.com",
+            "elsewhere.test",
+        ],
+        moat_testkit::apis::fake_ai_apis(),
+    )
+}
+
+#[test]
+fn anthropic_api_key_sources_and_validation() {
+    let w = ai_world();
+    // From ANTHROPIC_API_KEY, validated (no terminal: no question asked).
+    let out = ok(&w.grant(&["anthropic"], &[("ANTHROPIC_API_KEY", ANTHROPIC_KEY)])).clone();
+    assert!(stderr(&out).contains("Using token from ANTHROPIC_API_KEY"));
+    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    assert_eq!(last_header(&w.server, "x-api-key"), [ANTHROPIC_KEY]);
+    assert_eq!(last_header(&w.server, "anthropic-version"), ["2023-06-01"]);
+    assert_eq!(w.show("anthropic")["source"], "env:ANTHROPIC_API_KEY");
+    assert_eq!(w.env.reveal("anthropic", &[]).unwrap(), ANTHROPIC_KEY);
+
+    // Refused by the API: nothing saved, the key not echoed.
+    let w2 = ai_world();
+    let err = fails(&w2.grant(
+        &["anthropic"],
+        &[("ANTHROPIC_API_KEY", "sk-ant-api03-bad-key-000")],
+    ));
+    assert!(
+        err.contains("rejected the token") && err.contains("invalid x-api-key"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-ant-api03-bad-key-000"), "{err}");
+    assert!(!w2.stored("anthropic"));
+
+    // An OAuth token is not an API key: pointed at 'moat grant claude'.
+    let err = fails(&w2.grant_stdin(&["anthropic", "--token-stdin"], CLAUDE_TOKEN));
+    assert!(err.contains("moat grant claude"), "{err}");
+    assert!(!err.contains(CLAUDE_TOKEN), "{err}");
+    assert!(!w2.stored("anthropic"));
+
+    // --token-stdin.
+    ok(&w2.grant_stdin(&["anthropic", "--token-stdin"], ANTHROPIC_KEY));
+    assert_eq!(w2.show("anthropic")["source"], "stdin");
+}
+
+fn write_claude_credentials(home: &Path, token: &str, expires_ms: u128) {
+    let dir = home.join(".claude");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".credentials.json"),
+        format!(
+            r#"{{"claudeAiOauth":{{"accessToken":"{token}","refreshToken":"sk-ant-ort01-refresh","expiresAt":{expires_ms},"scopes":["user:inference"],"subscriptionType":"max"}}}}"#
+        ),
+    )
+    .unwrap();
+}
+
+fn ms_from_now(secs: i64) -> u128 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i128;
+    (now + secs as i128 * 1000) as u128
+}
+
+#[test]
+fn claude_oauth_token_sources_and_validation() {
+    let w = ai_world();
+    // --token-stdin, validated with Bearer + the OAuth beta flag.
+    let out = ok(&w.grant_stdin(&["claude", "--token-stdin"], CLAUDE_TOKEN)).clone();
+    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        [format!("Bearer {CLAUDE_TOKEN}")]
+    );
+    assert_eq!(
+        last_header(&w.server, "anthropic-beta"),
+        ["oauth-2025-04-20"]
+    );
+    assert_eq!(w.show("claude")["source"], "stdin");
+
+    // A rejected token saves nothing.
+    let w2 = ai_world();
+    let err = fails(&w2.grant_stdin(&["claude", "--token-stdin"], "sk-ant-oat01-bad-0000"));
+    assert!(err.contains("rejected the token"), "{err}");
+    assert!(!w2.stored("claude"));
+
+    // An API key is pointed at 'moat grant anthropic'.
+    let err = fails(&w2.grant_stdin(&["claude", "--token-stdin"], ANTHROPIC_KEY));
+    assert!(err.contains("moat grant anthropic"), "{err}");
+
+    // No terminal and no source: says every way to do it.
+    let err = fails(&w2.grant(&["claude"], &[]));
+    assert!(
+        err.contains("--token-stdin")
+            && err.contains("--import")
+            && err.contains("claude setup-token"),
+        "{err}"
+    );
+
+    // CLAUDE_CODE_OAUTH_TOKEN (what claude setup-token says to export).
+    ok(&w2.grant(&["claude"], &[("CLAUDE_CODE_OAUTH_TOKEN", CLAUDE_TOKEN)]));
+    assert_eq!(w2.show("claude")["source"], "env:CLAUDE_CODE_OAUTH_TOKEN");
+}
+
+#[test]
+fn claude_imports_claude_code_credentials() {
+    let w = ai_world();
+    let home = w.env.user_home();
+    let err = fails(&w.grant(&["claude", "--import"], &[]));
+    assert!(
+        err.contains(".claude/.credentials.json") && err.contains("log in"),
+        "{err}"
+    );
+
+    // Expired: nothing saved, says how to refresh.
+    write_claude_credentials(&home, CLAUDE_TOKEN, ms_from_now(-3600));
+    let err = fails(&w.grant(&["claude", "--import", "--no-validate"], &[]));
+    assert!(
+        err.contains("expired") && err.contains("Claude Code session"),
+        "{err}"
+    );
+    assert!(!w.stored("claude"));
+
+    write_claude_credentials(&home, CLAUDE_TOKEN, ms_from_now(7200));
+    let out = ok(&w.grant(&["claude", "--import"], &[])).clone();
+    let text = stderr(&out);
+    assert!(text.contains("Found Claude Code credentials."), "{text}");
+    assert!(text.contains("Subscription: max"), "{text}");
+    assert!(text.contains("Expires: 20"), "{text}");
+    assert!(!text.contains(CLAUDE_TOKEN) && !stdout(&out).contains(CLAUDE_TOKEN));
+    let v = w.show("claude");
+    assert_eq!(v["source"], "claude-code");
+    assert_eq!(v["kind"], "oauth");
+    assert_eq!(v["metadata"]["subscription"], "max");
+    assert!(v["expires"].as_str().unwrap().starts_with("20"));
+    // The refresh token is not taken: Moat does not refresh imported tokens.
+    assert_eq!(v["secrets"], serde_json::json!([]));
+    assert_eq!(w.env.reveal("claude", &[]).unwrap(), CLAUDE_TOKEN);
+}
+
+#[test]
+fn claude_menu_on_a_terminal_runs_setup_token() {
+    use std::io::{Read, Write};
+    let w = ai_world();
+    // A fake 'claude' CLI on PATH that prints a token the way setup-token does.
+    let bin = w.env.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("claude");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\n[ \"$1\" = setup-token ] || exit 2\necho 'Long-lived authentication token created:'\necho\necho '{CLAUDE_TOKEN}'\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cmd = w.env.cmd();
+    let mut child = Command::new("script")
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env("PATH", &path)
+        .envs(w.net(&[]))
+        .args(["-qec", &format!("{MOAT} grant claude"), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux is needed");
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("Enter choice [1-3]: ") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "no menu: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child.stdin.as_mut().unwrap().write_all(b"1\n").unwrap();
+    out.read_to_end(&mut seen).unwrap();
+    let shown = String::from_utf8_lossy(&seen);
+    assert!(child.wait().unwrap().success(), "{shown}");
+    assert!(
+        shown.contains("Import existing Claude Code credentials"),
+        "{shown}"
+    );
+    assert!(shown.contains("Claude credential saved"), "{shown}");
+    assert!(
+        !shown.contains(CLAUDE_TOKEN),
+        "the token was shown: {shown}"
+    );
+    assert_eq!(w.show("claude")["source"], "claude-setup-token");
+    assert_eq!(w.env.reveal("claude", &[]).unwrap(), CLAUDE_TOKEN);
+}
+
+#[test]
+fn openai_and_graphite_sources_and_validation() {
+    let w = ai_world();
+    let out = ok(&w.grant(&["openai"], &[("OPENAI_API_KEY", OPENAI_KEY)])).clone();
+    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        [format!("Bearer {OPENAI_KEY}")]
+    );
+    let err = fails(&w.grant(&["openai"], &[("OPENAI_API_KEY", "sk-bad-openai-key")]));
+    assert!(err.contains("Incorrect API key provided"), "{err}");
+    assert!(!err.contains("sk-bad-openai-key"));
+    assert_eq!(w.env.reveal("openai", &[]).unwrap(), OPENAI_KEY);
+
+    // Graphite: GRAPHITE_TOKEN first, then GT_TOKEN.
+    ok(&w.grant(
+        &["graphite"],
+        &[("GT_TOKEN", "from-gt"), ("GRAPHITE_TOKEN", GRAPHITE_TOKEN)],
+    ));
+    assert_eq!(w.show("graphite")["source"], "env:GRAPHITE_TOKEN");
+    ok(&w.grant(&["graphite"], &[("GT_TOKEN", "from-gt")]));
+    assert_eq!(w.show("graphite")["source"], "env:GT_TOKEN");
+    ok(&w.grant_stdin(&["graphite", "--token-stdin"], GRAPHITE_TOKEN));
+    assert_eq!(w.env.reveal("graphite", &[]).unwrap(), GRAPHITE_TOKEN);
+}
+
+#[test]
+fn proxy_injects_the_exact_header_per_host() {
+    let w = ai_world();
+    ok(&w.grant_stdin(&["claude", "--token-stdin", "--no-validate"], CLAUDE_TOKEN));
+    ok(&w.grant_stdin(
+        &["anthropic", "--token-stdin", "--no-validate"],
+        ANTHROPIC_KEY,
+    ));
+    ok(&w.grant_stdin(&["openai", "--token-stdin", "--no-validate"], OPENAI_KEY));
+    ok(&w.grant_stdin(
+        &["graphite", "--token-stdin", "--no-validate"],
+        GRAPHITE_TOKEN,
+    ));
+
+    // Placeholders: format-valid, never the token.
+    let ph = |n: &str| w.show(n)["placeholder"].as_str().unwrap().to_owned();
+    let (claude_ph, anthropic_ph, openai_ph, graphite_ph) =
+        (ph("claude"), ph("anthropic"), ph("openai"), ph("graphite"));
+    assert!(claude_ph.starts_with("sk-ant-oat01-") && claude_ph.len() == 108);
+    assert!(anthropic_ph.starts_with("sk-ant-api03-") && anthropic_ph.len() == 108);
+    assert!(openai_ph.starts_with("sk-proj-") && openai_ph.len() == 72);
+    assert!(graphite_ph.len() == 40 && graphite_ph.bytes().all(|b| b.is_ascii_alphanumeric()));
+
+    let p = w.proxy(&["claude", "anthropic", "openai", "graphite"]);
+    // api.anthropic.com: both grants, each its own header; the client's
+    // placeholders replaced, not duplicated.
+    p.get(
+        "https://api.anthropic.com/v1/messages",
+        &[
+            &format!("Authorization: Bearer {claude_ph}"),
+            &format!("x-api-key: {anthropic_ph}"),
+        ],
+    );
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        [format!("Bearer {CLAUDE_TOKEN}")]
+    );
+    assert_eq!(
+        last_header(&w.server, "anthropic-beta"),
+        ["oauth-2025-04-20"]
+    );
+    assert_eq!(last_header(&w.server, "x-api-key"), [ANTHROPIC_KEY]);
+
+    for host in ["api.openai.com", "chatgpt.com", "files.openai.com"] {
+        p.get(
+            &format!("https://{host}/v1/x"),
+            &[&format!("Authorization: Bearer {openai_ph}")],
+        );
+        assert_eq!(
+            last_header(&w.server, "authorization"),
+            [format!("Bearer {OPENAI_KEY}")],
+            "{host}"
+        );
+    }
+    for host in ["api.graphite.com", "app.graphite.com"] {
+        p.get(&format!("https://{host}/v1/x"), &[]);
+        assert_eq!(
+            last_header(&w.server, "authorization"),
+            [format!("token {GRAPHITE_TOKEN}")],
+            "{host}"
+        );
+    }
+    // Nothing leaks into the log.
+    let log = p.log_text();
+    for secret in [CLAUDE_TOKEN, ANTHROPIC_KEY, OPENAI_KEY, GRAPHITE_TOKEN] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+#[test]
+fn grant_providers_lists_every_builtin() {
+    let env = Env::new();
+    let out = ok(&env.run(&["grant", "providers", "--json"], &[])).clone();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "github",
+        "claude",
+        "anthropic",
+        "openai",
+        "gemini",
+        "graphite",
+        "meta",
+        "npm",
+        "mcp",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    let claude = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "claude")
+        .unwrap();
+    assert_eq!(claude["available"], true);
+    let table = stdout(ok(&env.run(&["grant", "providers"], &[])));
+    assert!(
+        table.contains("api.graphite.com, *.graphite.com"),
+        "{table}"
+    );
+}
+
+fn npm_world() -> World {
+    World::new(
+        &["npm.corp.test", "pkgs.other.test", "extra.corp.test"],
+        moat_testkit::apis::fake_npm_registry(),
+    )
+}
+
+#[test]
+fn npm_registries_from_npmrc_env_and_host_merge_into_one_credential() {
+    let w = npm_world();
+    std::fs::write(
+        w.env.user_home().join(".npmrc"),
+        "registry=https://npm.corp.test/\n@myorg:registry=https://npm.corp.test/\n@other:registry=https://pkgs.other.test/api/npm/\n//npm.corp.test/:_authToken=corp-token\n//pkgs.other.test/api/npm/:_authToken=${OTHER_TOKEN}\n",
+    )
+    .unwrap();
+    let out = ok(&w.grant(&["npm"], &[("OTHER_TOKEN", "other-token")])).clone();
+    let text = stderr(&out);
+    assert!(
+        text.contains(
+            "Found registries: npm.corp.test (default, @myorg), pkgs.other.test (@other)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ npm.corp.test — authenticated as \"jsmith\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ pkgs.other.test — authenticated as"),
+        "{text}"
+    );
+    assert!(!text.contains("corp-token") && !text.contains("other-token"));
+    let whoami: Vec<String> = w.server.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(whoami, ["/-/whoami", "/api/npm/-/whoami"]);
+
+    // --host merges a third registry into the same credential.
+    ok(&w.grant_stdin(
+        &["npm", "--host", "extra.corp.test", "--token-stdin"],
+        "extra-token",
+    ));
+    let v = w.show("npm");
+    let regs: serde_json::Value =
+        serde_json::from_str(v["metadata"]["registries"].as_str().unwrap()).unwrap();
+    let hosts: Vec<&str> = regs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        ["extra.corp.test", "npm.corp.test", "pkgs.other.test"]
+    );
+    assert_eq!(v["placeholder"], "npm_moatProxyInjected00000000");
+
+    // A refused token: nothing changes.
+    let err = fails(&w.grant_stdin(
+        &["npm", "--host", "extra.corp.test", "--token-stdin"],
+        "bad-token",
+    ));
+    assert!(err.contains("extra.corp.test rejected the token"), "{err}");
+    assert!(!err.contains("bad-token"));
+    // --token-stdin without --host does not guess the registry.
+    let err = fails(&w.grant(&["npm", "--token-stdin"], &[]));
+    assert!(err.contains("--host"), "{err}");
+
+    // Each registry host gets its own Bearer token through the proxy.
+    let p = w.proxy(&["npm"]);
+    for (host, token) in [
+        ("npm.corp.test", "corp-token"),
+        ("pkgs.other.test", "other-token"),
+        ("extra.corp.test", "extra-token"),
+    ] {
+        p.get(
+            &format!("https://{host}/@myorg%2fpkg"),
+            &["Authorization: Bearer npm_moatProxyInjected00000000"],
+        );
+        assert_eq!(
+            last_header(&w.server, "authorization"),
+            [format!("Bearer {token}")],
+            "{host}"
+        );
+    }
+}
+
+#[test]
+fn npm_token_env_needs_a_known_default_registry() {
+    let w = npm_world();
+    let err = fails(&w.grant(&["npm"], &[("PATH", "/nonexistent")]));
+    assert!(
+        err.contains("no npm registry tokens found") && err.contains("--host"),
+        "{err}"
+    );
+    let err = fails(&w.grant(
+        &["npm"],
+        &[("PATH", "/nonexistent"), ("NPM_TOKEN", "env-token")],
+    ));
+    assert!(err.contains("default registry is unknown"), "{err}");
+    ok(&w.grant(
+        &["npm"],
+        &[
+            ("NPM_TOKEN", "env-token"),
+            ("npm_config_registry", "https://npm.corp.test/"),
+        ],
+    ));
+    let v = w.show("npm");
+    assert_eq!(v["source"], "env:NPM_TOKEN");
+    assert!(
+        v["metadata"]["registries"]
+            .as_str()
+            .unwrap()
+            .contains("\"default\":true")
+    );
+    assert_eq!(w.env.reveal("npm", &[]).unwrap(), "env-token");
+}
+
+#[test]
+fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requests() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = World::new(
+        &["auth.corp.test", "api.corp.test"],
+        moat_testkit::apis::fake_oauth_endpoint(calls.clone()),
+    );
+    let args = [
+        "oauth",
+        "corp",
+        "--token-url",
+        "https://auth.corp.test/token",
+        "--client-id",
+        "moat-test",
+        "--host",
+        "api.corp.test",
+        "--token-stdin",
+    ];
+    // A refused refresh token: nothing saved, the token not echoed.
+    let err = fails(&w.grant_stdin(&args, "rt-bad-0123456789"));
+    assert!(
+        err.contains("invalid_grant") || err.contains("expired or revoked"),
+        "{err}"
+    );
+    assert!(!err.contains("rt-bad-0123456789"));
+    assert!(!w.stored("oauth-corp"));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let out = ok(&w.grant_stdin(&args, "rt-good-0123456789")).clone();
+    assert!(
+        stderr(&out).contains("Refresh token is valid."),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let token_call = w
+        .server
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/token")
+        .unwrap();
+    let form = String::from_utf8_lossy(&token_call.body).into_owned();
+    assert!(
+        form.contains("client_id=moat-test") && form.contains("refresh_token=rt-good"),
+        "{form}"
+    );
+    let v = w.show("oauth-corp");
+    assert_eq!(v["kind"], "oauth");
+    assert_eq!(v["secrets"], serde_json::json!(["refresh_token"]));
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-1");
+
+    // at-1 expires within 5 minutes: the proxy refreshes before injecting,
+    // once for 8 concurrent requests, and re-seals the new token.
+    let p = w.proxy(&["oauth-corp"]);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| p.get("https://api.corp.test/v1/things", &[]));
+        }
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "{}", p.log_text());
+    let api: Vec<_> = w
+        .server
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/v1/things")
+        .collect();
+    assert_eq!(api.len(), 8);
+    for s in &api {
+        assert_eq!(s.header("authorization"), ["Bearer at-2"]);
+    }
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-2");
+    assert!(!p.log_text().contains("rt-good-0123456789"));
+}
+
+#[test]
+fn github_enterprise_host_is_its_own_credential() {
+    let handler: moat_testkit::Handler = std::sync::Arc::new(|s: &moat_testkit::Seen| {
+        let auth = s
+            .header("authorization")
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        match s.path.as_str() {
+            "/api/v3/user" if auth == "Bearer ghe-token-0123456789" => {
+                (200, "application/json", r#"{"login":"ent-user"}"#.into())
+            }
+            "/api/v3/user" => (
+                401,
+                "application/json",
+                r#"{"message":"Bad credentials"}"#.into(),
+            ),
+            _ => (200, "application/json", r#"{"ok":true}"#.into()),
+        }
+    });
+    let w = World::new(&["ghe.corp.test", "api.github.com"], handler);
+    let err = fails(&w.grant_stdin(
+        &["github", "--host", "ghe.corp.test", "--token-stdin"],
+        "ghe-bad-0123456789",
+    ));
+    assert!(err.contains("rejected the token"), "{err}");
+    let out = ok(&w.grant_stdin(
+        &["github", "--host", "ghe.corp.test", "--token-stdin"],
+        "ghe-token-0123456789",
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Authenticated as: ent-user"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("GitHub Enterprise (ghe.corp.test)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        w.show("github:ghe.corp.test")["metadata"]["enterprise_host"],
+        "ghe.corp.test"
+    );
+    ok(&w.grant_stdin(
+        &["github", "--token-stdin", "--no-validate"],
+        "ghp_dotcom0123456789",
+    ));
+
+    let p = w.proxy(&["github:ghe.corp.test", "github"]);
+    p.get("https://ghe.corp.test/api/v3/repos/o/r", &[]);
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer ghe-token-0123456789"]
+    );
+    p.get("https://api.github.com/user", &[]);
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer ghp_dotcom0123456789"]
+    );
+}
+
+#[test]
+fn mcp_grant_stores_mcp_name() {
+    let env = Env::new();
+    let file = [("MOAT_KEY_BACKEND", "file")];
+    let out = ok(&env.run_stdin(
+        &["grant", "mcp", "context7", "--token-stdin"],
+        &file,
+        "c7-key-0123",
+    ))
+    .clone();
+    assert!(
+        stdout(&out).contains("MCP credential 'mcp-context7' saved"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(env.reveal("mcp-context7", &file).unwrap(), "c7-key-0123");
+    let err = fails(&env.run(&["grant", "mcp"], &file));
+    assert!(err.contains("moat grant mcp <name>"), "{err}");
+}
