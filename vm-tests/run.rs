@@ -716,3 +716,77 @@ fn env_mode_is_the_default_without_root_and_works_as_nobody() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
 }
+
+#[test]
+fn provider_files_and_mcp_servers_reach_the_sandbox() {
+    let s = setup();
+    let ca = TestCa::new().unwrap();
+    let apis_dir = s.env.dir.path().join("apis");
+    std::fs::create_dir_all(&apis_dir).unwrap();
+    let ca_file = ca.write_pem(&apis_dir).unwrap();
+    let apis = StubServer::start(
+        &ca,
+        &["npm.corp.test", "mcp.context7.test"],
+        moat_testkit::apis::fake_npm_registry(),
+    )
+    .unwrap();
+    let file = [("MOAT_KEY_BACKEND", "file")];
+    ok(&s.env.run_stdin(
+        &[
+            "grant",
+            "npm",
+            "--host",
+            "npm.corp.test",
+            "--token-stdin",
+            "--no-validate",
+        ],
+        &file,
+        "npm_RealRegistryToken",
+    ));
+    ok(&s.env.run_stdin(
+        &["grant", "mcp", "context7", "--token-stdin"],
+        &file,
+        "c7-real-key",
+    ));
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        "grants: [npm]\nmcp:\n  - name: context7\n    url: https://mcp.context7.test/mcp\n    auth: {grant: mcp-context7, header: CONTEXT7_API_KEY}\n",
+    )
+    .unwrap();
+    let out = s
+        .env
+        .cmd()
+        .args(["run", s.workspace.to_str().unwrap()])
+        .args(["--resolve", &apis.resolve_entry("npm.corp.test")])
+        .args(["--resolve", &apis.resolve_entry("mcp.context7.test")])
+        .args(["--upstream-ca", ca_file.to_str().unwrap()])
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            r#"
+echo "npmrc: $(grep -c moatProxyInjected ~/.npmrc) $(stat -c %U ~/.npmrc)"
+echo "whoami: $(npm whoami --registry https://npm.corp.test/ 2>&1)"
+echo "mcp: $(curl -sS -X POST https://mcp.context7.test/mcp -d '{}')"
+"#,
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("npmrc: 1 root"), "{text}");
+    assert!(text.contains("whoami: jsmith"), "{text}\n{}", stderr(&out));
+    assert!(text.contains(r#"mcp: {"ok":true}"#), "{text}");
+    let seen = apis.seen();
+    assert!(
+        seen.iter()
+            .any(|r| r.header("authorization") == ["Bearer npm_RealRegistryToken"]),
+        "npm's token was not injected: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r.path == "/mcp" && r.header("context7_api_key") == ["c7-real-key"]),
+        "the MCP header was not injected: {seen:?}"
+    );
+    assert!(!text.contains("npm_RealRegistryToken") && !text.contains("c7-real-key"));
+}

@@ -1,7 +1,7 @@
 //! `moat.yaml`: a workspace's run configuration.
 //!
 //! Keys: `name`, `command`, `grants`, `env`, `network` (`policy`, `rules`,
-//! `host`). Unknown keys are errors that name the nearest known key; wrong
+//! `host`), `mcp` (`name`, `url`, `auth: {grant, header}`). Unknown keys are errors that name the nearest known key; wrong
 //! types are errors with file:line:column. Command-line flags override and
 //! merge (grants are merged). The legacy name `agent.yaml` is read when there
 //! is no `moat.yaml`.
@@ -42,6 +42,17 @@ pub struct Config {
     pub grants: Vec<String>,
     pub env: Vec<(String, String)>,
     pub network: Network,
+    pub mcp: Vec<Mcp>,
+}
+
+/// An MCP server whose requests get a stored credential in a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mcp {
+    pub name: String,
+    pub url: String,
+    /// The credential (`mcp-<name>`, from `moat grant mcp <name>`).
+    pub grant: String,
+    pub header: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -65,6 +76,23 @@ struct Doc {
     #[serde(default)]
     env: BTreeMap<String, Scalar>,
     network: Option<NetworkDoc>,
+    #[serde(default)]
+    mcp: Vec<McpDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpDoc {
+    name: String,
+    url: String,
+    auth: McpAuthDoc,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpAuthDoc {
+    grant: String,
+    header: String,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +238,16 @@ impl Config {
             grants: doc.grants,
             env,
             network,
+            mcp: doc
+                .mcp
+                .into_iter()
+                .map(|m| Mcp {
+                    name: m.name,
+                    url: m.url,
+                    grant: m.auth.grant,
+                    header: m.auth.header,
+                })
+                .collect(),
         })
     }
 }
@@ -262,6 +300,10 @@ network:
         - allow GET /repos/**
         - deny * /**
   host: [8080]
+mcp:
+  - name: context7
+    url: https://mcp.context7.test/mcp
+    auth: {grant: mcp-context7, header: CONTEXT7_API_KEY}
 "#,
         )
         .unwrap();
@@ -276,6 +318,8 @@ network:
         assert_eq!(c.network.policy.rules.len(), 2);
         assert_eq!(c.network.policy.rules[1].routes.len(), 2);
         assert_eq!(c.network.host_ports, [8080]);
+        assert_eq!(c.mcp[0].grant, "mcp-context7");
+        assert_eq!(c.mcp[0].header, "CONTEXT7_API_KEY");
     }
 
     #[test]

@@ -54,6 +54,31 @@ pub struct ProxyArgs {
 /// Decrypt the named credentials into proxy grants (values stay in memory).
 /// An old Claude OAuth token stored as `anthropic` is moved to `claude` first.
 pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Result<Vec<Grant>> {
+    Ok(load(store, registry, names, &[])?.grants)
+}
+
+/// What a run gets from its credentials.
+pub struct Loaded {
+    pub grants: Vec<Grant>,
+    /// Placeholder config files for the sandbox HOME (`.npmrc`, …).
+    pub files: Vec<crate::providers::SandboxFile>,
+}
+
+/// An MCP server from `moat.yaml`: the credential (`mcp-<name>`) whose token
+/// goes into `server.header` on the server's host.
+pub struct McpUse {
+    pub grant: String,
+    pub server: crate::providers::builtin::mcp::McpServer,
+}
+
+/// The named credentials (and MCP servers) as proxy grants plus the
+/// sandbox's placeholder files. Values stay in memory.
+pub fn load(
+    store: &Store,
+    registry: &Registry,
+    names: &[String],
+    mcp: &[McpUse],
+) -> Result<Loaded> {
     use crate::providers::migrate::{Migration, migrate_anthropic_oauth};
     let claude_related = names.iter().any(|n| n == "anthropic" || n == "claude");
     let migrated = claude_related && migrate_anthropic_oauth(store)? == Migration::Moved;
@@ -63,6 +88,7 @@ pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Resu
         );
     }
     let mut grants = Vec::new();
+    let mut files = Vec::new();
     for raw in names {
         let raw = if migrated && raw == "anthropic" {
             "claude"
@@ -84,6 +110,9 @@ pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Resu
             use secrecy::ExposeSecret;
             placeholder::derive(f, &key, name.as_str(), cred.token.expose_secret())
         });
+        if let Some(ph) = &placeholder {
+            files.extend(provider.sandbox_files(&cred, ph));
+        }
         let bindings = provider.bind(&cred)?;
         let live = provider.refresh_policy(&cred).map(|policy| {
             use crate::proxy::refresh::{LiveToken, StorePersist, SystemClock};
@@ -110,7 +139,27 @@ pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Resu
             });
         }
     }
-    Ok(grants)
+    for m in mcp {
+        let name = CredName::parse(&m.grant)?;
+        let cred = store
+            .get(&name)
+            .with_context(|| format!("moat.yaml mcp '{}': credential '{name}'", m.server.name))?;
+        let provider = registry.get(&cred.provider).ok_or_else(|| {
+            anyhow!(
+                "credential '{name}' is for provider '{}', which is no longer defined",
+                cred.provider
+            )
+        })?;
+        let binding = crate::providers::builtin::mcp::bind_server(provider, &m.server, &cred)?;
+        grants.push(Grant {
+            name: name.to_string(),
+            provider: binding.provider,
+            token: binding.token,
+            placeholder: None,
+            live: None,
+        });
+    }
+    Ok(Loaded { grants, files })
 }
 
 /// How Moat reaches upstreams: `MOAT_RESOLVE` plus `--resolve` flags (the

@@ -126,6 +126,8 @@ const CA_VARS: &[&str] = &[
 /// Everything a run needs, prepared the same way for every mode.
 struct Prepared {
     id: String,
+    /// (host copy, path relative to the sandbox HOME).
+    home_files: Vec<(PathBuf, PathBuf)>,
     events: Events,
     grants: Vec<crate::proxy::Grant>,
     upstream: crate::net::Upstream,
@@ -166,7 +168,20 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     }
     let store = ctx.store()?;
     let registry = ctx.registry()?;
-    let grants = super::proxy::load_grants(&store, &registry, &grant_names)?;
+    let mcp: Vec<super::proxy::McpUse> = config
+        .mcp
+        .iter()
+        .map(|m| super::proxy::McpUse {
+            grant: m.grant.clone(),
+            server: crate::providers::builtin::mcp::McpServer {
+                name: m.name.clone(),
+                url: m.url.clone(),
+                header: m.header.clone(),
+            },
+        })
+        .collect();
+    let loaded = super::proxy::load(&store, &registry, &grant_names, &mcp)?;
+    let grants = loaded.grants;
 
     // The host's loopback services named in network.host, as
     // host.moat.internal:PORT; nothing else of the host is reachable.
@@ -210,6 +225,17 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         home.chown(path)?;
     }
 
+    // Placeholder config files (.npmrc, …) for the sandbox's fresh HOME.
+    let mut home_files = Vec::new();
+    for f in loaded.files {
+        let host = dir.join("home-files").join(&f.rel_path);
+        if let Some(parent) = host.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&host, &f.contents)
+            .with_context(|| format!("writing {}", host.display()))?;
+        home_files.push((host, f.rel_path));
+    }
     let mut env_extra: Vec<(OsString, OsString)> = Vec::new();
     for g in &grants {
         if let (Some(var), Some(ph)) = (&g.provider.container_env, &g.placeholder) {
@@ -246,6 +272,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     tracing::info!(run = %id, "events: {}", events_path.display());
     let prepared = Prepared {
         id: id.clone(),
+        home_files,
         events: events.clone(),
         grants,
         upstream,
@@ -258,6 +285,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         env_extra,
     };
     let trust_files = [prepared.bundle.clone(), prepared.truststore.clone()];
+    let home_files_dir = dir.join("home-files");
     let result = match mode {
         NetworkMode::Transparent => transparent(&home, prepared, publish, args.redirect),
         NetworkMode::Env => env_mode(prepared, &publish),
@@ -266,6 +294,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     for f in trust_files {
         let _ = std::fs::remove_file(f);
     }
+    let _ = std::fs::remove_dir_all(home_files_dir);
     match &result {
         Ok(code) => events.emit("exit", serde_json::json!({"code": code})),
         Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
@@ -381,10 +410,13 @@ fn transparent(
         "JAVA_TOOL_OPTIONS".into(),
         trust::java_tool_options(init::JAVA_TRUSTSTORE_INSIDE).into(),
     ));
-    let files = vec![
+    let mut files = vec![
         (p.bundle, PathBuf::from(init::BUNDLE_INSIDE)),
         (p.truststore, PathBuf::from(init::JAVA_TRUSTSTORE_INSIDE)),
     ];
+    for (host, rel) in p.home_files {
+        files.push((host, PathBuf::from(init::HOME_INSIDE).join(rel)));
+    }
     let env = merged(env, p.env_extra);
 
     let mut hide = vec![
