@@ -862,3 +862,31 @@ fn github_token_from_the_gh_cli_first() {
     );
     assert_eq!(env.reveal("github", &[]).unwrap(), GH);
 }
+
+#[test]
+fn doctor_list_and_clean_on_a_fresh_home() {
+    let env = Env::new();
+    let out = ok(&env.run(&["doctor", "--json"], &[("MOAT_KEY_BACKEND", "file")])).clone();
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mode = v["network_mode"].as_str().unwrap();
+    assert!(mode == "transparent" || mode == "env", "{v}");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for n in ["keychain", "docker"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    // Every failed check says how to fix it.
+    for c in v["checks"].as_array().unwrap() {
+        assert!(c["ok"] == true || c["fix"].is_string(), "{c}");
+    }
+    let text = stdout(ok(&env.run(&["doctor"], &[]))).to_string();
+    assert!(text.contains("moat run will use --network-mode"), "{text}");
+
+    assert_eq!(stdout(ok(&env.run(&["list", "--json"], &[]))).trim(), "[]");
+    assert!(stdout(ok(&env.run(&["list"], &[]))).contains("No runs"));
+    assert!(stdout(ok(&env.run(&["clean"], &[]))).contains("Nothing to clean"));
+}

@@ -352,45 +352,87 @@ fn exit_codes_and_signals_propagate() {
 }
 
 #[test]
-fn kill_9_of_moat_ends_the_sandbox() {
+fn kill_9_of_moat_ends_the_sandbox_and_clean_removes_the_rest() {
     let s = setup();
-    let before = host_state();
-    let mut moat = s
-        .env
-        .cmd()
-        .args([
-            "run",
-            s.workspace.to_str().unwrap(),
-            "--",
-            "/bin/sh",
-            "-c",
-            "touch up.txt; exec sleep 3017",
-        ])
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !s.workspace.join("up.txt").exists() {
-        assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    moat.kill().unwrap(); // SIGKILL: no cleanup code runs
-    moat.wait().unwrap();
-    let gone = || {
-        !Command::new("pgrep")
-            .args(["-f", "sleep 3017"])
-            .status()
-            .unwrap()
-            .success()
+    let cgroups = || -> Vec<String> {
+        let mount = moat::sandbox::cgroup::cgroup2_mount().unwrap();
+        std::fs::read_dir(mount.join("moat"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    let start = std::time::Instant::now();
-    while !gone() {
-        assert!(
-            start.elapsed().as_secs() < 5,
-            "the sandboxed command outlived moat"
+    for redirect in REDIRECTS {
+        let _ = std::fs::remove_dir_all(s.env.home().join("runs"));
+        let _ = std::fs::remove_file(s.workspace.join("up.txt"));
+        let before = host_state();
+        let mut moat = s
+            .cmd(&["--redirect", redirect], "touch up.txt; exec sleep 3017")
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !s.workspace.join("up.txt").exists() {
+            assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let list = stdout(ok(&s.env.run(&["list"], &[])));
+        assert!(list.contains("running"), "{list}");
+        moat.kill().unwrap(); // SIGKILL: no cleanup code runs
+        moat.wait().unwrap();
+        let gone = || {
+            !Command::new("pgrep")
+                .args(["-f", "sleep 3017"])
+                .status()
+                .unwrap()
+                .success()
+        };
+        let start = std::time::Instant::now();
+        while !gone() {
+            assert!(
+                start.elapsed().as_secs() < 5,
+                "{redirect}: the sandboxed command outlived moat"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(
+            host_state(),
+            before,
+            "{redirect}: the host namespace changed"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let list = stdout(ok(&s.env.run(&["list"], &[])));
+        assert!(list.contains("killed"), "{list}");
+        let run_dir = std::fs::read_dir(s.env.home().join("runs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let id = run_dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(run_dir.join("ca-bundle.pem").exists(), "debris expected");
+        if redirect == "ebpf" {
+            assert!(cgroups().contains(&id), "a killed run leaves its cgroup");
+        }
+        let cleaned = stdout(ok(&s.env.run(&["clean"], &[])));
+        assert!(!run_dir.join("ca-bundle.pem").exists(), "{cleaned}");
+        assert!(run_dir.join("events.jsonl").exists(), "events are kept");
+        assert!(!cgroups().contains(&id), "{redirect}: {cleaned}");
     }
-    assert_eq!(host_state(), before, "the host namespace changed");
+    // A stale cgroup is also removed by the next eBPF run.
+    let mount = moat::sandbox::cgroup::cgroup2_mount().unwrap();
+    let stale = mount.join("moat").join("stale0test");
+    std::fs::create_dir_all(&stale).unwrap();
+    ok(&s.run_with(&["--redirect", "ebpf"], "true"));
+    assert!(!stale.exists(), "the next run sweeps stale cgroups");
+    ok(&s.env.run(&["clean", "--events"], &[]));
+    assert_eq!(
+        std::fs::read_dir(s.env.home().join("runs"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 fn nix_is_root() -> bool {

@@ -1,11 +1,13 @@
 //! The command line. One file per command group; this file holds the shared
 //! flags, the context every command gets, and error reporting.
 
+mod doctor;
 mod grant;
 mod output;
 mod proxy;
 mod revoke;
 mod run;
+mod runs;
 
 use std::process::ExitCode;
 
@@ -29,7 +31,9 @@ Start with:
   moat grant list              what is stored
   moat grant providers         what can be granted, and for which hosts
   moat revoke github           delete a stored credential
+  moat run --grant github -- gh api user    a command in the sandbox
   moat proxy --grant github    an injecting HTTP proxy for tools on this host
+  moat doctor                  what this machine supports
 
 Environment:
   MOAT_HOME         state directory (default ~/.moat)
@@ -62,6 +66,12 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Run a command in the sandbox: all egress through the injecting proxy
     Run(run::RunArgs),
+    /// List runs (running, exited, killed) with their exit codes
+    List,
+    /// Remove what killed runs left behind (cgroups, temporary files)
+    Clean(runs::CleanArgs),
+    /// Check what this machine supports and which mode 'moat run' will use
+    Doctor,
     /// Run the credential-injecting proxy on its own (explicit HTTP proxy)
     Proxy(proxy::ProxyArgs),
     /// The Moat CA that signs intercepted connections
@@ -149,6 +159,9 @@ pub fn main() -> ExitCode {
         Command::Grant(args) => grant::run(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Proxy(args) => proxy::run(&ctx, args),
+        Command::List => runs::list(&ctx),
+        Command::Clean(args) => runs::clean(&ctx, args),
+        Command::Doctor => doctor::run(&ctx),
         Command::Ca(args) => proxy::run_ca(&ctx, args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "moat", &mut std::io::stdout());

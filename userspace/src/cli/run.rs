@@ -210,6 +210,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     let dir = home.root().join("runs").join(&id);
     home.ensure_dir(&home.root().join("runs"))?;
     home.ensure_dir(&dir)?;
+    // Held while the run lives (the kernel drops it even on kill -9):
+    // `moat list` and `moat clean` tell live runs from dead ones by it.
+    let lock = std::fs::File::create(dir.join(super::runs::LOCK))?;
+    lock.lock().context("locking the run directory")?;
     let events_path = dir.join("events.jsonl");
     let events = Events::create(&events_path)
         .with_context(|| format!("creating {}", events_path.display()))?;

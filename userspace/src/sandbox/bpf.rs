@@ -142,6 +142,11 @@ impl std::fmt::Debug for Redirector {
     }
 }
 
+/// Was this moat built with the eBPF programs (clang present at build time)?
+pub fn is_built() -> bool {
+    !OBJECT.is_empty()
+}
+
 impl Redirector {
     /// Loads the embedded programs, writes `config` into them and attaches
     /// them to `cgroup`. On error nothing stays attached.

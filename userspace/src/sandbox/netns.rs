@@ -334,7 +334,8 @@ fn bind_sockets() -> Result<(TcpListener, UdpSocket, TcpListener), NetnsError> {
 
 /// Where `nft` is: `PATH` first, then the sbin directories that a non-root
 /// `PATH` often lacks.
-fn nft_path() -> Option<PathBuf> {
+/// Where `nft` is (PATH, then /usr/sbin and /sbin, which sudo may not have on PATH).
+pub fn nft_path() -> Option<PathBuf> {
     let from_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();

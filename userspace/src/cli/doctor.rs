@@ -1,0 +1,287 @@
+//! `moat doctor`: what this machine can do, which mode `moat run` will use,
+//! and how to fix what is missing. Every probe is read-only or happens in a
+//! throwaway child process's own namespaces; nothing on the host changes.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Ctx;
+
+#[derive(Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    /// What to do when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+fn check(name: &'static str, result: Result<String, (String, String)>) -> Check {
+    match result {
+        Ok(detail) => Check {
+            name,
+            ok: true,
+            detail,
+            fix: None,
+        },
+        Err((detail, fix)) => Check {
+            name,
+            ok: false,
+            detail,
+            fix: Some(fix),
+        },
+    }
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let mut checks = Vec::new();
+    #[cfg(target_os = "linux")]
+    let (transparent, mode_reason) = linux::checks(&mut checks);
+    #[cfg(not(target_os = "linux"))]
+    let (transparent, mode_reason) = (false, "the transparent sandbox is Linux-only".to_owned());
+    checks.push(keychain(ctx));
+    checks.push(docker());
+
+    let mode = if transparent { "transparent" } else { "env" };
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "checks": checks,
+                "network_mode": mode,
+                "reason": mode_reason,
+            }))?
+        );
+        return Ok(());
+    }
+    for c in &checks {
+        let mark = if c.ok { "✓" } else { "✗" };
+        println!("{mark} {:<16} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("  {:<16} fix: {fix}", "");
+        }
+    }
+    println!();
+    println!("moat run will use --network-mode {mode}: {mode_reason}");
+    Ok(())
+}
+
+fn keychain(ctx: &Ctx) -> Check {
+    use crate::store::keys::KeyBackend as _;
+    let home = match ctx.home() {
+        Ok(h) => h,
+        Err(e) => {
+            return check(
+                "keychain",
+                Err((
+                    e.to_string(),
+                    "set MOAT_HOME to a writable directory".into(),
+                )),
+            );
+        }
+    };
+    let file = home.key_file();
+    let file_note = if file.exists() {
+        format!("; a key file exists at {}", file.display())
+    } else {
+        String::new()
+    };
+    #[cfg(target_os = "linux")]
+    {
+        let backend = crate::store::keyring::KeyringBackend::new(home.owner());
+        check(
+            "keychain",
+            match backend.load() {
+                Ok(Some(_)) => Ok(format!("Secret Service reachable, holds Moat's key{file_note}")),
+                Ok(None) => Ok(format!("Secret Service reachable, no Moat key yet{file_note}")),
+                Err(e) => Err((
+                    format!("{e}{file_note}"),
+                    "run inside a desktop session (or dbus-run-session with gnome-keyring), or use MOAT_KEY_BACKEND=file for a 0600 key file".into(),
+                )),
+            },
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    check(
+        "keychain",
+        Ok(format!("not checked on this platform{file_note}")),
+    )
+}
+
+/// Does a Docker engine answer `GET /_ping` on its unix socket?
+fn docker() -> Check {
+    use std::io::{Read, Write};
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let Some(path) = host.strip_prefix("unix://") else {
+        return check(
+            "docker",
+            Ok(format!(
+                "DOCKER_HOST={host} (not probed: only unix sockets are)"
+            )),
+        );
+    };
+    let answer = std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        Ok(buf)
+    });
+    check(
+        "docker",
+        match answer {
+            Ok(text) if text.starts_with("HTTP/1.") && text.contains(" 200 ") => {
+                Ok(format!("engine answers at {path} (--runtime docker)"))
+            }
+            Ok(text) => Err((
+                format!("{path} answered: {}", text.lines().next().unwrap_or("")),
+                "check the Docker engine's logs".into(),
+            )),
+            Err(e) => Err((
+                format!("no engine at {path} ({e})"),
+                "start Docker (or set DOCKER_HOST); only needed for --runtime docker".into(),
+            )),
+        },
+    )
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::{Check, check};
+    use nix::sched::CloneFlags;
+
+    /// Run `f` in a forked child (its own namespaces, its own fate); did it
+    /// return true? The caller is single-threaded here (no runtime yet).
+    fn in_child(f: impl FnOnce() -> bool) -> bool {
+        // SAFETY: moat doctor runs these probes before starting any thread.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => std::process::exit(if f() { 0 } else { 1 }),
+            Ok(nix::unistd::ForkResult::Parent { child }) => matches!(
+                nix::sys::wait::waitpid(child, None),
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+            ),
+            Err(_) => false,
+        }
+    }
+
+    pub fn checks(out: &mut Vec<Check>) -> (bool, String) {
+        let root = nix::unistd::geteuid().is_root();
+        out.push(check(
+            "privileges",
+            Ok(if root {
+                "root: transparent mode with nft or eBPF".into()
+            } else {
+                "not root: transparent mode needs sudo; env mode works as is".into()
+            }),
+        ));
+        let netns = in_child(|| nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok());
+        out.push(check(
+            "netns",
+            if netns {
+                Ok("a new network namespace can be created".into())
+            } else if root {
+                Err((
+                    "unshare(CLONE_NEWNET) failed".into(),
+                    "the kernel needs CONFIG_NET_NS".into(),
+                ))
+            } else {
+                Err(("needs root".into(), "sudo moat run …".into()))
+            },
+        ));
+        let userns = in_child(|| nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok());
+        out.push(check(
+            "user namespaces",
+            if userns {
+                Ok("unprivileged user namespaces work".into())
+            } else {
+                Err((
+                    "unshare(CLONE_NEWUSER) failed".into(),
+                    "sysctl kernel.unprivileged_userns_clone=1 (and user.max_user_namespaces > 0); or run with sudo".into(),
+                ))
+            },
+        ));
+        let nft = crate::sandbox::netns::nft_path();
+        let nft_ok = match &nft {
+            Some(path) if root => {
+                let path = path.clone();
+                in_child(move || {
+                    nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok() && load_in_child(&path)
+                })
+            }
+            _ => false,
+        };
+        out.push(check(
+            "nftables",
+            match (&nft, root, nft_ok) {
+                (None, _, _) => Err(("nft not found".into(), "apt-get install nftables".into())),
+                (Some(p), false, _) => Ok(format!(
+                    "{} (rules not test-loaded: needs root)",
+                    p.display()
+                )),
+                (Some(p), true, true) => Ok(format!(
+                    "{}: the sandbox ruleset loads in a scratch namespace",
+                    p.display()
+                )),
+                (Some(p), true, false) => Err((
+                    format!("{}: the sandbox ruleset does not load", p.display()),
+                    "modprobe nf_tables nft_redir nft_reject_ipv6 (kernel with nf_tables nat)"
+                        .into(),
+                )),
+            },
+        ));
+        let cgroup = crate::sandbox::cgroup::cgroup2_mount();
+        let built = crate::sandbox::bpf::is_built();
+        out.push(check(
+            "cgroup2 + BPF",
+            match (&cgroup, built) {
+                (Ok(m), true) => Ok(format!(
+                    "cgroup2 at {}; eBPF redirector built in (--redirect ebpf, as root)",
+                    m.display()
+                )),
+                (Ok(m), false) => Err((
+                    format!(
+                        "cgroup2 at {}, but this moat was built without clang",
+                        m.display()
+                    ),
+                    "apt-get install clang libbpf-dev and rebuild, or use --redirect nft".into(),
+                )),
+                (Err(e), _) => Err((e.to_string(), "mount cgroup2, or use --redirect nft".into())),
+            },
+        ));
+        if root && netns && nft_ok {
+            (true, "root, network namespaces and nftables work".into())
+        } else if root {
+            (
+                false,
+                "root, but the network namespace or nftables check failed (see above)".into(),
+            )
+        } else {
+            (
+                false,
+                "not root (sudo moat run … gives the transparent sandbox)".into(),
+            )
+        }
+    }
+
+    /// Load the sandbox ruleset with nft in the current (scratch) namespace.
+    fn load_in_child(nft: &std::path::Path) -> bool {
+        use std::io::Write;
+        let Ok(mut child) = std::process::Command::new(nft)
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        let script = crate::sandbox::nft::ruleset(1, 2);
+        let wrote = child
+            .stdin
+            .take()
+            .is_some_and(|mut s| s.write_all(script.as_bytes()).is_ok());
+        wrote && child.wait().is_ok_and(|s| s.success())
+    }
+}
