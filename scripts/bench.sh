@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of Moat's proxy against a direct connection and
 # mitmproxy, all in one run, against a local nginx (TLS, a throwaway CA) on
-# 127.0.0.1. Writes bench/results/<UTC timestamp>.md and bench/results/latest.md
+# 127.0.0.1; as root also Moat's transparent mode (the client inside `moat run`)
+# and the cold start of `moat run -- true` next to unshare, ip netns and docker.
+# Writes bench/results/<UTC timestamp>.md and bench/results/latest.md
 # and prints the table. See docs/performance.md.
 #
 # Installs what it needs, idempotently: nginx (apt), oha (cargo install, into
@@ -14,7 +16,10 @@
 #   BENCH_BIG_MIB=1024   size of the bulk download
 #   BENCH_BIG_RUNS=3     bulk downloads per contender (the best is reported)
 #   BENCH_NGINX_WORKERS=auto
-#   BENCH_ONLY="direct mitmproxy moat"   contenders to run
+#   BENCH_ONLY="direct mitmproxy moat transparent"   contenders to run
+#   BENCH_STARTS=30      timed runs per command in the startup section (0: skip it)
+#   BENCH_DOCKER_IMAGE=  image for the docker startup row (default: a local
+#                        busybox/alpine/debian/ubuntu image, else the first one)
 #   BENCH_SKIP_BUILD=1   do not run cargo build (use target/release/moat as is)
 #   BENCH_MOAT=PATH      benchmark this binary as Moat (implies BENCH_SKIP_BUILD)
 #   BENCH_CPU_IDLE=poll  hold /dev/cpu_dma_latency at 0 while running (when
@@ -26,7 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 cmdline="./scripts/bench.sh${*:+ $*}"
-for v in BENCH_SECONDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE; do
+for v in BENCH_SECONDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE BENCH_STARTS BENCH_DOCKER_IMAGE; do
   [ -n "${!v:-}" ] && cmdline="$v='${!v}' $cmdline"
 done
 
@@ -35,7 +40,8 @@ nconns=${BENCH_CONNS:-1000}
 big_mib=${BENCH_BIG_MIB:-1024}
 big_runs=${BENCH_BIG_RUNS:-3}
 nginx_workers=${BENCH_NGINX_WORKERS:-auto}
-only=${BENCH_ONLY:-direct mitmproxy moat}
+only=${BENCH_ONLY:-direct mitmproxy moat transparent}
+starts=${BENCH_STARTS:-30}
 OHA_VERSION=1.16.0 # builds with Rust 1.88+; pinned so runs stay comparable
 token=bench-secret # the fake credential that gets injected
 
@@ -83,6 +89,7 @@ py=$venv/bin/python
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d "${TMPDIR:-/tmp}/moat-bench.XXXXXX")
 pids=()
+netns=moat-bench-$$ # the namespace the startup section creates and deletes
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -91,6 +98,7 @@ cleanup() {
     kill -KILL "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
+  [ "$(id -u)" -ne 0 ] || ip netns del "$netns" 2>/dev/null || true # only if a startup run was cut short
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -124,13 +132,14 @@ log_cmd() { # record a command line for the report (the proxy token redacted lat
   printf '%s\n' "${s% }" >>"$work/commands.log"
 }
 res=$work/res
-mkdir -p "$res"
+ws=$work/ws # workspace for `moat run`: visible inside the sandbox at the same path
+mkdir -p "$res" "$ws"
 : >"$work/commands.log"
 
 # ---------------------------------------------------------------- moat build
 moat=${BENCH_MOAT:-$root/target/release/moat}
 moat_reason=""
-if [[ " $only " == *" moat "* ]]; then
+if [[ " $only " == *" moat "* || " $only " == *" transparent "* ]] || ((starts > 0)); then
   if [ -z "${BENCH_SKIP_BUILD:-}${BENCH_MOAT:-}" ]; then
     say "building moat (cargo build --release --locked -p moat)"
     if ! cargo build --release --locked -p moat >"$work/build.log" 2>&1; then
@@ -253,10 +262,19 @@ start_mitmproxy() {
   ready+=(mitmproxy)
 }
 
-start_moat() {
+# moat_setup: once, for every Moat contender and the startup rows: a private
+# MOAT_HOME, the bench provider and its grant. moat_state: "" (not tried yet),
+# ok, or why not.
+moat_state=""
+moat_setup() {
+  case $moat_state in
+  ok) return 0 ;;
+  "") ;;
+  *) return 1 ;;
+  esac
   if [ -n "$moat_reason" ]; then
-    unavailable moat "$moat_reason"
-    return
+    moat_state=$moat_reason
+    return 1
   fi
   export MOAT_HOME=$work/moat-home MOAT_KEY_BACKEND=file
   export MOAT_RESOLVE="bench.test:443=127.0.0.1:$nginx_port" MOAT_UPSTREAM_CA=$ca
@@ -273,7 +291,15 @@ source_env: [BENCH_TOKEN]
 EOF
   log_cmd env BENCH_TOKEN=$token MOAT_KEY_BACKEND=file "${moat#"$root"/}" grant bench --no-validate
   if ! BENCH_TOKEN=$token "$moat" grant bench --no-validate >"$work/moat-grant.log" 2>&1; then
-    unavailable moat "moat grant failed: $(why "$work/moat-grant.log")"
+    moat_state="moat grant failed: $(why "$work/moat-grant.log")"
+    return 1
+  fi
+  moat_state=ok
+}
+
+start_moat() {
+  if ! moat_setup; then
+    unavailable moat "$moat_state"
     return
   fi
   log_cmd "${moat#"$root"/}" proxy --listen 127.0.0.1:0 --grant bench
@@ -303,11 +329,43 @@ EOF
   ready+=(moat)
 }
 
+# The client itself runs inside `moat run` (its own network namespace, nft
+# redirecting every TCP connection to the run's proxy): no proxy settings, and
+# bench.test resolves through Moat's DNS; the proxy reaches nginx through the
+# exported MOAT_RESOLVE/MOAT_UPSTREAM_CA. Inside, /root (and so ~/.cargo/bin)
+# is hidden and /tmp is fresh, but the workspace keeps its path: oha is copied
+# there and writes its JSON there. Each client invocation is one sandbox start.
+sandbox_trust=/tmp/.moat/ca-bundle.pem # the merged CA bundle inside the sandbox
+start_transparent() {
+  if [ "$(id -u)" -ne 0 ]; then
+    unavailable transparent "needs root (moat run's transparent mode)"
+    return
+  fi
+  if ! moat_setup; then
+    unavailable transparent "$moat_state"
+    return
+  fi
+  cp "$oha" "$ws/oha"
+  log_cmd cp "$oha" "$ws/oha"
+  if ! "$moat" run "$ws" --grant bench --redirect nft -- true >"$work/moat-run.log" 2>&1; then
+    unavailable transparent "moat run failed: $(why "$work/moat-run.log")"
+    return
+  fi
+  P_PROXY[transparent]="" P_TRUST[transparent]=$sandbox_trust P_PID[transparent]=""
+  ready+=(transparent)
+}
+
 # net NAME: how each client reaches https://bench.test for this contender
-# (sets the arrays ohanet, curlnet, holdnet).
+# (sets the arrays ohanet, curlnet, holdnet; runner, the prefix the client runs
+# under; ohabin, the oha binary to run; ohadir, where oha writes its JSON).
 net() {
   local proxy=${P_PROXY[$1]} hostport cred
-  if [ -n "$proxy" ]; then
+  runner=() ohabin=$oha ohadir=$res/$1
+  if [ "$1" = transparent ]; then
+    runner=("$moat" run "$ws" --grant bench --redirect nft --)
+    ohabin=$ws/oha ohadir=$ws
+    ohanet=() curlnet=() holdnet=()
+  elif [ -n "$proxy" ]; then
     hostport=${proxy#http://}
     hostport=${hostport##*@}
     ohanet=(-x "http://$hostport" --no-pre-lookup) # bench.test resolves only at the proxy
@@ -325,7 +383,7 @@ net() {
   fi
 }
 
-for c in direct mitmproxy moat; do
+for c in direct mitmproxy moat transparent; do
   if [[ " $only " == *" $c "* ]]; then
     "start_$c"
   else
@@ -334,14 +392,14 @@ for c in direct mitmproxy moat; do
 done
 
 # ---------------------------------------------------------------- measurements
-ohanet=() curlnet=() holdnet=()
+ohanet=() curlnet=() holdnet=() runner=() ohabin=$oha ohadir=$res
 
 for name in "${ready[@]}"; do # one request through each: did the upstream get the header?
   mkdir -p "$res/$name"
   net "$name"
   say "$name: injection check"
-  log_cmd curl -sS --cacert "${P_TRUST[$name]}" "${curlnet[@]}" https://bench.test/auth
-  curl -sS --max-time 10 --cacert "${P_TRUST[$name]}" "${curlnet[@]}" https://bench.test/auth \
+  log_cmd "${runner[@]}" curl -sS --cacert "${P_TRUST[$name]}" "${curlnet[@]}" https://bench.test/auth
+  "${runner[@]}" curl -sS --max-time 10 --cacert "${P_TRUST[$name]}" "${curlnet[@]}" https://bench.test/auth \
     >"$res/$name/auth" 2>&1 || true
 done
 
@@ -378,11 +436,19 @@ for mode in ka new; do
     for name in "${ready[@]}"; do
       net "$name"
       say "$name: oha c=$c $([ "$mode" = ka ] && echo keep-alive || echo 'new connection per request') ${secs}s"
-      log_cmd oha --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
-        --output-format json https://bench.test/small
-      "$oha" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
-        --output-format json -o "$res/$name/oha-$mode-c$c.json" https://bench.test/small \
+      if ((${#runner[@]})); then
+        log_cmd "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" \
+          "${ohanet[@]}" --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small
+      else
+        log_cmd oha --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
+          --output-format json https://bench.test/small
+      fi
+      "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
+        --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small \
         2>"$res/$name/oha-$mode-c$c.err" || true
+      if [ "$ohadir" != "$res/$name" ] && [ -e "$ohadir/oha-$mode-c$c.json" ]; then
+        mv -f "$ohadir/oha-$mode-c$c.json" "$res/$name/"
+      fi
     done
   done
 done
@@ -391,9 +457,9 @@ for ((i = 1; i <= big_runs; i++)); do
   for name in "${ready[@]}"; do
     net "$name"
     say "$name: ${big_mib} MiB download ($i/$big_runs)"
-    ((i > 1)) || log_cmd curl -sS --cacert "${P_TRUST[$name]}" "${curlnet[@]}" -o /dev/null \
+    ((i > 1)) || log_cmd "${runner[@]}" curl -sS --cacert "${P_TRUST[$name]}" "${curlnet[@]}" -o /dev/null \
       -w '%{time_starttransfer} %{speed_download} %{size_download} %{http_code}' https://bench.test/big
-    curl -sS --max-time 600 --cacert "${P_TRUST[$name]}" "${curlnet[@]}" -o /dev/null \
+    "${runner[@]}" curl -sS --max-time 600 --cacert "${P_TRUST[$name]}" "${curlnet[@]}" -o /dev/null \
       -w '%{time_starttransfer} %{speed_download} %{size_download} %{http_code}\n' \
       https://bench.test/big >>"$res/$name/big" 2>>"$res/$name/big.err" || true
   done
@@ -402,6 +468,57 @@ done
 for name in "${ready[@]}"; do
   [ -z "${P_PID[$name]}" ] || stop "${P_PID[$name]}"
 done
+
+# ---------------------------------------------------------------- startup
+# Cold wall time of a no-op command in a fresh sandbox, next to the floors:
+# bench/startup.py times each command BENCH_STARTS times (after one discarded
+# warm-up), the commands taking turns, and writes median/p90 ms to startup.tsv.
+startup_reason=""
+docker_image=""
+if ((starts <= 0)); then
+  startup_reason="skipped (BENCH_STARTS=$starts)"
+elif [ "$(id -u)" -ne 0 ]; then
+  startup_reason="needs root (unshare -n, ip netns, moat run's transparent mode)"
+else
+  spec=() # LABEL<TAB>ARGS (shell-quoted; a lone ';' separates steps)
+  q() { local a s=""; for a in "$@"; do s+="$(printf '%q' "$a") "; done; printf '%s' "${s% }"; }
+  spec+=("unshare	$(q unshare -n true)")
+  spec+=("netns	$(q ip netns add "$netns") ; $(q ip netns exec "$netns" true) ; $(q ip netns del "$netns")")
+  moat_rows=()
+  if moat_setup || [ -z "$moat_reason" ]; then # no grant needed for `-- true`, only MOAT_HOME
+    spec+=("moat-nft	$(q "$moat" run "$ws" --redirect nft -- true)")
+    spec+=("moat-ebpf	$(q "$moat" run "$ws" --redirect ebpf -- true)")
+    spec+=("moat-env	$(q "$moat" run --network-mode env "$ws" -- true)")
+  else
+    for r in moat-nft moat-ebpf moat-env; do moat_rows+=("$r			0	$moat_reason"); done
+  fi
+  docker_row=""
+  if ! command -v docker >/dev/null; then
+    docker_row="docker			0	no engine (docker not installed)"
+  elif ! timeout 10 docker info >/dev/null 2>&1; then
+    docker_row="docker			0	no engine"
+  else
+    docker_image=${BENCH_DOCKER_IMAGE:-}
+    if [ -z "$docker_image" ]; then
+      imgs=$(timeout 10 docker image ls --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | grep -v '<none>' || true)
+      docker_image=$(grep -m1 -E '^(docker\.io/(library/)?)?(busybox|alpine|debian|ubuntu):' <<<"$imgs" ||
+        head -n 1 <<<"$imgs" || true)
+    fi
+    if [ -z "$docker_image" ] || ! timeout 10 docker image inspect "$docker_image" >/dev/null 2>&1; then
+      docker_row="docker			0	no image present locally${docker_image:+ ($docker_image)}"
+      docker_image=""
+    else
+      spec+=("docker	$(q docker run --rm --network none "$docker_image" true)")
+    fi
+  fi
+  say "startup: ${starts} runs each of ${#spec[@]} commands"
+  for line in "${spec[@]}"; do printf '%s\n' "${line#*	}" >>"$work/commands.log"; done # timed by bench/startup.py
+  printf '%s\n' "${spec[@]}" | "$py" "$root/bench/startup.py" --runs "$starts" --out "$work/startup.tsv" ||
+    startup_reason="bench/startup.py failed"
+  for r in "${moat_rows[@]}" ${docker_row:+"$docker_row"}; do printf '%s\n' "$r" >>"$work/startup.tsv"; done
+  ip netns del "$netns" 2>/dev/null || true
+fi
+[ -z "$startup_reason" ] || printf '%s\n' "$startup_reason" >"$work/startup.unavailable"
 
 # ---------------------------------------------------------------- report
 ver() { "$@" 2>&1 | head -n 1 || true; }
@@ -427,6 +544,8 @@ ver() { "$@" 2>&1 | head -n 1 || true; }
   echo "conns	$nconns"
   echo "big_mib	$big_mib"
   echo "big_runs	$big_runs"
+  echo "starts	$starts"
+  [ -z "$docker_image" ] || echo "docker	$(ver docker --version) (image $docker_image)"
 } >"$work/meta.tsv"
 redact=""
 if [ -n "${moat_url:-}" ]; then

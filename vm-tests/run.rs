@@ -263,6 +263,17 @@ try:
     socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw: opened")
 except OSError:
     print("raw: refused")
+# DNS to "another resolver" is answered by Moat (a synthetic address),
+# never by that resolver.
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04leak\x04test\x00\x00\x01\x00\x01"
+d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+d.settimeout(3)
+try:
+    d.sendto(q, ("10.253.0.1", 53))
+    a = d.recv(512)
+    print("dns: answer %d.%d.%d.%d" % tuple(a[-4:]))
+except OSError as e:
+    print("dns: failed", e)
 PY
 echo "after: $(curl -sS https://api.github.com/user)"
 "#,
@@ -291,6 +302,10 @@ echo "after: $(curl -sS https://api.github.com/user)"
             "{text}"
         );
         assert_eq!(line("raw:"), "raw: refused", "{text}");
+        assert!(
+            line("dns:").starts_with("dns: answer 198.1"),
+            "{redirect}: {text}"
+        );
         assert!(
             line("after:").contains("octocat"),
             "the rules must still hold: {text}"
