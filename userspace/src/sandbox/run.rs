@@ -37,6 +37,16 @@ pub enum RunError {
     Bpf(#[from] super::bpf::BpfError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "--redirect ebpf needs root (it attaches eBPF programs to a cgroup): \
+         use sudo, or --redirect nft, which works without root"
+    )]
+    RootlessEbpf,
+    #[error(
+        "-p needs root in this build (without root the sandbox's network namespace \
+         belongs to its own user namespace); use sudo, or --network-mode env"
+    )]
+    RootlessPublish,
 }
 
 /// How the sandbox's connections are sent to the proxy.
@@ -63,6 +73,10 @@ pub struct RunSpec {
     pub hide: Vec<PathBuf>,
     pub env: Vec<(OsString, OsString)>,
     pub run_as: Option<(u32, u32)>,
+    /// Moat is not root: the sandbox's init creates a user namespace and
+    /// plumbs its network namespace itself, passing the sockets back (nft
+    /// redirect only; no `-p`).
+    pub rootless: bool,
     pub command: Vec<OsString>,
     pub events: Events,
     /// `-p HOSTPORT:PORT`: host 127.0.0.1:HOSTPORT → sandbox 127.0.0.1:PORT.
@@ -91,7 +105,15 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     for h in &spec.hide {
         cmd.arg("--hide").arg(h);
     }
-    if let Some((uid, gid)) = spec.run_as {
+    if spec.rootless {
+        if spec.redirect == Redirect::Ebpf {
+            return Err(RunError::RootlessEbpf);
+        }
+        if !spec.publish.is_empty() {
+            return Err(RunError::RootlessPublish);
+        }
+        cmd.arg("--rootless");
+    } else if let Some((uid, gid)) = spec.run_as {
         cmd.arg("--run-as").arg(format!("{uid}:{gid}"));
     }
     cmd.arg("--")
@@ -114,12 +136,22 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
     drop(theirs);
 
+    if spec.rootless {
+        // The init plumbed its own namespace and sent the sockets with its
+        // ready byte. No `ns` handle: this process may not enter it.
+        let Some(net) = receive_sockets(&ours) else {
+            let _ = child.wait();
+            return Err(RunError::InitFailed);
+        };
+        let dst: Arc<dyn OriginalDst> = Arc::new(SoOriginalDst);
+        return serve(spec, child, ours, (None, net, dst, None, None));
+    }
     let mut ready = [0u8; 1];
     if ours.read_exact(&mut ready).is_err() || ready[0] != b'r' {
         let _ = child.wait();
         return Err(RunError::InitFailed);
     }
-    let setup = || -> Result<_, RunError> {
+    let setup = || -> Result<Plumbed, RunError> {
         let ns = std::fs::File::open(format!("/proc/{}/ns/net", child.id()))?;
         let cgroup = match spec.redirect {
             Redirect::Nft => None,
@@ -142,17 +174,84 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
                 (Arc::new(r.original_dst()), Some(r))
             }
         };
-        Ok((ns, net, dst, redirector, cgroup))
+        Ok((Some(ns), net, dst, redirector, cgroup))
     };
-    let (ns, net, dst, redirector, cgroup) = match setup() {
-        Ok(s) => s,
+    match setup() {
+        Ok(plumbed) => serve(spec, child, ours, plumbed),
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
 
+/// The sandbox's network handle (root mode), its sockets, how original
+/// destinations are found, and the eBPF redirector with its cgroup.
+type Plumbed = (
+    Option<std::fs::File>,
+    netns::SandboxNet,
+    Arc<dyn OriginalDst>,
+    Option<Redirector>,
+    Option<RunCgroup>,
+);
+
+/// Receives the ready byte and the three sockets a rootless init sends
+/// (proxy listener, DNS UDP, DNS TCP; see `init::rootless`). None if the
+/// init failed (it said why on stderr) or sent something else.
+fn receive_sockets(sync: &UnixStream) -> Option<netns::SandboxNet> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut byte = [0u8; 1];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let msg = recvmsg::<()>(
+        sync.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let got = msg.bytes;
+    if got != 1 || byte[0] != b'r' || fds.len() != 3 {
+        return None;
+    }
+    let mut fds = fds.into_iter();
+    let (Some(proxy), Some(udp), Some(tcp)) = (fds.next(), fds.next(), fds.next()) else {
+        return None;
+    };
+    let proxy_listener = std::net::TcpListener::from(proxy);
+    let dns_udp = std::net::UdpSocket::from(udp);
+    let dns_tcp = std::net::TcpListener::from(tcp);
+    let proxy_port = proxy_listener.local_addr().ok()?.port();
+    let dns_port = dns_udp.local_addr().ok()?.port();
+    Some(netns::SandboxNet {
+        proxy_listener,
+        dns_udp,
+        dns_tcp,
+        proxy_port,
+        dns_port,
+    })
+}
+
+/// Serve the proxy and DNS on the sandbox's sockets, let the init go on,
+/// wait for it; its exit code.
+fn serve(
+    spec: RunSpec,
+    mut child: std::process::Child,
+    mut ours: UnixStream,
+    (ns, net, dst, redirector, cgroup): Plumbed,
+) -> Result<i32, RunError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -173,7 +272,7 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
             serde_json::json!({"name": name, "type": qtype, "answer": answer.map(|a| a.to_string())}),
         );
     }));
-    let published = match publish(&rt, &ns, &spec.publish) {
+    let published = match publish(&rt, ns.as_ref(), &spec.publish) {
         Ok(p) => p,
         Err(e) => {
             let _ = child.kill();
@@ -228,12 +327,12 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
 /// taken port fails the run up front.
 fn publish(
     rt: &tokio::runtime::Runtime,
-    ns: &std::fs::File,
+    ns: Option<&std::fs::File>,
     ports: &[(u16, u16)],
 ) -> Result<Option<netns::Dialer>, RunError> {
-    if ports.is_empty() {
+    let Some(ns) = ns.filter(|_| !ports.is_empty()) else {
         return Ok(None);
-    }
+    };
     let dialer = netns::Dialer::new(ns)?;
     for &(host_port, port) in ports {
         let listener = std::net::TcpListener::bind(("127.0.0.1", host_port)).map_err(|e| {
@@ -289,6 +388,7 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
                 args.files.push((host, value()?.into()));
             }
             Some("--hide") => args.hide.push(value()?.into()),
+            Some("--rootless") => args.rootless = true,
             Some("--run-as") => {
                 let v = value()?.to_string_lossy().into_owned();
                 let (u, g) = v.split_once(':').ok_or("--run-as UID:GID")?;
