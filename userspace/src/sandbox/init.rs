@@ -378,7 +378,13 @@ fn pid1(args: &InitArgs, set: &SigSet) -> ! {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         none,
     ) {
-        die(&format!("mounting /proc: {e}"));
+        let hint = if args.rootless {
+            " (without root the kernel allows a new /proc only where the host's /proc \
+             has no masked paths, as in some containers; use sudo, or --network-mode env)"
+        } else {
+            ""
+        };
+        die(&format!("mounting /proc: {e}{hint}"));
     }
     // SAFETY: single-threaded.
     match unsafe { fork() } {

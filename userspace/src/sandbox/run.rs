@@ -409,3 +409,36 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
     }
     Ok(args)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<init::InitArgs, String> {
+        parse_init_args(a.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn init_args_carry_rootless_and_run_as() {
+        let a = args(&["--workspace", "/w", "--rootless", "--", "true"]).unwrap();
+        assert!(a.rootless && a.run_as.is_none());
+        assert_eq!(a.command, [OsString::from("true")]);
+        let a = args(&["--workspace", "/w", "--run-as", "1000:100", "--", "sh"]).unwrap();
+        assert!(!a.rootless);
+        assert_eq!(a.run_as, Some((1000, 100)));
+        assert!(
+            args(&["--workspace", "/w", "--rootless"]).is_err(),
+            "no command"
+        );
+    }
+
+    #[test]
+    fn rootless_refusals_say_what_to_do() {
+        assert!(
+            RunError::RootlessEbpf
+                .to_string()
+                .contains("--redirect nft")
+        );
+        assert!(RunError::RootlessPublish.to_string().contains("needs root"));
+    }
+}
