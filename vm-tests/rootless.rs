@@ -340,19 +340,6 @@ fn rootless_refuses_what_needs_root_and_says_so() {
         "{}",
         stderr(&out)
     );
-    let out = s.nobody_output(
-        &[
-            "run",
-            s.workspace.to_str().unwrap(),
-            "-p",
-            "3000",
-            "--",
-            "true",
-        ],
-        "",
-    );
-    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
-    assert!(stderr(&out).contains("-p needs root"), "{}", stderr(&out));
     // Env mode stays available, chosen explicitly and silently.
     let out = s.nobody_output(
         &[
@@ -370,4 +357,57 @@ fn rootless_refuses_what_needs_root_and_says_so() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "proxy-set");
     assert!(!stderr(&out).contains("network mode"), "{}", stderr(&out));
+}
+
+#[test]
+fn rootless_publish_exposes_a_sandbox_port_on_the_hosts_loopback() {
+    let s = setup();
+    let host_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(s.workspace.join("index.html"), "served-rootless").unwrap();
+    let mut moat = s
+        .nobody(&[
+            "run",
+            s.workspace.to_str().unwrap(),
+            "-p",
+            &format!("{host_port}:8000"),
+            "--",
+            "/bin/sh",
+            "-c",
+            "/usr/bin/python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 & \
+             while [ ! -e done ]; do sleep 0.05; done; kill $!",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let body = loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "2"])
+            .arg(format!("http://127.0.0.1:{host_port}/index.html"))
+            .output()
+            .unwrap();
+        if out.status.success() && !out.stdout.is_empty() {
+            break stdout(&out);
+        }
+        assert!(
+            start.elapsed().as_secs() < 15,
+            "never published: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::fs::write(s.workspace.join("done"), "").unwrap();
+    let out = moat.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(body, "served-rootless");
+    // The run is over: the host port is closed with it.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "2"])
+        .arg(format!("http://127.0.0.1:{host_port}/"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the port outlived the run");
 }

@@ -23,6 +23,9 @@ use super::netns;
 
 /// The descriptor `moat run` passes the sync socket on.
 pub const SYNC_FD: i32 = 3;
+/// The descriptor a rootless `moat run -p` passes the dial socket on
+/// (see [`dialer`]).
+pub const DIAL_FD: i32 = 4;
 /// Where the merged CA bundle appears inside the sandbox.
 pub const BUNDLE_INSIDE: &str = "/tmp/.moat/ca-bundle.pem";
 /// Where the Java truststore (same certificates) appears inside.
@@ -49,6 +52,8 @@ pub struct InitArgs {
     /// Moat is not root: create a user namespace too, plumb the network
     /// namespace from inside it and pass the sockets out (see [`rootless`]).
     pub rootless: bool,
+    /// Rootless `-p`: serve connection requests on [`DIAL_FD`].
+    pub dial: bool,
     pub command: Vec<OsString>,
 }
 
@@ -72,7 +77,7 @@ pub fn main(args: InitArgs) -> ! {
     // SAFETY: moat run put the sync socket on SYNC_FD and nothing else owns it.
     let mut sync = UnixStream::from(unsafe { OwnedFd::from_raw_fd(SYNC_FD) });
     if args.rootless {
-        if let Err(e) = rootless(&sync) {
+        if let Err(e) = rootless(&sync, args.dial) {
             die(&e);
         }
     } else {
@@ -121,7 +126,7 @@ pub fn main(args: InitArgs) -> ! {
 /// The command later runs as a non-zero uid with an empty capability set
 /// (bounding set included) and `no_new_privs`: it holds no capability over
 /// the namespaces, so it cannot change the rules or routes.
-fn rootless(sync: &UnixStream) -> Result<(), String> {
+fn rootless(sync: &UnixStream, dial: bool) -> Result<(), String> {
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     // The PID namespace comes last: the first child forked after it is
     // unshared becomes its PID 1, and that must be ours, not `nft`.
@@ -154,7 +159,6 @@ fn rootless(sync: &UnixStream) -> Result<(), String> {
     let _ = caps::clear(None, caps::CapSet::Ambient);
     let _ = caps::drop(None, caps::CapSet::Inheritable, admin);
     let net = net.map_err(|e| e.to_string())?;
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("creating the PID namespace: {e}"))?;
 
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     use std::os::fd::AsRawFd;
@@ -173,7 +177,64 @@ fn rootless(sync: &UnixStream) -> Result<(), String> {
     .map_err(|_| "moat went away before the network was ready".to_string())?;
     // Moat has its own copies now; the command must not inherit these.
     drop(net);
+    if dial {
+        // SAFETY: moat run put the dial socket on DIAL_FD and nothing else owns it.
+        let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(DIAL_FD) });
+        // Forked before the PID namespace exists: the dialer lives outside
+        // it, out of the command's sight.
+        // SAFETY: single-threaded here (the netlink runtime is gone).
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => dialer(sock),
+            Ok(ForkResult::Parent { .. }) => drop(sock),
+            Err(e) => return Err(format!("fork: {e}")),
+        }
+    }
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("creating the PID namespace: {e}"))?;
     Ok(())
+}
+
+/// Rootless `-p`: Moat cannot enter the sandbox's network namespace, so this
+/// process, in that namespace, connects for it. Each request is a port (2
+/// bytes, big-endian); the answer is 4 bytes, 0 with the connected socket
+/// attached (`SCM_RIGHTS`), or the errno of connect(). It holds no
+/// capability, dies with the sandbox's init, and ends when Moat closes the
+/// socket.
+fn dialer(mut sock: UnixStream) -> ! {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    for set in [
+        caps::CapSet::Ambient,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        let _ = caps::clear(None, set);
+    }
+    loop {
+        let mut port = [0u8; 2];
+        if sock.read_exact(&mut port).is_err() {
+            std::process::exit(0);
+        }
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], u16::from_be_bytes(port)));
+        let sent = match std::net::TcpStream::connect(addr) {
+            Ok(conn) => sendmsg::<()>(
+                sock.as_raw_fd(),
+                &[std::io::IoSlice::new(&0i32.to_be_bytes())],
+                &[ControlMessage::ScmRights(&[conn.as_raw_fd()])],
+                MsgFlags::empty(),
+                None,
+            )
+            .is_ok(),
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(nix::libc::ECONNREFUSED);
+                sock.write_all(&errno.to_be_bytes()).is_ok()
+            }
+        };
+        if !sent {
+            std::process::exit(0);
+        }
+    }
 }
 
 /// Private mounts, a fresh /tmp with HOME and the CA bundle, hidden paths;

@@ -42,11 +42,6 @@ pub enum RunError {
          use sudo, or --redirect nft, which works without root"
     )]
     RootlessEbpf,
-    #[error(
-        "-p needs root in this build (without root the sandbox's network namespace \
-         belongs to its own user namespace); use sudo, or --network-mode env"
-    )]
-    RootlessPublish,
 }
 
 /// How the sandbox's connections are sent to the proxy.
@@ -75,7 +70,7 @@ pub struct RunSpec {
     pub run_as: Option<(u32, u32)>,
     /// Moat is not root: the sandbox's init creates a user namespace and
     /// plumbs its network namespace itself, passing the sockets back (nft
-    /// redirect only; no `-p`).
+    /// redirect only; `-p` goes through the init's dialer).
     pub rootless: bool,
     pub command: Vec<OsString>,
     pub events: Events,
@@ -109,10 +104,10 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         if spec.redirect == Redirect::Ebpf {
             return Err(RunError::RootlessEbpf);
         }
-        if !spec.publish.is_empty() {
-            return Err(RunError::RootlessPublish);
-        }
         cmd.arg("--rootless");
+        if !spec.publish.is_empty() {
+            cmd.arg("--dial");
+        }
     } else if let Some((uid, gid)) = spec.run_as {
         cmd.arg("--run-as").arg(format!("{uid}:{gid}"));
     }
@@ -121,10 +116,33 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    // SAFETY: dup2 is async-signal-safe; it puts the sync socket on SYNC_FD.
+    // Rootless -p: the init's dialer connects inside for us.
+    let dial = match spec.rootless && !spec.publish.is_empty() {
+        true => Some(UnixStream::pair()?),
+        false => None,
+    };
+    let dial_fd = dial
+        .as_ref()
+        .map(|(_, theirs)| std::os::fd::AsRawFd::as_raw_fd(theirs));
+    // SAFETY: fcntl and dup2 are async-signal-safe; they put the sync socket
+    // on SYNC_FD (and the dial socket on DIAL_FD).
     unsafe {
         cmd.pre_exec(move || {
-            if libc_dup2(fd, SYNC_FD) < 0 {
+            // Out of the way first (close-on-exec copies above 10), so that
+            // neither dup2 overwrites the other's source, and dup2 never
+            // gets equal descriptors (which would keep close-on-exec).
+            let high = |from: i32| match nix::libc::fcntl(from, nix::libc::F_DUPFD_CLOEXEC, 10) {
+                -1 => Err(std::io::Error::last_os_error()),
+                fd => Ok(fd),
+            };
+            let sync = high(fd)?;
+            let dial = dial_fd.map(high).transpose()?;
+            if libc_dup2(sync, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(dial) = dial
+                && libc_dup2(dial, init::DIAL_FD) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // If Moat dies (even kill -9), the sandbox dies with it: no
@@ -135,6 +153,7 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     }
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
     drop(theirs);
+    let dial = dial.map(|(ours, _theirs)| Dial::Init(Arc::new(std::sync::Mutex::new(ours))));
 
     if spec.rootless {
         // The init plumbed its own namespace and sent the sockets with its
@@ -144,7 +163,7 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
             return Err(RunError::InitFailed);
         };
         let dst: Arc<dyn OriginalDst> = Arc::new(SoOriginalDst);
-        return serve(spec, child, ours, (None, net, dst, None, None));
+        return serve(spec, child, ours, (dial, net, dst, None, None));
     }
     let mut ready = [0u8; 1];
     if ours.read_exact(&mut ready).is_err() || ready[0] != b'r' {
@@ -174,7 +193,11 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
                 (Arc::new(r.original_dst()), Some(r))
             }
         };
-        Ok((Some(ns), net, dst, redirector, cgroup))
+        let dial = match spec.publish.is_empty() {
+            true => None,
+            false => Some(Dial::Ns(netns::Dialer::new(&ns)?)),
+        };
+        Ok((dial, net, dst, redirector, cgroup))
     };
     match setup() {
         Ok(plumbed) => serve(spec, child, ours, plumbed),
@@ -186,10 +209,10 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     }
 }
 
-/// The sandbox's network handle (root mode), its sockets, how original
+/// How `-p` connects inside (if asked), the sandbox's sockets, how original
 /// destinations are found, and the eBPF redirector with its cgroup.
 type Plumbed = (
-    Option<std::fs::File>,
+    Option<Dial>,
     netns::SandboxNet,
     Arc<dyn OriginalDst>,
     Option<Redirector>,
@@ -250,7 +273,7 @@ fn serve(
     spec: RunSpec,
     mut child: std::process::Child,
     mut ours: UnixStream,
-    (ns, net, dst, redirector, cgroup): Plumbed,
+    (dial, net, dst, redirector, cgroup): Plumbed,
 ) -> Result<i32, RunError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -272,7 +295,7 @@ fn serve(
             serde_json::json!({"name": name, "type": qtype, "answer": answer.map(|a| a.to_string())}),
         );
     }));
-    let published = match publish(&rt, ns.as_ref(), &spec.publish) {
+    let published = match publish(&rt, dial, &spec.publish) {
         Ok(p) => p,
         Err(e) => {
             let _ = child.kill();
@@ -327,13 +350,12 @@ fn serve(
 /// taken port fails the run up front.
 fn publish(
     rt: &tokio::runtime::Runtime,
-    ns: Option<&std::fs::File>,
+    dial: Option<Dial>,
     ports: &[(u16, u16)],
-) -> Result<Option<netns::Dialer>, RunError> {
-    let Some(ns) = ns.filter(|_| !ports.is_empty()) else {
+) -> Result<Option<Dial>, RunError> {
+    let Some(dialer) = dial.filter(|_| !ports.is_empty()) else {
         return Ok(None);
     };
-    let dialer = netns::Dialer::new(ns)?;
     for &(host_port, port) in ports {
         let listener = std::net::TcpListener::bind(("127.0.0.1", host_port)).map_err(|e| {
             RunError::Io(std::io::Error::new(
@@ -367,6 +389,70 @@ fn publish(
     Ok(Some(dialer))
 }
 
+/// Connects to `127.0.0.1:<port>` inside the sandbox, for `-p`.
+#[derive(Clone)]
+enum Dial {
+    /// Root: a thread of this process in the sandbox's network namespace.
+    Ns(netns::Dialer),
+    /// Rootless: the init's dialer process, over a unix socket.
+    Init(Arc<std::sync::Mutex<UnixStream>>),
+}
+
+impl Dial {
+    /// Blocking; call from a blocking task.
+    fn connect(&self, port: u16) -> std::io::Result<std::net::TcpStream> {
+        match self {
+            Dial::Ns(d) => d.connect(port),
+            Dial::Init(sock) => {
+                let sock = sock
+                    .lock()
+                    .map_err(|_| std::io::Error::other("the sandbox's dialer failed"))?;
+                dial_through(&sock, port)
+            }
+        }
+    }
+}
+
+/// One request to the init's dialer (see `init::dialer`).
+fn dial_through(mut sock: &UnixStream, port: u16) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let gone = || std::io::Error::other("the sandbox's network is gone");
+    sock.write_all(&port.to_be_bytes()).map_err(|_| gone())?;
+    let mut answer = [0u8; 4];
+    let mut fd = None;
+    let got = {
+        let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+        let mut iov = [std::io::IoSliceMut::new(&mut answer)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    let owned = unsafe { OwnedFd::from_raw_fd(r) };
+                    fd.get_or_insert(owned);
+                }
+            }
+        }
+        msg.bytes
+    };
+    if got == 0 {
+        return Err(gone());
+    }
+    sock.read_exact(&mut answer[got..]).map_err(|_| gone())?;
+    match (i32::from_be_bytes(answer), fd) {
+        (0, Some(fd)) => Ok(std::net::TcpStream::from(fd)),
+        (0, None) => Err(gone()),
+        (errno, _) => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
 fn libc_dup2(from: i32, to: i32) -> i32 {
     // SAFETY: plain syscall on descriptors we own.
     unsafe { nix::libc::dup2(from, to) }
@@ -389,6 +475,7 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
             }
             Some("--hide") => args.hide.push(value()?.into()),
             Some("--rootless") => args.rootless = true,
+            Some("--dial") => args.dial = true,
             Some("--run-as") => {
                 let v = value()?.to_string_lossy().into_owned();
                 let (u, g) = v.split_once(':').ok_or("--run-as UID:GID")?;
@@ -439,6 +526,5 @@ mod tests {
                 .to_string()
                 .contains("--redirect nft")
         );
-        assert!(RunError::RootlessPublish.to_string().contains("needs root"));
     }
 }
