@@ -367,7 +367,7 @@ fn rootless_publish_exposes_a_sandbox_port_on_the_hosts_loopback() {
         l.local_addr().unwrap().port()
     };
     std::fs::write(s.workspace.join("index.html"), "served-rootless").unwrap();
-    let mut moat = s
+    let moat = s
         .nobody(&[
             "run",
             s.workspace.to_str().unwrap(),
