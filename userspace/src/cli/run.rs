@@ -25,13 +25,14 @@ Examples:
   moat run -p 3000 -- npm run dev                 # the dev server on the host's 127.0.0.1:3000
 
 Network modes:
-  transparent  (default as root) the command gets its own network namespace:
+  transparent  (default as root, and without root where unprivileged user
+               namespaces work) the command gets its own network namespace:
                every TCP connection goes to Moat's proxy and every DNS query to
                Moat's resolver; other UDP, ICMP and IPv6 are blocked. Works for
                programs that ignore HTTP_PROXY. The host's HOME, ~/.moat, /root,
                /run/user, the SSH agent and docker.sock are hidden; system
                directories are read-only; HOME and /tmp are fresh.
-  env          (default otherwise) HTTP_PROXY/HTTPS_PROXY point at Moat's proxy
+  env          (default elsewhere) HTTP_PROXY/HTTPS_PROXY point at Moat's proxy
                with a per-run password; no isolation beyond that.
 
 moat.yaml in DIR (or agent.yaml) may set:
@@ -58,7 +59,7 @@ pub struct RunArgs {
     /// Set an environment variable inside (repeatable; wins over moat.yaml)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// How the command's traffic reaches the proxy [default: transparent as root, else env]
+    /// How the command's traffic reaches the proxy [default: transparent as root or with user namespaces, else env]
     #[arg(long, value_enum, env = "MOAT_NETWORK_MODE")]
     network_mode: Option<NetworkMode>,
     /// How transparent mode redirects connections
@@ -144,7 +145,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     if args.runtime == Runtime::Docker {
         bail!("--runtime docker is not in this build yet; use --runtime native");
     }
-    let mode = choose_mode(args.network_mode)?;
+    let mode = choose_mode(args.network_mode, args.redirect)?;
     if mode == NetworkMode::Env && args.redirect == Redirect::Ebpf {
         bail!("--redirect ebpf needs --network-mode transparent");
     }
@@ -306,28 +307,96 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     result
 }
 
-/// transparent when it can work here (root on Linux), env otherwise, and
-/// say so when the user did not choose.
-fn choose_mode(asked: Option<NetworkMode>) -> Result<NetworkMode> {
-    let privileged = cfg!(target_os = "linux") && nix::unistd::geteuid().is_root();
-    match asked {
-        Some(NetworkMode::Transparent) if !cfg!(target_os = "linux") => {
-            bail!("--network-mode transparent is Linux-only; use --network-mode env")
-        }
-        Some(NetworkMode::Transparent) if !privileged => bail!(
-            "--network-mode transparent needs root in this build (sudo moat run …); \
-             rootless user namespaces are not in yet. --network-mode env works without root"
+/// transparent when it can work here (Linux, as root or with unprivileged
+/// user namespaces), env otherwise; without root, say which and why when the
+/// user did not choose (as root transparent is the quiet default).
+fn choose_mode(asked: Option<NetworkMode>, redirect: Redirect) -> Result<NetworkMode> {
+    if !cfg!(target_os = "linux") {
+        return match asked {
+            Some(NetworkMode::Transparent) => {
+                bail!("--network-mode transparent is Linux-only; use --network-mode env")
+            }
+            _ => Ok(NetworkMode::Env),
+        };
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(asked.unwrap_or(NetworkMode::Transparent));
+    }
+    if redirect == Redirect::Ebpf && asked != Some(NetworkMode::Env) {
+        bail!(
+            "--redirect ebpf needs root (it attaches eBPF programs to a cgroup): \
+             use sudo moat run …, or --redirect nft, which works without root"
+        );
+    }
+    if asked == Some(NetworkMode::Env) {
+        return Ok(NetworkMode::Env);
+    }
+    match (asked, userns_probe()) {
+        (Some(_), Ok(())) => Ok(NetworkMode::Transparent),
+        (Some(_), Err(why)) => bail!(
+            "--network-mode transparent needs root or unprivileged user namespaces, \
+             and {why}. Use sudo moat run …, enable user namespaces, or \
+             --network-mode env"
         ),
-        Some(mode) => Ok(mode),
-        None if privileged => Ok(NetworkMode::Transparent),
-        None => {
+        (None, Ok(())) => {
             eprintln!(
-                "moat: network mode env (HTTP_PROXY); the transparent sandbox needs root \
-                 (sudo moat run …). Pass --network-mode env to silence this."
+                "moat: network mode transparent, rootless (in a user namespace). \
+                 Pass --network-mode to silence this."
+            );
+            Ok(NetworkMode::Transparent)
+        }
+        (None, Err(why)) => {
+            eprintln!(
+                "moat: network mode env (HTTP_PROXY): the transparent sandbox needs root \
+                 (sudo moat run …) or unprivileged user namespaces, and {why}. \
+                 Pass --network-mode env to silence this."
             );
             Ok(NetworkMode::Env)
         }
     }
+}
+
+/// Can this (unprivileged) process build a rootless sandbox? A forked
+/// child tries what `__sandbox-init --rootless` will do first: a user
+/// namespace, and inside it network and mount namespaces (refused where
+/// AppArmor lets user namespaces be created but strips their capabilities).
+/// `Err` says why not, for the user.
+#[cfg(target_os = "linux")]
+fn userns_probe() -> std::result::Result<(), String> {
+    use nix::sched::{CloneFlags, unshare};
+    use nix::sys::wait::{WaitStatus, waitpid};
+    // SAFETY: the child only makes raw syscalls (unshare, _exit): no
+    // allocation or lock that another thread could be holding.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = if unshare(CloneFlags::CLONE_NEWUSER).is_err() {
+                1
+            } else if unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).is_err() {
+                2
+            } else {
+                0
+            };
+            // SAFETY: _exit is async-signal-safe and skips atexit handlers.
+            unsafe { nix::libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+            Ok(WaitStatus::Exited(_, 1)) => Err("this system refuses unprivileged user \
+                 namespaces (sysctls user.max_user_namespaces, \
+                 kernel.unprivileged_userns_clone)"
+                .into()),
+            Ok(WaitStatus::Exited(_, 2)) => Err("user namespaces here get no capabilities \
+                 (AppArmor: kernel.apparmor_restrict_unprivileged_userns)"
+                .into()),
+            other => Err(format!("probing user namespaces failed ({other:?})")),
+        },
+        Err(e) => Err(format!("probing user namespaces failed (fork: {e})")),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn userns_probe() -> std::result::Result<(), String> {
+    Err("user namespaces are Linux-only".into())
 }
 
 /// `HOSTPORT:PORT` or `PORT`.
@@ -452,6 +521,7 @@ fn transparent(
         hide,
         env,
         run_as: home.owner().map(|o| (o.uid, o.gid)),
+        rootless: !nix::unistd::geteuid().is_root(),
         command: p.command,
         events: p.events,
         publish,

@@ -19,8 +19,13 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork};
 
+use super::netns;
+
 /// The descriptor `moat run` passes the sync socket on.
 pub const SYNC_FD: i32 = 3;
+/// The descriptor a rootless `moat run -p` passes the dial socket on
+/// (see [`dialer`]).
+pub const DIAL_FD: i32 = 4;
 /// Where the merged CA bundle appears inside the sandbox.
 pub const BUNDLE_INSIDE: &str = "/tmp/.moat/ca-bundle.pem";
 /// Where the Java truststore (same certificates) appears inside.
@@ -44,6 +49,11 @@ pub struct InitArgs {
     pub files: Vec<(PathBuf, PathBuf)>,
     /// uid/gid to run the command as (the sudo caller), if any.
     pub run_as: Option<(u32, u32)>,
+    /// Moat is not root: create a user namespace too, plumb the network
+    /// namespace from inside it and pass the sockets out (see [`rootless`]).
+    pub rootless: bool,
+    /// Rootless `-p`: serve connection requests on [`DIAL_FD`].
+    pub dial: bool,
     pub command: Vec<OsString>,
 }
 
@@ -66,15 +76,24 @@ fn die(msg: &str) -> ! {
 pub fn main(args: InitArgs) -> ! {
     // SAFETY: moat run put the sync socket on SYNC_FD and nothing else owns it.
     let mut sync = UnixStream::from(unsafe { OwnedFd::from_raw_fd(SYNC_FD) });
-    if let Err(e) =
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
-    {
-        die(&format!(
-            "cannot create namespaces ({e}); run as root, or use --network-mode env"
-        ));
+    if args.rootless {
+        if let Err(e) = rootless(&sync, args.dial) {
+            die(&e);
+        }
+    } else {
+        if let Err(e) =
+            unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
+        {
+            die(&format!(
+                "cannot create namespaces ({e}); run as root, or use --network-mode env"
+            ));
+        }
+        if sync.write_all(b"r").is_err() {
+            die("moat went away before the network was ready");
+        }
     }
     let mut go = [0u8; 1];
-    if sync.write_all(b"r").is_err() || sync.read_exact(&mut go).is_err() || go[0] != b'g' {
+    if sync.read_exact(&mut go).is_err() || go[0] != b'g' {
         die("moat went away before the network was ready");
     }
     drop(sync);
@@ -87,6 +106,134 @@ pub fn main(args: InitArgs) -> ! {
         Ok(ForkResult::Child) => pid1(&args, &forwarded),
         Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, &forwarded)),
         Err(e) => die(&format!("fork: {e}")),
+    }
+}
+
+/// Rootless setup, when Moat is not root.
+///
+/// The init creates a user namespace together with the network and mount
+/// namespaces, then the PID namespace (the user namespace owns them all), maps only the
+/// caller's own uid and gid (to themselves: the command runs as the user,
+/// `id -u` unchanged), and, holding every capability in that user namespace
+/// until it execs the command, plumbs its network namespace itself with
+/// [`netns::plumb_here`]: the host process cannot `setns` into a namespace
+/// owned by another user namespace without entering that user namespace,
+/// which a multi-threaded process cannot do. The three sockets go to Moat
+/// over the sync socket (`SCM_RIGHTS`) with the ready byte; Moat serves them
+/// exactly as in root mode. The nft rules are loaded before the command
+/// exists, so its first connect() is already redirected.
+///
+/// The command later runs as a non-zero uid with an empty capability set
+/// (bounding set included) and `no_new_privs`: it holds no capability over
+/// the namespaces, so it cannot change the rules or routes.
+fn rootless(sync: &UnixStream, dial: bool) -> Result<(), String> {
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+    // The PID namespace comes last: the first child forked after it is
+    // unshared becomes its PID 1, and that must be ours, not `nft`.
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| {
+            format!(
+                "cannot create a user namespace ({e}): unprivileged user namespaces are off here \
+             (sysctls user.max_user_namespaces, kernel.unprivileged_userns_clone, \
+             kernel.apparmor_restrict_unprivileged_userns); run as root (sudo moat run …), \
+             or use --network-mode env"
+            )
+        })?;
+    // Not reset by entering a user namespace owned by our own uid, but
+    // cheap to make sure of.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let write = |file: &str, text: String| {
+        std::fs::write(file, &text).map_err(|e| format!("writing {file} ({}): {e}", text.trim()))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))?;
+
+    // `nft` is exec'd by a non-zero uid, which would lose every capability:
+    // CAP_NET_ADMIN goes along as an ambient capability, for nft only.
+    let admin = caps::Capability::CAP_NET_ADMIN;
+    caps::raise(None, caps::CapSet::Inheritable, admin)
+        .and_then(|()| caps::raise(None, caps::CapSet::Ambient, admin))
+        .map_err(|e| format!("raising CAP_NET_ADMIN for nft: {e}"))?;
+    let net = netns::plumb_here(true);
+    let _ = caps::clear(None, caps::CapSet::Ambient);
+    let _ = caps::drop(None, caps::CapSet::Inheritable, admin);
+    let net = net.map_err(|e| e.to_string())?;
+
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let fds = [
+        net.proxy_listener.as_raw_fd(),
+        net.dns_udp.as_raw_fd(),
+        net.dns_tcp.as_raw_fd(),
+    ];
+    sendmsg::<()>(
+        sync.as_raw_fd(),
+        &[std::io::IoSlice::new(b"r")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|_| "moat went away before the network was ready".to_string())?;
+    // Moat has its own copies now; the command must not inherit these.
+    drop(net);
+    if dial {
+        // SAFETY: moat run put the dial socket on DIAL_FD and nothing else owns it.
+        let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(DIAL_FD) });
+        // Forked before the PID namespace exists: the dialer lives outside
+        // it, out of the command's sight.
+        // SAFETY: single-threaded here (the netlink runtime is gone).
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => dialer(sock),
+            Ok(ForkResult::Parent { .. }) => drop(sock),
+            Err(e) => return Err(format!("fork: {e}")),
+        }
+    }
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("creating the PID namespace: {e}"))?;
+    Ok(())
+}
+
+/// Rootless `-p`: Moat cannot enter the sandbox's network namespace, so this
+/// process, in that namespace, connects for it. Each request is a port (2
+/// bytes, big-endian); the answer is 4 bytes, 0 with the connected socket
+/// attached (`SCM_RIGHTS`), or the errno of connect(). It holds no
+/// capability, dies with the sandbox's init, and ends when Moat closes the
+/// socket.
+fn dialer(mut sock: UnixStream) -> ! {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    for set in [
+        caps::CapSet::Ambient,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        let _ = caps::clear(None, set);
+    }
+    loop {
+        let mut port = [0u8; 2];
+        if sock.read_exact(&mut port).is_err() {
+            std::process::exit(0);
+        }
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], u16::from_be_bytes(port)));
+        let sent = match std::net::TcpStream::connect(addr) {
+            Ok(conn) => sendmsg::<()>(
+                sock.as_raw_fd(),
+                &[std::io::IoSlice::new(&0i32.to_be_bytes())],
+                &[ControlMessage::ScmRights(&[conn.as_raw_fd()])],
+                MsgFlags::empty(),
+                None,
+            )
+            .is_ok(),
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(nix::libc::ECONNREFUSED);
+                sock.write_all(&errno.to_be_bytes()).is_ok()
+            }
+        };
+        if !sent {
+            std::process::exit(0);
+        }
     }
 }
 
@@ -176,8 +323,7 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
     // A uid-0 command could otherwise move itself out of the run's cgroup
     // (and away from the eBPF redirector) by writing cgroup.procs.
     if let Ok(cgroup2) = super::cgroup::cgroup2_mount() {
-        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        mount(none, &cgroup2, none, flags, none)
+        remount_read_only(&cgroup2)
             .map_err(|e| format!("making {} read-only: {e}", cgroup2.display()))?;
     }
     let mut read_only = false;
@@ -194,8 +340,7 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
             none,
         )
         .map_err(|e| format!("binding {dir}: {e}"))?;
-        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        mount(none, dir, none, flags, none).map_err(|e| format!("making {dir} read-only: {e}"))?;
+        remount_read_only(dir.as_ref()).map_err(|e| format!("making {dir} read-only: {e}"))?;
         read_only |= args.workspace.starts_with(dir);
     }
     let visible = std::fs::metadata(&args.workspace)
@@ -221,6 +366,28 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
     }
     drop(ws);
     Ok(())
+}
+
+/// Makes the mount at `path` read-only (a bind remount), keeping its
+/// nosuid/nodev/noexec. In a user namespace (rootless) those flags of a
+/// mount inherited from the host are locked, and a remount that would clear
+/// them fails with EPERM; as root it would silently clear them. (Atime flags,
+/// locked too, are kept by the kernel when a remount names none.)
+fn remount_read_only(path: &std::path::Path) -> nix::Result<()> {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let none: Option<&str> = None;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    let has = statvfs(path)?.flags();
+    for (st, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if has.contains(st) {
+            flags |= ms;
+        }
+    }
+    mount(none, path, none, flags, none)
 }
 
 fn blocked_signals() -> SigSet {
@@ -272,7 +439,13 @@ fn pid1(args: &InitArgs, set: &SigSet) -> ! {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         none,
     ) {
-        die(&format!("mounting /proc: {e}"));
+        let hint = if args.rootless {
+            " (without root the kernel allows a new /proc only where the host's /proc \
+             has no masked paths, as in some containers; use sudo, or --network-mode env)"
+        } else {
+            ""
+        };
+        die(&format!("mounting /proc: {e}{hint}"));
     }
     // SAFETY: single-threaded.
     match unsafe { fork() } {
@@ -285,7 +458,7 @@ fn pid1(args: &InitArgs, set: &SigSet) -> ! {
 /// The command: no privileges over the sandbox, then exec.
 fn command(args: &InitArgs) -> ! {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    if let Err(e) = drop_privileges(args.run_as) {
+    if let Err(e) = drop_privileges(args.run_as, args.rootless) {
         die(&e);
     }
     if let Err(e) = std::env::set_current_dir(&args.workspace) {
@@ -330,7 +503,27 @@ const DROPPED: [caps::Capability; 6] = [
     caps::Capability::CAP_SYS_MODULE,
 ];
 
-fn drop_privileges(run_as: Option<(u32, u32)>) -> Result<(), String> {
+fn drop_privileges(run_as: Option<(u32, u32)>, rootless: bool) -> Result<(), String> {
+    if rootless {
+        // Every capability this process has is over the sandbox's own
+        // namespaces: none of them is for the command. The bounding set goes
+        // too, so no file capability can bring one back (no_new_privs, below,
+        // forbids that as well).
+        for cap in caps::runtime::thread_all_supported() {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(|e| format!("dropping {cap}: {e}"))?;
+        }
+        for set in [
+            caps::CapSet::Ambient,
+            caps::CapSet::Inheritable,
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+        ] {
+            caps::clear(None, set).map_err(|e| format!("clearing capabilities: {e}"))?;
+        }
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+        return Ok(());
+    }
     for cap in DROPPED {
         caps::drop(None, caps::CapSet::Bounding, cap)
             .map_err(|e| format!("dropping {cap}: {e}"))?;

@@ -208,7 +208,18 @@ fn refuse_own_namespace(netns: &File) -> Result<(), NetnsError> {
 /// Runs on a thread of its own, which ends (namespace and all) when done.
 fn plumb_inside(netns: &File, nft_rules: bool) -> Result<SandboxNet, NetnsError> {
     setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Setns)?;
+    plumb_here(nft_rules)
+}
 
+/// Plumbs the network namespace the calling thread is in (steps 1–3 of the
+/// module documentation) and returns its sockets.
+///
+/// Used by [`plumb`] after `setns`, and by a rootless sandbox's init, which
+/// holds CAP_NET_ADMIN over its own namespace through the user namespace it
+/// created, plumbs it itself and passes the sockets out over a unix socket.
+/// Never call it from a thread in the host's namespace: it would change the
+/// host's routes and firewall.
+pub fn plumb_here(nft_rules: bool) -> Result<SandboxNet, NetnsError> {
     route_loopback()?;
     let (proxy_listener, dns_udp, dns_tcp) = bind_sockets()?;
     let local = |what, r: io::Result<std::net::SocketAddr>| {

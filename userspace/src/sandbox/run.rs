@@ -37,6 +37,11 @@ pub enum RunError {
     Bpf(#[from] super::bpf::BpfError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "--redirect ebpf needs root (it attaches eBPF programs to a cgroup): \
+         use sudo, or --redirect nft, which works without root"
+    )]
+    RootlessEbpf,
 }
 
 /// How the sandbox's connections are sent to the proxy.
@@ -63,6 +68,10 @@ pub struct RunSpec {
     pub hide: Vec<PathBuf>,
     pub env: Vec<(OsString, OsString)>,
     pub run_as: Option<(u32, u32)>,
+    /// Moat is not root: the sandbox's init creates a user namespace and
+    /// plumbs its network namespace itself, passing the sockets back (nft
+    /// redirect only; `-p` goes through the init's dialer).
+    pub rootless: bool,
     pub command: Vec<OsString>,
     pub events: Events,
     /// `-p HOSTPORT:PORT`: host 127.0.0.1:HOSTPORT → sandbox 127.0.0.1:PORT.
@@ -91,7 +100,15 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     for h in &spec.hide {
         cmd.arg("--hide").arg(h);
     }
-    if let Some((uid, gid)) = spec.run_as {
+    if spec.rootless {
+        if spec.redirect == Redirect::Ebpf {
+            return Err(RunError::RootlessEbpf);
+        }
+        cmd.arg("--rootless");
+        if !spec.publish.is_empty() {
+            cmd.arg("--dial");
+        }
+    } else if let Some((uid, gid)) = spec.run_as {
         cmd.arg("--run-as").arg(format!("{uid}:{gid}"));
     }
     cmd.arg("--")
@@ -99,10 +116,33 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    // SAFETY: dup2 is async-signal-safe; it puts the sync socket on SYNC_FD.
+    // Rootless -p: the init's dialer connects inside for us.
+    let dial = match spec.rootless && !spec.publish.is_empty() {
+        true => Some(UnixStream::pair()?),
+        false => None,
+    };
+    let dial_fd = dial
+        .as_ref()
+        .map(|(_, theirs)| std::os::fd::AsRawFd::as_raw_fd(theirs));
+    // SAFETY: fcntl and dup2 are async-signal-safe; they put the sync socket
+    // on SYNC_FD (and the dial socket on DIAL_FD).
     unsafe {
         cmd.pre_exec(move || {
-            if libc_dup2(fd, SYNC_FD) < 0 {
+            // Out of the way first (close-on-exec copies above 10), so that
+            // neither dup2 overwrites the other's source, and dup2 never
+            // gets equal descriptors (which would keep close-on-exec).
+            let high = |from: i32| match nix::libc::fcntl(from, nix::libc::F_DUPFD_CLOEXEC, 10) {
+                -1 => Err(std::io::Error::last_os_error()),
+                fd => Ok(fd),
+            };
+            let sync = high(fd)?;
+            let dial = dial_fd.map(high).transpose()?;
+            if libc_dup2(sync, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(dial) = dial
+                && libc_dup2(dial, init::DIAL_FD) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // If Moat dies (even kill -9), the sandbox dies with it: no
@@ -113,13 +153,24 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     }
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
     drop(theirs);
+    let dial = dial.map(|(ours, _theirs)| Dial::Init(Arc::new(std::sync::Mutex::new(ours))));
 
+    if spec.rootless {
+        // The init plumbed its own namespace and sent the sockets with its
+        // ready byte. No `ns` handle: this process may not enter it.
+        let Some(net) = receive_sockets(&ours) else {
+            let _ = child.wait();
+            return Err(RunError::InitFailed);
+        };
+        let dst: Arc<dyn OriginalDst> = Arc::new(SoOriginalDst);
+        return serve(spec, child, ours, (dial, net, dst, None, None));
+    }
     let mut ready = [0u8; 1];
     if ours.read_exact(&mut ready).is_err() || ready[0] != b'r' {
         let _ = child.wait();
         return Err(RunError::InitFailed);
     }
-    let setup = || -> Result<_, RunError> {
+    let setup = || -> Result<Plumbed, RunError> {
         let ns = std::fs::File::open(format!("/proc/{}/ns/net", child.id()))?;
         let cgroup = match spec.redirect {
             Redirect::Nft => None,
@@ -142,17 +193,88 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
                 (Arc::new(r.original_dst()), Some(r))
             }
         };
-        Ok((ns, net, dst, redirector, cgroup))
+        let dial = match spec.publish.is_empty() {
+            true => None,
+            false => Some(Dial::Ns(netns::Dialer::new(&ns)?)),
+        };
+        Ok((dial, net, dst, redirector, cgroup))
     };
-    let (ns, net, dst, redirector, cgroup) = match setup() {
-        Ok(s) => s,
+    match setup() {
+        Ok(plumbed) => serve(spec, child, ours, plumbed),
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
 
+/// How `-p` connects inside (if asked), the sandbox's sockets, how original
+/// destinations are found, and the eBPF redirector with its cgroup.
+type Plumbed = (
+    Option<Dial>,
+    netns::SandboxNet,
+    Arc<dyn OriginalDst>,
+    Option<Redirector>,
+    Option<RunCgroup>,
+);
+
+/// Receives the ready byte and the three sockets a rootless init sends
+/// (proxy listener, DNS UDP, DNS TCP; see `init::rootless`). None if the
+/// init failed (it said why on stderr) or sent something else.
+fn receive_sockets(sync: &UnixStream) -> Option<netns::SandboxNet> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut byte = [0u8; 1];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let msg = recvmsg::<()>(
+        sync.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let got = msg.bytes;
+    if got != 1 || byte[0] != b'r' || fds.len() != 3 {
+        return None;
+    }
+    let mut fds = fds.into_iter();
+    let (Some(proxy), Some(udp), Some(tcp)) = (fds.next(), fds.next(), fds.next()) else {
+        return None;
+    };
+    let proxy_listener = std::net::TcpListener::from(proxy);
+    let dns_udp = std::net::UdpSocket::from(udp);
+    let dns_tcp = std::net::TcpListener::from(tcp);
+    let proxy_port = proxy_listener.local_addr().ok()?.port();
+    let dns_port = dns_udp.local_addr().ok()?.port();
+    Some(netns::SandboxNet {
+        proxy_listener,
+        dns_udp,
+        dns_tcp,
+        proxy_port,
+        dns_port,
+    })
+}
+
+/// Serve the proxy and DNS on the sandbox's sockets, let the init go on,
+/// wait for it; its exit code.
+fn serve(
+    spec: RunSpec,
+    mut child: std::process::Child,
+    mut ours: UnixStream,
+    (dial, net, dst, redirector, cgroup): Plumbed,
+) -> Result<i32, RunError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -173,7 +295,7 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
             serde_json::json!({"name": name, "type": qtype, "answer": answer.map(|a| a.to_string())}),
         );
     }));
-    let published = match publish(&rt, &ns, &spec.publish) {
+    let published = match publish(&rt, dial, &spec.publish) {
         Ok(p) => p,
         Err(e) => {
             let _ = child.kill();
@@ -228,13 +350,12 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
 /// taken port fails the run up front.
 fn publish(
     rt: &tokio::runtime::Runtime,
-    ns: &std::fs::File,
+    dial: Option<Dial>,
     ports: &[(u16, u16)],
-) -> Result<Option<netns::Dialer>, RunError> {
-    if ports.is_empty() {
+) -> Result<Option<Dial>, RunError> {
+    let Some(dialer) = dial.filter(|_| !ports.is_empty()) else {
         return Ok(None);
-    }
-    let dialer = netns::Dialer::new(ns)?;
+    };
     for &(host_port, port) in ports {
         let listener = std::net::TcpListener::bind(("127.0.0.1", host_port)).map_err(|e| {
             RunError::Io(std::io::Error::new(
@@ -268,6 +389,70 @@ fn publish(
     Ok(Some(dialer))
 }
 
+/// Connects to `127.0.0.1:<port>` inside the sandbox, for `-p`.
+#[derive(Clone)]
+enum Dial {
+    /// Root: a thread of this process in the sandbox's network namespace.
+    Ns(netns::Dialer),
+    /// Rootless: the init's dialer process, over a unix socket.
+    Init(Arc<std::sync::Mutex<UnixStream>>),
+}
+
+impl Dial {
+    /// Blocking; call from a blocking task.
+    fn connect(&self, port: u16) -> std::io::Result<std::net::TcpStream> {
+        match self {
+            Dial::Ns(d) => d.connect(port),
+            Dial::Init(sock) => {
+                let sock = sock
+                    .lock()
+                    .map_err(|_| std::io::Error::other("the sandbox's dialer failed"))?;
+                dial_through(&sock, port)
+            }
+        }
+    }
+}
+
+/// One request to the init's dialer (see `init::dialer`).
+fn dial_through(mut sock: &UnixStream, port: u16) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let gone = || std::io::Error::other("the sandbox's network is gone");
+    sock.write_all(&port.to_be_bytes()).map_err(|_| gone())?;
+    let mut answer = [0u8; 4];
+    let mut fd = None;
+    let got = {
+        let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+        let mut iov = [std::io::IoSliceMut::new(&mut answer)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    let owned = unsafe { OwnedFd::from_raw_fd(r) };
+                    fd.get_or_insert(owned);
+                }
+            }
+        }
+        msg.bytes
+    };
+    if got == 0 {
+        return Err(gone());
+    }
+    sock.read_exact(&mut answer[got..]).map_err(|_| gone())?;
+    match (i32::from_be_bytes(answer), fd) {
+        (0, Some(fd)) => Ok(std::net::TcpStream::from(fd)),
+        (0, None) => Err(gone()),
+        (errno, _) => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
 fn libc_dup2(from: i32, to: i32) -> i32 {
     // SAFETY: plain syscall on descriptors we own.
     unsafe { nix::libc::dup2(from, to) }
@@ -289,6 +474,8 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
                 args.files.push((host, value()?.into()));
             }
             Some("--hide") => args.hide.push(value()?.into()),
+            Some("--rootless") => args.rootless = true,
+            Some("--dial") => args.dial = true,
             Some("--run-as") => {
                 let v = value()?.to_string_lossy().into_owned();
                 let (u, g) = v.split_once(':').ok_or("--run-as UID:GID")?;
@@ -308,4 +495,36 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
         return Err("no command".into());
     }
     Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<init::InitArgs, String> {
+        parse_init_args(a.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn init_args_carry_rootless_and_run_as() {
+        let a = args(&["--workspace", "/w", "--rootless", "--", "true"]).unwrap();
+        assert!(a.rootless && a.run_as.is_none());
+        assert_eq!(a.command, [OsString::from("true")]);
+        let a = args(&["--workspace", "/w", "--run-as", "1000:100", "--", "sh"]).unwrap();
+        assert!(!a.rootless);
+        assert_eq!(a.run_as, Some((1000, 100)));
+        assert!(
+            args(&["--workspace", "/w", "--rootless"]).is_err(),
+            "no command"
+        );
+    }
+
+    #[test]
+    fn rootless_refusals_say_what_to_do() {
+        assert!(
+            RunError::RootlessEbpf
+                .to_string()
+                .contains("--redirect nft")
+        );
+    }
 }
