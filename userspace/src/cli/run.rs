@@ -142,6 +142,7 @@ struct Prepared {
 }
 
 pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
+    let t0 = std::time::Instant::now();
     if args.runtime == Runtime::Docker {
         bail!("--runtime docker is not in this build yet; use --runtime native");
     }
@@ -222,7 +223,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
 
     // Trust inside: system roots + the Moat CA, as PEM and for Java.
     let bundle = trust::merged_bundle(&trust::system_bundle(), ca.cert_pem());
-    let truststore = trust::java_truststore(&bundle)?;
+    let truststore = java_truststore_cached(&home, &bundle)?;
     let bundle_path = dir.join("ca-bundle.pem");
     let truststore_path = dir.join("java-truststore.p12");
     for (path, bytes) in [(&bundle_path, &bundle), (&truststore_path, &truststore)] {
@@ -275,6 +276,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         }),
     );
     tracing::info!(run = %id, "events: {}", events_path.display());
+    tracing::debug!("run prepared in {:?}", t0.elapsed());
     let prepared = Prepared {
         id: id.clone(),
         home_files,
@@ -305,6 +307,38 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
     }
     result
+}
+
+/// The Java truststore for `bundle`, from `$MOAT_HOME/ca/` when one was
+/// built for the same bundle before (building one takes milliseconds of
+/// key derivation; the certificates are public, so caching is harmless).
+fn java_truststore_cached(home: &crate::home::MoatHome, bundle: &[u8]) -> Result<Vec<u8>> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bundle);
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = home.root().join("ca");
+    let path = dir.join(format!("java-truststore-{tag}.p12"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        return Ok(bytes);
+    }
+    let bytes = trust::java_truststore(bundle)?;
+    // Best effort: a cache that cannot be written only costs time.
+    if home.ensure_dir(&dir).is_ok() {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("java-truststore-") && name.ends_with(".p12") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!(".java-truststore-{tag}.tmp"));
+        if std::fs::write(&tmp, &bytes).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+            let _ = home.chown(&path);
+        }
+    }
+    Ok(bytes)
 }
 
 /// transparent when it can work here (Linux, as root or with unprivileged

@@ -80,6 +80,7 @@ pub struct RunSpec {
 
 /// Run the command in the sandbox; its exit code (128+N for signal N).
 pub fn run(spec: RunSpec) -> Result<i32, RunError> {
+    let t0 = std::time::Instant::now();
     if spec.redirect == Redirect::Ebpf {
         // Cgroups of runs that were killed before they could clean up.
         match cgroup::sweep_stale() {
@@ -152,6 +153,7 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         });
     }
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+    tracing::debug!("sandbox init spawned after {:?}", t0.elapsed());
     drop(theirs);
     let dial = dial.map(|(ours, _theirs)| Dial::Init(Arc::new(std::sync::Mutex::new(ours))));
 
@@ -181,7 +183,9 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
                 Some(cg)
             }
         };
+        tracing::debug!("sandbox init ready after {:?}", t0.elapsed());
         let net = netns::plumb(&ns, spec.redirect == Redirect::Nft)?;
+        tracing::debug!("network plumbed after {:?}", t0.elapsed());
         let (dst, redirector): (Arc<dyn OriginalDst>, _) = match &cgroup {
             None => (Arc::new(SoOriginalDst), None),
             Some(cg) => {
@@ -315,6 +319,7 @@ fn serve(
         rt.spawn(dns::serve_tcp(dns_tcp, dns.clone()));
     }
     ours.write_all(b"g")?;
+    tracing::debug!("command released");
     drop(ours);
 
     // Ctrl-C reaches the command straight from the terminal; Moat itself
@@ -331,6 +336,7 @@ fn serve(
         }
     });
     let status = child.wait()?;
+    tracing::debug!("command ended");
     drop(published);
     drop(redirector);
     if let Some(cg) = cgroup
