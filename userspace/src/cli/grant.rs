@@ -230,9 +230,8 @@ fn obtain_token(
             Some(text) => eprintln!("{text}"),
             None => eprintln!("Enter the credential for {name}."),
         }
-        let entered = zeroize::Zeroizing::new(
-            rpassword::prompt_password("Token: ").context("reading the token")?,
-        );
+        let entered =
+            zeroize::Zeroizing::new(super::prompt::hidden("Token: ").context("reading the token")?);
         return Ok((checked_token(&entered, "the prompt")?, "prompt".into()));
     }
     let tried = if provider.source_env.is_empty() {

@@ -4,6 +4,7 @@
 mod doctor;
 mod grant;
 mod output;
+mod prompt;
 mod proxy;
 mod revoke;
 mod run;

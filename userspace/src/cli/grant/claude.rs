@@ -68,7 +68,7 @@ pub(super) fn obtain(provider: &Provider, args: &GrantArgs) -> Result<Credential
                 eprintln!("{text}");
             }
             let entered = zeroize::Zeroizing::new(
-                rpassword::prompt_password("Token: ").context("reading the token")?,
+                crate::cli::prompt::hidden("Token: ").context("reading the token")?,
             );
             let token = checked_token(&entered, "the prompt")?;
             Ok(Credential::new_static(&provider.name, token, "prompt"))

@@ -54,7 +54,7 @@ fn default_registry(found: &[Found]) -> Option<String> {
 fn prompt_token(what: &str) -> Result<SecretString> {
     eprintln!("Enter the npm token for {what}.");
     let entered = zeroize::Zeroizing::new(
-        rpassword::prompt_password("Token: ").context("reading the token")?,
+        crate::cli::prompt::hidden("Token: ").context("reading the token")?,
     );
     checked_token(&entered, "the prompt")
 }

@@ -49,7 +49,7 @@ pub(super) fn obtain(provider: &Provider, args: &GrantArgs) -> Result<Credential
         t
     } else if tty {
         let t = zeroize::Zeroizing::new(
-            rpassword::prompt_password("Refresh token: ").context("reading the refresh token")?,
+            crate::cli::prompt::hidden("Refresh token: ").context("reading the refresh token")?,
         );
         checked_token(&t, "the prompt")?
     } else {
@@ -59,7 +59,7 @@ pub(super) fn obtain(provider: &Provider, args: &GrantArgs) -> Result<Credential
         Some(s) => Some(s),
         None if tty && !args.token_stdin => {
             let s = zeroize::Zeroizing::new(
-                rpassword::prompt_password("Client secret (Enter for none): ")
+                crate::cli::prompt::hidden("Client secret (Enter for none): ")
                     .context("reading the client secret")?,
             );
             (!s.trim().is_empty())
