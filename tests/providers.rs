@@ -139,6 +139,27 @@ impl Proxy {
         stdout(&out)
     }
 
+    /// curl -X POST through the proxy; (HTTP status, body).
+    fn post(&self, url: &str, headers: &[&str], data: &str) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "-x", &self.url, "--cacert"])
+            .arg(&self.ca)
+            .args(["-w", "\n%{http_code}", "--data-raw", data]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.arg(url).output().expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {url}: {}\n{}",
+            stderr(&out),
+            self.log_text()
+        );
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_owned())
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -767,4 +788,277 @@ fn mcp_grant_stores_mcp_name() {
     assert_eq!(env.reveal("mcp-context7", &file).unwrap(), "c7-key-0123");
     let err = fails(&env.run(&["grant", "mcp"], &file));
     assert!(err.contains("moat grant mcp <name>"), "{err}");
+}
+
+const GEMINI_REFRESH: &str = "1//0real-refresh-token-0123456789";
+
+fn write_gemini_credentials(home: &Path, refresh: &str, expiry_ms: u128) {
+    let dir = home.join(".gemini");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("oauth_creds.json"),
+        format!(
+            r#"{{"access_token":"ya29.imported-old","refresh_token":"{refresh}","scope":"openid https://www.googleapis.com/auth/cloud-platform","token_type":"Bearer","id_token":"eyJx.y.z","expiry_date":{expiry_ms}}}"#
+        ),
+    )
+    .unwrap();
+}
+
+fn google_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
+    World::new(
+        &[
+            "oauth2.googleapis.com",
+            "cloudcode-pa.googleapis.com",
+            "generativelanguage.googleapis.com",
+        ],
+        moat_testkit::apis::fake_google(calls),
+    )
+}
+
+#[test]
+fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = google_world(calls.clone());
+    // Nothing to import.
+    let err = fails(&w.grant(&["gemini", "--import"], &[]));
+    assert!(err.contains("oauth_creds.json"), "{err}");
+    // A revoked refresh token: nothing saved, nothing echoed.
+    write_gemini_credentials(&w.env.user_home(), "1//0real-bad-000000", ms_from_now(3600));
+    let err = fails(&w.grant(&["gemini", "--import"], &[]));
+    assert!(err.contains("expired or revoked"), "{err}");
+    assert!(!err.contains("1//0real-bad-000000"), "{err}");
+    assert!(!w.stored("gemini"));
+    // Logged in but no terminal and no flag: says how to choose.
+    let err = fails(&w.grant(&["gemini"], &[]));
+    assert!(
+        err.contains("--import") && err.contains("GEMINI_API_KEY"),
+        "{err}"
+    );
+    assert!(!w.stored("gemini"));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // With GEMINI_API_KEY set the key is taken (API-key mode unchanged).
+    ok(&w.grant(&["gemini"], &[("GEMINI_API_KEY", "AIzaRealKey0123456789")]));
+    let v = w.show("gemini");
+    assert_eq!(v["source"], "env:GEMINI_API_KEY");
+    assert_eq!(v["kind"], "static");
+    assert!(v["placeholder"].as_str().unwrap().starts_with("AIza"));
+    let p = w.proxy(&["gemini"]);
+    p.get(
+        "https://generativelanguage.googleapis.com/v1beta/models",
+        &[],
+    );
+    assert_eq!(
+        last_header(&w.server, "x-goog-api-key"),
+        ["AIzaRealKey0123456789"]
+    );
+}
+
+#[test]
+fn gemini_oauth_is_injected_refreshed_and_the_cli_refresh_answered_with_placeholders() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = google_world(calls.clone());
+    // The CLI's token has expired: the import refreshes it.
+    write_gemini_credentials(&w.env.user_home(), GEMINI_REFRESH, ms_from_now(-60));
+    let out = ok(&w.grant(&["gemini", "--import"], &[])).clone();
+    assert!(stderr(&out).contains("Found Gemini CLI credentials."));
+    assert!(
+        stderr(&out).contains("Refresh token is valid."),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let form = String::from_utf8_lossy(&w.server.seen().last().unwrap().body).into_owned();
+    assert!(
+        form.contains(
+            "client_id=681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
+        ),
+        "{form}"
+    );
+    let v = w.show("gemini");
+    assert_eq!(v["kind"], "oauth");
+    assert_eq!(v["source"], "gemini-cli");
+    assert_eq!(v["metadata"]["mode"], "oauth");
+    assert_eq!(w.env.reveal("gemini", &[]).unwrap(), "ya29.real-1");
+    let placeholder = v["placeholder"].as_str().unwrap().to_owned();
+    let (access_ph, refresh_ph) =
+        moat::providers::builtin::gemini::oauth_placeholders(&placeholder);
+
+    // ya29.real-1 expires within 15 minutes: refreshed before injecting.
+    let p = w.proxy(&["gemini"]);
+    let body = p.get(
+        "https://cloudcode-pa.googleapis.com/v1internal:loadCodeAssist",
+        &[&format!("Authorization: Bearer {access_ph}")],
+    );
+    assert_eq!(body, r#"{"ok":true}"#);
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer ya29.real-2"]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "{}", p.log_text());
+
+    // The CLI's own refresh, with the placeholder refresh token: answered by
+    // Moat with placeholders, never forwarded.
+    let seen_before = w.server.seen().len();
+    let (status, body) = p.post(
+        "https://oauth2.googleapis.com/token",
+        &["Content-Type: application/x-www-form-urlencoded"],
+        &format!(
+            "grant_type=refresh_token&refresh_token={}&client_id=681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com&client_secret=x",
+            refresh_ph.replace('/', "%2F")
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["access_token"], access_ph.as_str());
+    assert_eq!(json["refresh_token"], refresh_ph.as_str());
+    assert_eq!(json["token_type"], "Bearer");
+    let expires_in = json["expires_in"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&expires_in), "{expires_in}");
+    assert!(
+        !body.contains("ya29.real") && !body.contains("1//0real"),
+        "{body}"
+    );
+    assert_eq!(w.server.seen().len(), seen_before, "forwarded upstream");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // tokeninfo (the CLI's startup check) works with the placeholder: asked
+    // with the real token, answered with the placeholder.
+    let (status, body) = p.post(
+        "https://oauth2.googleapis.com/tokeninfo",
+        &[&format!("Authorization: Bearer {access_ph}")],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&access_ph) && !body.contains("ya29.real"),
+        "{body}"
+    );
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer ya29.real-2"]
+    );
+
+    // Google's token endpoint saw only the real refresh token.
+    for s in w.server.seen().iter().filter(|s| s.path == "/token") {
+        let form = String::from_utf8_lossy(&s.body);
+        assert!(
+            form.contains("refresh_token=1%2F%2F0real-refresh-token"),
+            "{form}"
+        );
+        assert!(!form.contains(&refresh_ph[4..]), "{form}");
+    }
+    assert!(!p.log_text().contains(GEMINI_REFRESH));
+    assert!(!p.log_text().contains("ya29.real"));
+}
+
+#[test]
+fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let exchanges = Arc::new(AtomicUsize::new(0));
+    let w = World::new(
+        &["graph.facebook.com", "graph.instagram.com"],
+        moat_testkit::apis::fake_graph_api(exchanges.clone()),
+    );
+    // Refused by the Graph API: nothing saved, token not echoed.
+    let err = fails(&w.grant(&["meta"], &[("META_ACCESS_TOKEN", "EAAbad-token-0123")]));
+    assert!(err.contains("Invalid OAuth access token"), "{err}");
+    assert!(!err.contains("EAAbad-token-0123"), "{err}");
+    assert!(!w.stored("meta"));
+    // Half the app credentials, or a wrong secret: nothing saved.
+    let err = fails(&w.grant(
+        &["meta"],
+        &[
+            ("META_ACCESS_TOKEN", "EAAshort-token"),
+            ("META_APP_ID", "123456"),
+        ],
+    ));
+    assert!(err.contains("META_APP_SECRET"), "{err}");
+    let err = fails(&w.grant(
+        &["meta"],
+        &[
+            ("META_ACCESS_TOKEN", "EAAshort-token"),
+            ("META_APP_ID", "123456"),
+            ("META_APP_SECRET", "wrong-secret"),
+        ],
+    ));
+    assert!(err.contains("token exchange failed"), "{err}");
+    assert!(!err.contains("wrong-secret"), "{err}");
+    assert!(!w.stored("meta"));
+    assert_eq!(exchanges.load(Ordering::SeqCst), 0);
+
+    // Good: validated on META_API_VERSION, exchanged for a long-lived token.
+    let out = ok(&w.grant(
+        &["meta"],
+        &[
+            ("META_ACCESS_TOKEN", "EAAshort-token"),
+            ("META_APP_ID", "123456"),
+            ("META_APP_SECRET", "app-secret"),
+            ("META_API_VERSION", "v26.0"),
+        ],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Authenticated as: Jane Developer"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("Found META_APP_ID and META_APP_SECRET"));
+    let seen = w.server.seen();
+    assert_eq!(seen[seen.len() - 2].path, "/v26.0/me?fields=id,name");
+    assert_eq!(
+        seen[seen.len() - 2].header("authorization"),
+        ["Bearer EAAshort-token"]
+    );
+    assert!(
+        seen[seen.len() - 1]
+            .path
+            .starts_with("/v26.0/oauth/access_token?grant_type=fb_exchange_token")
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+    assert_eq!(w.env.reveal("meta", &[]).unwrap(), "EAAlong-1");
+    let v = w.show("meta");
+    assert_eq!(v["metadata"]["app_id"], "123456");
+    assert_eq!(v["metadata"]["api_version"], "v26.0");
+    assert_eq!(v["metadata"]["identity"], "Jane Developer");
+    assert_eq!(v["secrets"], serde_json::json!(["app_secret"]));
+    assert!(v["expires"].is_string());
+    assert!(v["placeholder"].is_null());
+
+    // Bearer on both Graph hosts; exchanged today, so not again.
+    let p = w.proxy(&["meta"]);
+    p.get("https://graph.facebook.com/v26.0/me", &[]);
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer EAAlong-1"]
+    );
+    p.get("https://graph.instagram.com/me", &[]);
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer EAAlong-1"]
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+    assert!(!p.log_text().contains("app-secret"));
+
+    // No app credentials: saved as is, static.
+    let w2 = World::new(
+        &["graph.facebook.com"],
+        moat_testkit::apis::fake_graph_api(exchanges.clone()),
+    );
+    let out = ok(&w2.grant(&["meta"], &[("META_ACCESS_TOKEN", "EAAsystem-user")])).clone();
+    assert!(
+        stderr(&out).contains("No app credentials"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAsystem-user");
+    assert_eq!(
+        w2.server.seen().last().unwrap().path,
+        "/v25.0/me?fields=id,name"
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
 }

@@ -4,6 +4,8 @@
 //! import), npm (registries), OAuth (token endpoint, refresh token).
 
 mod claude;
+mod gemini;
+mod meta;
 mod npm;
 mod oauth;
 
@@ -29,6 +31,8 @@ Examples:
   moat grant claude                      claude setup-token, paste a token, or import Claude Code's login
   moat grant claude --import             import ~/.claude/.credentials.json (no questions)
   moat grant anthropic                   API key from ANTHROPIC_API_KEY or a prompt
+  moat grant gemini --import             import the Gemini CLI's Google login (refreshed by Moat)
+  META_APP_ID=… META_APP_SECRET=… moat grant meta   token from META_ACCESS_TOKEN, exchanged daily
   moat grant npm                         registries from ~/.npmrc (//host/:_authToken=) and NPM_TOKEN
   moat grant npm --host npm.corp.test    add or replace one registry (calls merge into 'npm')
   printf %s \"$REFRESH\" | moat grant oauth corp --token-url https://auth.corp.test/token \\
@@ -56,7 +60,8 @@ pub struct GrantArgs {
     #[arg(long)]
     token_stdin: bool,
     /// Import the login of the provider's own tool without asking: Claude
-    /// Code's ~/.claude/.credentials.json for 'claude'
+    /// Code's ~/.claude/.credentials.json for 'claude', the Gemini CLI's
+    /// ~/.gemini/oauth_creds.json for 'gemini'
     #[arg(long, conflicts_with = "token_stdin")]
     import: bool,
     /// For 'npm': the registry host (or URL) to add or replace; repeated
@@ -119,9 +124,9 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
     if let Flow::Pending(what) = provider.flow {
         bail!("{what}; the provider is listed so runs and scripts can name it");
     }
-    if args.import && provider.flow != Flow::Claude {
+    if args.import && !matches!(provider.flow, Flow::Claude | Flow::Gemini) {
         bail!(
-            "--import is for providers with a local tool to import from (claude); 'moat grant {}' does not take it",
+            "--import is for providers with a local tool to import from (claude, gemini); 'moat grant {}' does not take it",
             provider.name
         );
     }
@@ -150,6 +155,8 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
         Flow::Claude => claude::obtain(provider, args)?,
         Flow::Npm => npm::obtain(provider, args, store.get(&name).ok())?,
         Flow::Oauth => oauth::obtain(provider, args)?,
+        Flow::Gemini => gemini::obtain(provider, &name, args)?,
+        Flow::Meta => meta::obtain(provider, &name, args)?,
         _ => {
             let (token, source) = obtain_token(provider, &name, args.token_stdin)?;
             Credential::new_static(&provider.name, token, source)

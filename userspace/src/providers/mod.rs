@@ -112,6 +112,11 @@ pub enum Flow {
     Npm,
     /// A generic OAuth 2.0 credential (`moat grant oauth <name>`).
     Oauth,
+    /// Gemini: import of the Gemini CLI's OAuth login, or an API key.
+    Gemini,
+    /// Meta: an access token plus optional app credentials for the daily
+    /// long-lived token exchange.
+    Meta,
     /// A provider-specific flow not in this build yet (the text says what to do).
     Pending(&'static str),
 }
@@ -138,6 +143,29 @@ pub struct Provider {
     /// endpoints): there the proxy replaces it by the placeholder, so it never
     /// reaches the sandbox.
     pub response_hosts: Vec<HostPattern>,
+    /// Requests the proxy answers itself instead of forwarding them.
+    pub local: Option<Local>,
+}
+
+/// Hosts whose requests the proxy answers itself (`proxy::local`), because
+/// forwarding them would hand the sandbox a real token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    pub hosts: Vec<HostPattern>,
+    pub answer: LocalAnswer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalAnswer {
+    /// Google's OAuth endpoint as the Gemini CLI uses it: a refresh carrying
+    /// the placeholder refresh token is answered by Moat with placeholder
+    /// tokens (Moat refreshes the real ones itself); other requests go
+    /// upstream with the placeholder access token replaced by the real one
+    /// and the real tokens replaced by placeholders in the answer.
+    GoogleOauth {
+        /// The scope the token response reports.
+        scope: String,
+    },
 }
 
 impl Provider {

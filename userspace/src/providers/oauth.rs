@@ -17,13 +17,27 @@ pub const CLIENT_ID: &str = "client_id";
 pub const CLIENT_SECRET: &str = "client_secret";
 pub const REFRESH_TOKEN: &str = "refresh_token";
 
-/// When a credential is refreshed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a due credential gets its new token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renew {
+    /// `grant_type=refresh_token` at the credential's token URL.
+    RefreshToken,
+    /// Meta's `GET …/oauth/access_token?grant_type=fb_exchange_token`
+    /// (see [`crate::providers::builtin::meta::exchange_url`]).
+    FbExchange,
+    /// Run this command on the host; its trimmed stdout is the token
+    /// (`gh auth token [--hostname HOST]`).
+    Command(Vec<String>),
+}
+
+/// When a credential is refreshed, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Refresh once the token expires within this much time.
     pub lead: Duration,
     /// Also refresh when the last refresh is this old (Meta's daily exchange).
     pub every: Option<Duration>,
+    pub how: Renew,
 }
 
 impl Policy {
@@ -31,6 +45,7 @@ impl Policy {
     pub const OAUTH: Policy = Policy {
         lead: Duration::from_secs(5 * 60),
         every: None,
+        how: Renew::RefreshToken,
     };
 
     /// Is `cred` due at `now`? A token without expiry is due only by `every`.
@@ -60,7 +75,7 @@ pub enum OauthError {
     NoAccessToken,
 }
 
-fn form_escape(s: &str) -> String {
+pub(crate) fn form_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -184,6 +199,7 @@ mod tests {
         let daily = Policy {
             lead: Duration::ZERO,
             every: Some(Duration::from_secs(86_400)),
+            how: Renew::FbExchange,
         };
         let forever = cred(None, t0);
         assert!(!daily.due(&forever, t0 + Duration::from_secs(86_399)));

@@ -202,6 +202,7 @@ pub fn parse(text: &str, file: &Path, origin: Origin) -> Result<Provider, YamlEr
         flow: Flow::Token,
         origin,
         response_hosts: Vec::new(),
+        local: None,
         source_command: None,
     })
 }

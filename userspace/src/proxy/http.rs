@@ -73,7 +73,7 @@ pub fn moat_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
 pub async fn forward(
     engine: Arc<Engine>,
     target: Arc<Target>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return moat_response(
@@ -96,6 +96,11 @@ pub async fn forward(
         );
         return moat_response(StatusCode::FORBIDDEN, &reason);
     }
+    // Requests Moat answers itself (the Gemini CLI's token refresh).
+    let mut req = match super::local::answer(&engine, &target, req).await {
+        Ok(resp) => return resp,
+        Err(req) => req,
+    };
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let plan = &target.plan;

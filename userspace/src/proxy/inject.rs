@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+use super::local::Responder;
 use super::refresh::{LiveToken, TokenEndpoint};
 use super::substitute::Substitutions;
 use crate::providers::{self, HostPattern, Injection, Provider};
@@ -71,6 +72,11 @@ struct SubstRule {
     grant: Arc<str>,
 }
 
+struct LocalRule {
+    pattern: HostPattern,
+    responder: Arc<Responder>,
+}
+
 /// What to do for one destination.
 #[derive(Default)]
 pub struct Plan {
@@ -82,6 +88,8 @@ pub struct Plan {
     pub response_subst: Option<Arc<Substitutions>>,
     /// Names of the grants that apply (for the audit log; never values).
     pub grants: Vec<Arc<str>>,
+    /// Requests Moat answers itself (see `proxy::local`).
+    pub local: Option<Arc<Responder>>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -96,7 +104,10 @@ impl std::fmt::Debug for Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.request_subst.is_none() && self.response_subst.is_none()
+        self.headers.is_empty()
+            && self.request_subst.is_none()
+            && self.response_subst.is_none()
+            && self.local.is_none()
     }
 }
 
@@ -105,6 +116,7 @@ pub struct InjectionTable {
     headers: Vec<HeaderRule>,
     request: Vec<SubstRule>,
     response: Vec<SubstRule>,
+    local: Vec<LocalRule>,
 }
 
 impl InjectionTable {
@@ -169,6 +181,25 @@ impl InjectionTable {
                 }
                 Injection::Special(_) => {}
             }
+            if let Some(local) = &g.provider.local {
+                let placeholder = g
+                    .placeholder
+                    .as_ref()
+                    .ok_or_else(|| err("answering requests locally needs a placeholder".into()))?;
+                let responder = Arc::new(Responder::new(
+                    grant.clone(),
+                    local.answer.clone(),
+                    placeholder,
+                    g.token.clone(),
+                    g.live.clone(),
+                ));
+                for pattern in &local.hosts {
+                    t.local.push(LocalRule {
+                        pattern: pattern.clone(),
+                        responder: responder.clone(),
+                    });
+                }
+            }
             if let Some(placeholder) = &g.placeholder {
                 for pattern in &g.provider.response_hosts {
                     t.response.push(SubstRule {
@@ -189,7 +220,10 @@ impl InjectionTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.request.is_empty() && self.response.is_empty()
+        self.headers.is_empty()
+            && self.request.is_empty()
+            && self.response.is_empty()
+            && self.local.is_empty()
     }
 
     /// Does any grant apply to `host:port`? (Decides intercept vs splice.)
@@ -197,6 +231,7 @@ impl InjectionTable {
         self.headers.iter().any(|r| r.pattern.matches(host, port))
             || self.request.iter().any(|r| r.pattern.matches(host, port))
             || self.response.iter().any(|r| r.pattern.matches(host, port))
+            || self.local.iter().any(|r| r.pattern.matches(host, port))
     }
 
     /// Refresh, where due, the refreshable credentials that apply to
@@ -259,6 +294,16 @@ impl InjectionTable {
         };
         let request_subst = collect(&self.request);
         let response_subst = collect(&self.response);
+        plan.local = self
+            .local
+            .iter()
+            .find(|r| r.pattern.matches(host, port))
+            .map(|r| r.responder.clone());
+        if let Some(r) = &plan.local
+            && !plan.grants.iter().any(|g| g == r.grant())
+        {
+            plan.grants.push(r.grant().clone());
+        }
         plan.headers = headers;
         plan.request_subst = request_subst;
         plan.response_subst = response_subst;

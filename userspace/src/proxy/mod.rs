@@ -11,6 +11,7 @@ pub mod ca;
 pub mod guard;
 pub mod http;
 pub mod inject;
+pub mod local;
 pub mod peek;
 pub mod refresh;
 pub mod rules;

@@ -7,6 +7,10 @@
 //! the store, and every later plan injects the new access token. A failed
 //! refresh keeps the old token, is reported, and is not retried for
 //! [`RETRY_AFTER`] so a broken endpoint is not hammered.
+//!
+//! How a refresh gets the new token is the policy's [`Renew`]: an OAuth
+//! refresh grant, Meta's `fb_exchange_token`, or re-running the command the
+//! token came from (`gh auth token`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +21,7 @@ use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::net::Upstream;
-use crate::providers::oauth::{self, Policy};
+use crate::providers::oauth::{self, Policy, Renew};
 use crate::store::Credential;
 
 /// How long after a failed refresh the next attempt may be made.
@@ -45,6 +49,12 @@ pub trait TokenEndpoint: Send + Sync {
         url: &'a str,
         form: &'a str,
     ) -> BoxFuture<'a, Result<(u16, Bytes), String>>;
+
+    /// `GET url` (Meta's token exchange). The URL holds secrets: never log it.
+    fn get<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<(u16, Bytes), String>> {
+        let _ = url;
+        Box::pin(async { Err("this endpoint does not make GET requests".to_owned()) })
+    }
 }
 
 impl TokenEndpoint for Upstream {
@@ -65,6 +75,46 @@ impl TokenEndpoint for Upstream {
             .map_err(|e| e.to_string())
         })
     }
+
+    fn get<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<(u16, Bytes), String>> {
+        Box::pin(async move {
+            self.fetch("GET", url, &[], Bytes::new())
+                .await
+                .map(|f| (f.status, f.body))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Run `argv` on the host and take its trimmed stdout as the token. Errors
+/// name the command and its exit status, never its output.
+async fn run_source_command(argv: Vec<String>) -> Result<SecretString, String> {
+    let shown = argv.join(" ");
+    let out = tokio::task::spawn_blocking(move || {
+        let (program, args) = argv.split_first().ok_or("empty command")?;
+        std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run it: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    .map_err(|e| format!("'{shown}': {e}"))?;
+    let text = zeroize::Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
+    let token = text.trim();
+    if !out.status.success() {
+        return Err(format!(
+            "'{shown}' failed ({}); is the tool still logged in?",
+            out.status
+        ));
+    }
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("'{shown}' printed no single token"));
+    }
+    Ok(SecretString::from(token))
 }
 
 /// Where a refreshed credential is re-sealed.
@@ -177,32 +227,84 @@ impl LiveToken {
         }
     }
 
+    /// When the current access token expires, if known.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.cred
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .expires_at
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
     async fn refresh(&self, endpoint: &dyn TokenEndpoint) -> Result<(), String> {
-        let (req, known) = {
-            let cred = self.cred.read().unwrap_or_else(|p| p.into_inner());
-            let req = oauth::refresh_request(&cred).map_err(|e| e.to_string())?;
-            let known: Vec<zeroize::Zeroizing<String>> = cred
-                .secrets
-                .values()
-                .map(|s| zeroize::Zeroizing::new(s.expose_secret().to_owned()))
-                .collect();
-            (req, known)
-        };
-        let (status, body) = endpoint.post_form(&req.url, &req.form).await?;
-        let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-        let tokens = oauth::parse_response(status, &body, &known).map_err(|e| e.to_string())?;
+        match &self.policy.how {
+            Renew::RefreshToken => self.refresh_oauth(endpoint).await,
+            Renew::FbExchange => {
+                let (url, known) = {
+                    let cred = self.cred.read().unwrap_or_else(|p| p.into_inner());
+                    let url = crate::providers::builtin::meta::exchange_url(&cred)
+                        .map_err(|e| e.to_string())?;
+                    (url, known_secrets(&cred))
+                };
+                let (status, body) = endpoint.get(&url).await?;
+                let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
+                let tokens =
+                    oauth::parse_response(status, &body, &known).map_err(|e| e.to_string())?;
+                self.store(|next, now| {
+                    next.token = tokens.access_token;
+                    // A token without expires_in (a system user's) never expires.
+                    next.expires_at = tokens.expires_in.map(|d| now + d);
+                    next.updated_at = now;
+                })
+            }
+            Renew::Command(argv) => {
+                let token = run_source_command(argv.clone()).await?;
+                self.store(|next, now| {
+                    next.token = token;
+                    next.updated_at = now;
+                })
+            }
+        }
+    }
+
+    /// Change a copy of the credential, re-seal it, then use it.
+    fn store(&self, change: impl FnOnce(&mut Credential, SystemTime)) -> Result<(), String> {
         let now = self.clock.now();
         let mut next = {
             let cred = self.cred.read().unwrap_or_else(|p| p.into_inner());
             Credential::from_plaintext(&cred.to_plaintext()).map_err(|e| e.to_string())?
         };
-        oauth::apply(&mut next, tokens, now);
-        // Sealed first: a token we could not keep is still used for this run,
-        // but the failure to save is reported.
+        change(&mut next, now);
         let saved = self.persist.save(&next);
         *self.cred.write().unwrap_or_else(|p| p.into_inner()) = next;
         saved.map_err(|e| format!("refreshed, but saving the new token failed: {e}"))
     }
+
+    async fn refresh_oauth(&self, endpoint: &dyn TokenEndpoint) -> Result<(), String> {
+        let (req, known) = {
+            let cred = self.cred.read().unwrap_or_else(|p| p.into_inner());
+            let req = oauth::refresh_request(&cred).map_err(|e| e.to_string())?;
+            (req, known_secrets(&cred))
+        };
+        let (status, body) = endpoint.post_form(&req.url, &req.form).await?;
+        let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
+        let tokens = oauth::parse_response(status, &body, &known).map_err(|e| e.to_string())?;
+        // Sealed first: a token we could not keep is still used for this run,
+        // but the failure to save is reported.
+        self.store(|next, now| oauth::apply(next, tokens, now))
+    }
+}
+
+/// The credential's secrets and token, for redaction from error messages.
+fn known_secrets(cred: &Credential) -> Vec<zeroize::Zeroizing<String>> {
+    cred.secrets
+        .values()
+        .chain(std::iter::once(&cred.token))
+        .map(|s| zeroize::Zeroizing::new(s.expose_secret().to_owned()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -351,5 +453,140 @@ pub mod tests {
         assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
         assert_eq!(live.token().expose_secret(), "at-2");
         assert!(live.last_failure().is_none());
+    }
+
+    /// Meta's Graph API exchange: counts calls, can be told to fail.
+    struct Graph {
+        calls: AtomicUsize,
+        fail: Mutex<bool>,
+    }
+
+    impl TokenEndpoint for Graph {
+        fn post_form<'a>(
+            &'a self,
+            _url: &'a str,
+            _form: &'a str,
+        ) -> BoxFuture<'a, Result<(u16, Bytes), String>> {
+            Box::pin(async { Err("POST not expected".to_owned()) })
+        }
+
+        fn get<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<(u16, Bytes), String>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                assert!(url.contains("grant_type=fb_exchange_token&client_id=123"));
+                if *self.fail.lock().unwrap() {
+                    return Ok((
+                        400,
+                        Bytes::from_static(
+                            br#"{"error":{"message":"Error validating client secret.","code":1}}"#,
+                        ),
+                    ));
+                }
+                Ok((
+                    200,
+                    Bytes::from(format!(
+                        r#"{{"access_token":"EAAlong-{n}","expires_in":5184000}}"#
+                    )),
+                ))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn meta_exchanges_once_a_day_and_a_failure_keeps_the_token() {
+        use crate::providers::builtin::meta;
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let mut c = Credential::new_static("meta", SecretString::from("EAAshort"), "env");
+        c.metadata.insert(meta::APP_ID.into(), "123".into());
+        c.secrets
+            .insert(meta::APP_SECRET.into(), SecretString::from("app-secret"));
+        c.updated_at = t0;
+        c.expires_at = Some(t0 + Duration::from_secs(60 * 86_400));
+        let saved = Arc::new(Saved::default());
+        let policy = meta::policy(&c).unwrap();
+        let live = LiveToken::new("meta", c, policy, clock.clone(), saved.clone());
+        let graph = Graph {
+            calls: AtomicUsize::new(0),
+            fail: Mutex::new(false),
+        };
+        clock.advance(meta::EXCHANGE_EVERY - Duration::from_secs(1));
+        live.ensure_fresh(&graph).await;
+        assert_eq!(graph.calls.load(Ordering::SeqCst), 0);
+        clock.advance(Duration::from_secs(1));
+        live.ensure_fresh(&graph).await;
+        assert_eq!(live.token().expose_secret(), "EAAlong-1");
+        assert_eq!(*saved.0.lock().unwrap(), ["EAAlong-1"]);
+        // The next day the exchange fails: the token stays, the failure is
+        // reported (never with the secret), retried after RETRY_AFTER.
+        *graph.fail.lock().unwrap() = true;
+        clock.advance(meta::EXCHANGE_EVERY);
+        live.ensure_fresh(&graph).await;
+        assert_eq!(live.token().expose_secret(), "EAAlong-1");
+        let f = live.last_failure().unwrap();
+        assert!(f.message.contains("client secret"), "{}", f.message);
+        assert!(!f.message.contains("app-secret"), "{}", f.message);
+        live.ensure_fresh(&graph).await;
+        assert_eq!(graph.calls.load(Ordering::SeqCst), 2);
+        *graph.fail.lock().unwrap() = false;
+        clock.advance(RETRY_AFTER);
+        live.ensure_fresh(&graph).await;
+        assert_eq!(live.token().expose_secret(), "EAAlong-3");
+        assert!(live.last_failure().is_none());
+    }
+
+    #[tokio::test]
+    async fn gh_token_is_reread_every_30_minutes_and_a_failing_gh_keeps_it() {
+        use crate::providers::Registry;
+        use crate::providers::builtin::github;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("token");
+        let gh = dir.path().join("gh");
+        std::fs::write(
+            &gh,
+            format!(
+                "#!/bin/sh\n[ \"$*\" = \"auth token\" ] || exit 3\ncat {} || exit 1\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&out, "gho_second\n").unwrap();
+
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let mut c = Credential::new_static("github", SecretString::from("gho_first"), "gh");
+        c.updated_at = t0;
+        let reg = Registry::builtin_and_shipped();
+        let mut policy = github::policy(reg.get("github").unwrap(), &c).unwrap();
+        // The fake gh stands in for the one on PATH.
+        policy.how = Renew::Command(vec![
+            gh.display().to_string(),
+            "auth".into(),
+            "token".into(),
+        ]);
+        let saved = Arc::new(Saved::default());
+        let live = LiveToken::new("github", c, policy, clock.clone(), saved.clone());
+        let (_, _, _, endpoint) = setup(1);
+        clock.advance(github::REREAD_EVERY - Duration::from_secs(1));
+        live.ensure_fresh(&endpoint).await;
+        assert_eq!(live.token().expose_secret(), "gho_first");
+        clock.advance(Duration::from_secs(1));
+        live.ensure_fresh(&endpoint).await;
+        assert_eq!(live.token().expose_secret(), "gho_second");
+        assert_eq!(*saved.0.lock().unwrap(), ["gho_second"]);
+        // gh logged out: the token stays, the failure names the command.
+        std::fs::remove_file(&out).unwrap();
+        clock.advance(github::REREAD_EVERY);
+        live.ensure_fresh(&endpoint).await;
+        assert_eq!(live.token().expose_secret(), "gho_second");
+        let f = live.last_failure().unwrap();
+        assert!(
+            f.message.contains("auth token") && f.message.contains("failed"),
+            "{}",
+            f.message
+        );
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 0);
     }
 }

@@ -1,7 +1,16 @@
 //! GitHub: `Authorization: Bearer` on the API; Basic `x-access-token:<token>`
 //! on github.com, because git's smart-HTTP endpoints only take Basic (a
 //! deliberate departure from the reference table, which says Bearer for both).
+//!
+//! Refresh: a token that came from `gh auth token` is re-read from gh every
+//! 30 minutes during a run (gh may have refreshed or rotated it). Tokens from
+//! `GITHUB_TOKEN`/`GH_TOKEN`, a prompt or stdin are static: the variable was
+//! read by `moat grant` in another process, and nothing a running proxy can
+//! re-read holds a newer value; grant again to replace them.
 
+use std::time::Duration;
+
+use super::super::oauth::{Policy, Renew};
 use super::super::placeholder::{Alphabet, Format};
 use super::super::{
     BindError, HeaderRule, HeaderValue, HostPattern, Injection, Provider, SourceCommand, hosts,
@@ -43,6 +52,26 @@ pub fn provider() -> Provider {
     p.validate = validate_get("https://api.github.com/user");
     p.prompt = Some("Enter a GitHub Personal Access Token.\nTo create one: visit https://github.com/settings/tokens".into());
     p
+}
+
+/// How often a gh-sourced token is re-read from gh during a run.
+pub const REREAD_EVERY: Duration = Duration::from_secs(30 * 60);
+
+/// Re-run `gh auth token [--hostname HOST]` every 30 minutes for tokens that
+/// came from gh; every other source is static.
+pub fn policy(p: &Provider, cred: &crate::store::Credential) -> Option<Policy> {
+    if cred.source != "gh" {
+        return None;
+    }
+    let p = match cred.metadata.get(ENTERPRISE_HOST) {
+        Some(host) => enterprise(p, host).ok()?,
+        None => p.clone(),
+    };
+    Some(Policy {
+        lead: Duration::ZERO,
+        every: Some(REREAD_EVERY),
+        how: Renew::Command(p.source_command?.argv),
+    })
 }
 
 /// Metadata key naming a GitHub Enterprise Server host.
@@ -94,5 +123,32 @@ mod tests {
             ["gh", "auth", "token", "--hostname", "ghe.corp.test"]
         );
         assert!(enterprise(&provider(), "bad host").is_err());
+    }
+
+    #[test]
+    fn gh_tokens_are_reread_every_30_minutes_others_are_static() {
+        use crate::store::Credential;
+        use secrecy::SecretString;
+        let gh = Credential::new_static("github", SecretString::from("gho_x"), "gh");
+        let p = policy(&provider(), &gh).unwrap();
+        assert_eq!(p.every, Some(REREAD_EVERY));
+        assert_eq!(p.how, Renew::Command(strings(&["gh", "auth", "token"])));
+        let mut ghe = gh;
+        ghe.metadata
+            .insert(ENTERPRISE_HOST.into(), "ghe.corp.test".into());
+        assert_eq!(
+            policy(&provider(), &ghe).unwrap().how,
+            Renew::Command(strings(&[
+                "gh",
+                "auth",
+                "token",
+                "--hostname",
+                "ghe.corp.test"
+            ]))
+        );
+        for source in ["env:GITHUB_TOKEN", "env:GH_TOKEN", "prompt", "stdin"] {
+            let c = Credential::new_static("github", SecretString::from("ghp_x"), source);
+            assert!(policy(&provider(), &c).is_none(), "{source}");
+        }
     }
 }

@@ -41,6 +41,7 @@ pub(super) fn bind(p: &Provider, cred: &Credential) -> Result<Vec<Binding>, Bind
     match p.name.as_str() {
         "npm" => npm::bind(p, cred),
         "oauth" => oauth::bind(p, cred),
+        "gemini" => Ok(gemini::bind(p, cred)),
         "github" => match cred.metadata.get(github::ENTERPRISE_HOST) {
             Some(host) => Ok(vec![Binding {
                 provider: github::enterprise(p, host)?,
@@ -63,6 +64,9 @@ pub(super) fn refresh_policy(p: &Provider, cred: &Credential) -> Option<super::o
     let refreshable = cred.metadata.contains_key(super::oauth::TOKEN_URL);
     match p.name.as_str() {
         "oauth" if refreshable => Some(oauth::policy()),
+        "gemini" => gemini::policy(cred),
+        "meta" => meta::policy(cred),
+        "github" => github::policy(p, cred),
         _ => None,
     }
 }
@@ -76,6 +80,7 @@ pub(super) fn sandbox_files(
     match p.name.as_str() {
         "graphite" => vec![graphite::user_config(placeholder)],
         "npm" => vec![npm::npmrc(cred)],
+        "gemini" => gemini::sandbox_files(cred, placeholder),
         _ => Vec::new(),
     }
 }
@@ -109,6 +114,7 @@ fn header_provider(
         flow: super::Flow::Token,
         origin: super::Origin::Builtin,
         response_hosts: Vec::new(),
+        local: None,
         source_command: None,
     }
 }
