@@ -51,7 +51,7 @@ pub(super) fn obtain(provider: &Provider, name: &CredName, args: &GrantArgs) -> 
                 (None, None)
             } else {
                 let secret = zeroize::Zeroizing::new(
-                    rpassword::prompt_password("App secret: ").context("reading the app secret")?,
+                    crate::cli::prompt::hidden("App secret: ").context("reading the app secret")?,
                 );
                 (Some(id), Some(checked_token(&secret, "the prompt")?))
             }
