@@ -380,10 +380,19 @@ fn docker_no_engine_is_a_clear_error() {
 #[test]
 fn docker_image_from_dependencies_is_cached_by_content() {
     let s = setup();
+    // A package name of this test run only: no image of an earlier run can
+    // answer for it.
+    let unique = format!(
+        "moat-test-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     let write = |deps: &str| {
         std::fs::write(
             s.workspace.join("moat.yaml"),
-            format!("runtime: docker\nbase_image: {IMAGE}\ndependencies: [{deps}]\n"),
+            format!("runtime: docker\nbase_image: {IMAGE}\ndependencies: [{unique}, {deps}]\n"),
         )
         .unwrap();
     };
@@ -394,7 +403,9 @@ fn docker_image_from_dependencies_is_cached_by_content() {
     assert!(built(&first), "{}", stderr(&first));
     let log = stdout(&first);
     assert!(
-        log.contains("install -y --no-install-recommends ca-certificates git python3"),
+        log.contains(&format!(
+            "install -y --no-install-recommends ca-certificates git {unique} python3"
+        )),
         "{log}"
     );
     // Same config, other order: the same image, no build.
@@ -407,7 +418,7 @@ fn docker_image_from_dependencies_is_cached_by_content() {
     let third = s.run("cat /var/lib/moat-test-apt.log");
     assert!(built(&third), "{}", stderr(&third));
     assert!(
-        stdout(&third).contains(" git jq python3"),
+        stdout(&third).contains(&format!(" git jq {unique} python3")),
         "{}",
         stdout(&third)
     );
@@ -425,6 +436,14 @@ fn docker_image_from_dependencies_is_cached_by_content() {
     for i in images {
         ok(&docker(&["rmi", "-f", &i]));
     }
+    // The image --rebuild replaced, untagged now.
+    ok(&docker(&[
+        "image",
+        "prune",
+        "-f",
+        "--filter",
+        "label=io.moat.generated=1",
+    ]));
     assert_eq!(s.containers_left(), "");
 }
 

@@ -392,9 +392,8 @@ fn container_body(
         ));
     }
     let mut entrypoint = vec![BINARY_INSIDE.to_string(), "__container-init".into()];
-    if tty {
-        entrypoint.push("--tty".into());
-    }
+    // Always a flag first: a leading `--` would be eaten by the CLI parser.
+    entrypoint.push(if tty { "--tty" } else { "--no-tty" }.into());
     entrypoint.push("--".into());
     let env = spec
         .env
@@ -634,6 +633,7 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<InitArgs, String> {
     while let Some(a) = it.next() {
         match a.to_str() {
             Some("--tty") => args.tty = true,
+            Some("--no-tty") => args.tty = false,
             Some("--") => {
                 args.command = it.collect();
                 break;
