@@ -21,6 +21,8 @@ packages=(
   llvm             # llvm-objdump/llvm-strip for looking at that object
   libbpf-dev       # bpf/bpf_helpers.h, bpf/bpf_endian.h for the eBPF redirector
   bpftool          # vm-tests/ebpf.rs checks no program is left attached
+  docker.io        # a private engine for vm-tests/docker.rs (scripts/test-dockerd.sh)
+  busybox-static   # the userland of the registry-free test image (scripts/test-image.sh)
 )
 
 missing=()

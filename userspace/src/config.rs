@@ -1,7 +1,10 @@
 //! `moat.yaml`: a workspace's run configuration.
 //!
 //! Keys: `name`, `command`, `grants`, `env`, `network` (`policy`, `rules`,
-//! `host`), `mcp` (`name`, `url`, `auth: {grant, header}`). Unknown keys are errors that name the nearest known key; wrong
+//! `host`), `mcp` (`name`, `url`, `auth: {grant, header}`), and for
+//! `--runtime docker`: `runtime`, `image`, `base_image`, `dependencies`,
+//! `mounts` (`src:dst[:ro]`), `ports`, `container` (`memory`, `cpus`).
+//! Unknown keys are errors that name the nearest known key; wrong
 //! types are errors with file:line:column. Command-line flags override and
 //! merge (grants are merged). The legacy name `agent.yaml` is read when there
 //! is no `moat.yaml`.
@@ -43,6 +46,98 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     pub network: Network,
     pub mcp: Vec<Mcp>,
+    /// `runtime: native|docker` (the flag and `MOAT_RUNTIME` win).
+    pub runtime: Option<String>,
+    /// `image:`: run in this image as is.
+    pub image: Option<String>,
+    /// `base_image:`: what generated images start from.
+    pub base_image: Option<String>,
+    /// `dependencies:` (`python@3.11`, `node@20`, `git`, …), as written.
+    pub dependencies: Vec<String>,
+    pub mounts: Vec<Mount>,
+    /// `ports:` published on the host's 127.0.0.1, as `-p` (HOSTPORT, PORT).
+    pub ports: Vec<(u16, u16)>,
+    pub container: ContainerLimits,
+}
+
+/// `mounts: - src:dst[:ro]` (src relative to the workspace unless absolute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub read_only: bool,
+}
+
+impl Mount {
+    /// `SRC:DST` or `SRC:DST:ro` (or `:rw`); DST must be absolute.
+    pub fn parse(spec: &str, base: &Path) -> Result<Self, String> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (src, dst, read_only) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, "ro"] => (*s, *d, true),
+            [s, d, "rw"] => (*s, *d, false),
+            _ => return Err(format!("mount '{spec}': expected SRC:DST or SRC:DST:ro")),
+        };
+        if src.is_empty() || !dst.starts_with('/') {
+            return Err(format!(
+                "mount '{spec}': expected SRC:DST[:ro] with an absolute DST"
+            ));
+        }
+        Ok(Self {
+            src: base.join(src),
+            dst: dst.into(),
+            read_only,
+        })
+    }
+}
+
+/// `container: {memory: 2g, cpus: 1.5}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerLimits {
+    /// Bytes.
+    pub memory: Option<i64>,
+    pub cpus: Option<f64>,
+}
+
+/// `512m`, `2g`, `1024k`, `1073741824` → bytes.
+pub fn parse_memory(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .map(|n| (n * mult as f64) as i64)
+        .filter(|b| *b >= 6 << 20)
+        .ok_or_else(|| {
+            format!("container.memory: '{s}' is not a size of at least 6m (e.g. 512m, 2g)")
+        })
+}
+
+/// `HOSTPORT:PORT` or `PORT`.
+pub fn parse_port(spec: &str) -> Result<(u16, u16), String> {
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                format!("port '{spec}': '{s}' is not a port (expected HOSTPORT:PORT or PORT)")
+            })
+    };
+    match spec.split_once(':') {
+        Some((h, p)) => Ok((port(h)?, port(p)?)),
+        None => {
+            let p = port(spec)?;
+            Ok((p, p))
+        }
+    }
 }
 
 /// An MCP server whose requests get a stored credential in a header.
@@ -78,6 +173,23 @@ struct Doc {
     network: Option<NetworkDoc>,
     #[serde(default)]
     mcp: Vec<McpDoc>,
+    runtime: Option<String>,
+    image: Option<String>,
+    base_image: Option<String>,
+    #[serde(default)]
+    dependencies: Vec<String>,
+    #[serde(default)]
+    mounts: Vec<String>,
+    #[serde(default)]
+    ports: Vec<Scalar>,
+    container: Option<ContainerDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerDoc {
+    memory: Option<Scalar>,
+    cpus: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -231,7 +343,65 @@ impl Config {
             }
             network.host_ports = n.host;
         }
+        if let Some(r) = &doc.runtime
+            && r != "native"
+            && r != "docker"
+        {
+            return Err(at(
+                "runtime",
+                format!("runtime: '{r}' is not a runtime (native or docker)"),
+            ));
+        }
+        if doc.image.is_some() && !doc.dependencies.is_empty() {
+            return Err(at(
+                "image",
+                "image: and dependencies: exclude each other (dependencies: builds an image \
+                 on base_image:)"
+                    .into(),
+            ));
+        }
+        for d in &doc.dependencies {
+            crate::sandbox::image::Dependency::parse(d)
+                .map_err(|e| at(d, format!("dependencies: {e}")))?;
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mounts = doc
+            .mounts
+            .iter()
+            .map(|m| Mount::parse(m, base).map_err(|e| at(m, format!("mounts: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ports = doc
+            .ports
+            .into_iter()
+            .map(|p| {
+                let p = p.into_string();
+                parse_port(&p).map_err(|e| at(&p, format!("ports: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut container = ContainerLimits::default();
+        if let Some(c) = doc.container {
+            if let Some(m) = c.memory {
+                let m = m.into_string();
+                container.memory = Some(parse_memory(&m).map_err(|e| at("memory", e))?);
+            }
+            if let Some(cpus) = c.cpus {
+                if !(cpus.is_finite() && cpus > 0.0) {
+                    return Err(at(
+                        "cpus",
+                        format!("container.cpus: {cpus} is not a positive number of CPUs"),
+                    ));
+                }
+                container.cpus = Some(cpus);
+            }
+        }
         Ok(Config {
+            runtime: doc.runtime,
+            image: doc.image,
+            base_image: doc.base_image,
+            dependencies: doc.dependencies,
+            mounts,
+            ports,
+            container,
             path: Some(path.to_owned()),
             name: doc.name,
             command,
@@ -373,6 +543,132 @@ mcp:
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("moat.yaml:2:"), "{e}");
+    }
+
+    #[test]
+    fn container_keys() {
+        let c = Config::parse(
+            r#"
+runtime: docker
+base_image: moat-test-base:latest
+dependencies: [git, "python@3.11"]
+mounts:
+  - data:/data:ro
+  - /srv/cache:/cache
+ports: [3000, "8080:80"]
+container:
+  memory: 512m
+  cpus: 1.5
+"#,
+            Path::new("/ws/moat.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.runtime.as_deref(), Some("docker"));
+        assert_eq!(c.base_image.as_deref(), Some("moat-test-base:latest"));
+        assert_eq!(c.dependencies, ["git", "python@3.11"]);
+        assert_eq!(
+            c.mounts,
+            [
+                Mount {
+                    src: "/ws/data".into(),
+                    dst: "/data".into(),
+                    read_only: true
+                },
+                Mount {
+                    src: "/srv/cache".into(),
+                    dst: "/cache".into(),
+                    read_only: false
+                }
+            ]
+        );
+        assert_eq!(c.ports, [(3000, 3000), (8080, 80)]);
+        assert_eq!(c.container.memory, Some(512 << 20));
+        assert_eq!(c.container.cpus, Some(1.5));
+    }
+
+    #[test]
+    fn container_key_errors() {
+        let e = parse(
+            "runtime: docker
+imgae: x
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("moat.yaml:2:1:") && e.contains("`image`"),
+            "{e}"
+        );
+        let e = parse(
+            "container:
+  memroy: 1g
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("moat.yaml:2:3:") && e.contains("`memory`"),
+            "{e}"
+        );
+        let e = parse(
+            "dependencies: git
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("moat.yaml:1:"), "{e}");
+        let e = parse(
+            "container:
+  cpus: many
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("moat.yaml:2:"), "{e}");
+        let e = parse(
+            "runtime: podman
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("moat.yaml:1:1:") && e.contains("podman"),
+            "{e}"
+        );
+        let e = parse("x: 1\nmounts: [\"/a\"]\n").unwrap_err().to_string();
+        assert!(e.starts_with("moat.yaml:1:"), "{e}");
+        let e = parse("mounts: [\"/a\"]\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("moat.yaml:1:1:") && e.contains("SRC:DST"),
+            "{e}"
+        );
+        let e = parse("dependencies: [git, \"rm -rf\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rm -rf"), "{e}");
+        let e = parse(
+            "image: x
+dependencies: [git]
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("moat.yaml:1:1:"), "{e}");
+        let e = parse(
+            "ports: [0]
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("moat.yaml:1:"), "{e}");
+        let e = parse(
+            "container:
+  memory: lots
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("moat.yaml:2:1:"), "{e}");
     }
 
     #[test]

@@ -92,6 +92,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Internal: a docker run's entrypoint (waits for the redirect, then runs the command)
+    #[command(name = "__container-init", hide = true)]
+    ContainerInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// What every command may need, built on demand.
@@ -144,6 +150,14 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(125);
             }
         },
+        #[cfg(target_os = "linux")]
+        Command::ContainerInit { args } => match crate::sandbox::docker::parse_init_args(args) {
+            Ok(init_args) => crate::sandbox::docker::init_main(init_args),
+            Err(e) => {
+                eprintln!("moat: __container-init: {e}");
+                return ExitCode::from(125);
+            }
+        },
         // Exit codes as docker run: the command's, or 125 when Moat fails.
         Command::Run(args) => {
             return match run::run(&ctx, args) {
@@ -171,7 +185,9 @@ pub fn main() -> ExitCode {
         Command::Keyring { op } => {
             crate::store::keyring::helper_main(&op).context("keychain helper")
         }
-        Command::Run(_) | Command::SandboxInit { .. } => unreachable!("handled above"),
+        Command::Run(_) | Command::SandboxInit { .. } | Command::ContainerInit { .. } => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

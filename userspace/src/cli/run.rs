@@ -23,6 +23,7 @@ Examples:
   moat run ./project --grant openai -- python agent.py
   moat run --network-mode env --grant openai -- python agent.py
   moat run -p 3000 -- npm run dev                 # the dev server on the host's 127.0.0.1:3000
+  sudo moat run --runtime docker --grant github -- gh api user   # in a container
 
 Network modes:
   transparent  (default as root, and without root where unprivileged user
@@ -43,6 +44,11 @@ moat.yaml in DIR (or agent.yaml) may set:
       - \"*.pypi.org\"
       - api.github.com: [\"allow GET /repos/**\", \"deny * /**\"]
     host: [5432]                  # host.moat.internal:5432 = the host's 127.0.0.1:5432
+  runtime: docker                 # or native (--runtime, MOAT_RUNTIME win)
+  image: my/image:tag             # or: dependencies: [python@3.11, node@20, git]
+  base_image: debian:bookworm-slim   # what dependencies: are installed on
+  mounts: [\"../data:/data:ro\"]     ports: [3000, \"8080:80\"]
+  container: {memory: 2g, cpus: 1.5}
 
 Each run's events (DNS, connections, injections, denials, exit) are written to
 $MOAT_HOME/runs/<id>/events.jsonl.
@@ -65,9 +71,15 @@ pub struct RunArgs {
     /// How transparent mode redirects connections
     #[arg(long, value_enum, default_value = "nft")]
     redirect: Redirect,
-    /// Where the command runs
-    #[arg(long, value_enum, default_value = "native", env = "MOAT_RUNTIME")]
-    runtime: Runtime,
+    /// Where the command runs [default: moat.yaml's runtime, else native]
+    #[arg(long, value_enum, env = "MOAT_RUNTIME")]
+    runtime: Option<Runtime>,
+    /// (docker) Build the image from moat.yaml's dependencies even if it is cached
+    #[arg(long)]
+    rebuild: bool,
+    /// (docker) Keep the container after the run
+    #[arg(long)]
+    keep: bool,
     /// Publish a sandbox port on the host's 127.0.0.1 (HOSTPORT:PORT or PORT; repeatable)
     #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:PORT")]
     publish: Vec<String>,
@@ -139,22 +151,12 @@ struct Prepared {
     workspace: PathBuf,
     command: Vec<OsString>,
     env_extra: Vec<(OsString, OsString)>,
+    /// The run's directory ($MOAT_HOME/runs/<id>).
+    dir: PathBuf,
 }
 
 pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     let t0 = std::time::Instant::now();
-    if args.runtime == Runtime::Docker {
-        bail!("--runtime docker is not in this build yet; use --runtime native");
-    }
-    let mode = choose_mode(args.network_mode, args.redirect)?;
-    if mode == NetworkMode::Env && args.redirect == Redirect::Ebpf {
-        bail!("--redirect ebpf needs --network-mode transparent");
-    }
-    let publish = args
-        .publish
-        .iter()
-        .map(|p| parse_publish(p))
-        .collect::<Result<Vec<_>>>()?;
     let home = ctx.home()?;
     let workspace = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("workspace {}", args.dir.display()))?;
@@ -162,6 +164,37 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         bail!("workspace {} is not a directory", workspace.display());
     }
     let config = Config::find(&workspace)?;
+    // The flag (or MOAT_RUNTIME) wins over moat.yaml's runtime.
+    let runtime = match (args.runtime, config.runtime.as_deref()) {
+        (Some(r), _) => r,
+        (None, Some("docker")) => Runtime::Docker,
+        (None, _) => Runtime::Native,
+    };
+    let mode = if runtime == Runtime::Docker {
+        check_docker(&args, &config)?
+    } else {
+        choose_mode(args.network_mode, args.redirect)?
+    };
+    if mode == NetworkMode::Env && args.redirect == Redirect::Ebpf {
+        bail!("--redirect ebpf needs --network-mode transparent");
+    }
+    if runtime == Runtime::Native && !config.mounts.is_empty() {
+        bail!(
+            "moat.yaml mounts: need --runtime docker (native runs see the host's directories \
+             read-only already, and the workspace read-write)"
+        );
+    }
+    let mut publish = args
+        .publish
+        .iter()
+        .map(|p| parse_publish(p))
+        .collect::<Result<Vec<_>>>()?;
+    // moat.yaml's ports, unless a -p already publishes that host port.
+    for &(h, c) in &config.ports {
+        if !publish.iter().any(|(ph, _)| *ph == h) {
+            publish.push((h, c));
+        }
+    }
     let mut grant_names = config.grants.clone();
     for g in &args.grants {
         if !grant_names.contains(g) {
@@ -257,10 +290,13 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         };
         env_extra.push((k.into(), v.into()));
     }
+    let (rebuild, keep) = (args.rebuild, args.keep);
     let command = if !args.command.is_empty() {
         args.command
     } else if !config.command.is_empty() {
         config.command.clone()
+    } else if runtime == Runtime::Docker {
+        vec!["/bin/sh".into()]
     } else {
         vec![std::env::var_os("SHELL").unwrap_or_else(|| "/bin/sh".into())]
     };
@@ -269,6 +305,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         serde_json::json!({
             "run": id,
             "mode": format!("{mode:?}").to_lowercase(),
+            "runtime": format!("{runtime:?}").to_lowercase(),
             "workspace": workspace,
             "command": command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
             "grants": grant_names,
@@ -290,12 +327,16 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         workspace,
         command,
         env_extra,
+        dir: dir.clone(),
     };
     let trust_files = [prepared.bundle.clone(), prepared.truststore.clone()];
     let home_files_dir = dir.join("home-files");
-    let result = match mode {
-        NetworkMode::Transparent => transparent(&home, prepared, publish, args.redirect),
-        NetworkMode::Env => env_mode(prepared, &publish),
+    let result = match (runtime, mode) {
+        (Runtime::Docker, _) => docker(&home, prepared, publish, &config, (rebuild, keep)),
+        (Runtime::Native, NetworkMode::Transparent) => {
+            transparent(&home, prepared, publish, args.redirect)
+        }
+        (Runtime::Native, NetworkMode::Env) => env_mode(prepared, &publish),
     };
     // The run's directory keeps its events; the trust files are not needed again.
     for f in trust_files {
@@ -339,6 +380,115 @@ fn java_truststore_cached(home: &crate::home::MoatHome, bundle: &[u8]) -> Result
         }
     }
     Ok(bytes)
+}
+
+/// `--runtime docker` runs transparent, with the nft redirect, as root.
+fn check_docker(args: &RunArgs, config: &Config) -> Result<NetworkMode> {
+    if !cfg!(target_os = "linux") {
+        bail!("--runtime docker is Linux-only in this build; use --network-mode env");
+    }
+    if args.network_mode == Some(NetworkMode::Env) {
+        bail!("--runtime docker always redirects transparently; drop --network-mode env");
+    }
+    if args.redirect == Redirect::Ebpf {
+        bail!(
+            "--runtime docker redirects with nft inside the container's namespace; drop --redirect ebpf"
+        );
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "--runtime docker needs root (sudo moat run --runtime docker …): Moat enters the \
+             container's network namespace to install its redirect"
+        );
+    }
+    if config.image.is_some() && !config.dependencies.is_empty() {
+        bail!("moat.yaml: image: and dependencies: exclude each other");
+    }
+    Ok(NetworkMode::Transparent)
+}
+
+#[cfg(target_os = "linux")]
+fn docker(
+    home: &crate::home::MoatHome,
+    p: Prepared,
+    publish: Vec<(u16, u16)>,
+    config: &Config,
+    (rebuild, keep): (bool, bool),
+) -> Result<i32> {
+    use crate::sandbox::docker as d;
+    use crate::sandbox::image;
+    let mut env = base_env(d::HOME_INSIDE.into());
+    // The host's PATH means nothing in an image: the image's own applies.
+    env.retain(|(k, _)| k != "PATH" && k != "SHELL");
+    for var in CA_VARS {
+        env.push(((*var).into(), d::BUNDLE_INSIDE.into()));
+    }
+    env.push((
+        "JAVA_TOOL_OPTIONS".into(),
+        trust::java_tool_options(d::JAVA_TRUSTSTORE_INSIDE).into(),
+    ));
+    let env = merged(env, p.env_extra);
+    let base = config
+        .base_image
+        .clone()
+        .unwrap_or_else(|| image::DEFAULT_BASE.into());
+    let image = match &config.image {
+        Some(i) => d::ImageChoice::Use(i.clone()),
+        None if config.dependencies.is_empty() => d::ImageChoice::Use(base),
+        None => d::ImageChoice::Build {
+            base,
+            deps: config
+                .dependencies
+                .iter()
+                .map(|s| image::Dependency::parse(s))
+                .collect::<Result<_, _>>()?,
+        },
+    };
+    let user = home.owner().map(|o| (o.uid, o.gid)).unwrap_or_else(|| {
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    });
+    let home_files = p.dir.join("home-files");
+    let code = d::run(
+        d::DockerSpec {
+            id: p.id,
+            events: p.events,
+            image,
+            rebuild,
+            keep,
+            workspace: p.workspace,
+            mounts: config.mounts.clone(),
+            limits: config.container.clone(),
+            env,
+            user,
+            command: p.command,
+            bundle: p.bundle,
+            truststore: p.truststore,
+            home_files: (!p.home_files.is_empty()).then_some(home_files),
+            run_dir: p.dir,
+            publish,
+        },
+        d::ProxyParts {
+            grants: p.grants,
+            upstream: p.upstream,
+            policy: p.policy,
+            ca: p.ca,
+        },
+    )?;
+    Ok(code)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn docker(
+    _home: &crate::home::MoatHome,
+    _p: Prepared,
+    _publish: Vec<(u16, u16)>,
+    _config: &Config,
+    _flags: (bool, bool),
+) -> Result<i32> {
+    bail!("--runtime docker is Linux-only in this build")
 }
 
 /// transparent when it can work here (Linux, as root or with unprivileged

@@ -5,7 +5,10 @@ pub mod bpf;
 #[cfg(target_os = "linux")]
 pub mod cgroup;
 pub mod dns;
+#[cfg(target_os = "linux")]
+pub mod docker;
 pub mod envmode;
+pub mod image;
 #[cfg(target_os = "linux")]
 pub mod init;
 #[cfg(target_os = "linux")]

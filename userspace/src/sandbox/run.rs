@@ -283,7 +283,6 @@ fn serve(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let dns = Arc::new(SyntheticDns::new());
     let engine = Engine::new(
         spec.ca.clone(),
         &spec.grants,
@@ -291,14 +290,6 @@ fn serve(
         spec.policy,
         Limits::default(),
     )?;
-    engine.set_events(spec.events.clone());
-    let events = spec.events.clone();
-    dns.set_observer(Box::new(move |name, qtype, answer| {
-        events.emit(
-            "dns",
-            serde_json::json!({"name": name, "type": qtype, "answer": answer.map(|a| a.to_string())}),
-        );
-    }));
     let published = match publish(&rt, dial, &spec.publish) {
         Ok(p) => p,
         Err(e) => {
@@ -307,17 +298,7 @@ fn serve(
             return Err(e);
         }
     };
-    {
-        let _guard = rt.enter();
-        let proxy_listener = tokio::net::TcpListener::from_std(net.proxy_listener)?;
-        let dns_udp = tokio::net::UdpSocket::from_std(net.dns_udp)?;
-        let dns_tcp = tokio::net::TcpListener::from_std(net.dns_tcp)?;
-        let lookup_dns = dns.clone();
-        let names: NameLookup = Arc::new(move |ip| lookup_dns.name_for(ip));
-        rt.spawn(engine.serve_transparent(proxy_listener, dst, Some(names)));
-        rt.spawn(dns::serve_udp(dns_udp, dns.clone()));
-        rt.spawn(dns::serve_tcp(dns_tcp, dns.clone()));
-    }
+    serve_sandbox(&rt, engine, net, dst, &spec.events)?;
     ours.write_all(b"g")?;
     tracing::debug!("command released");
     drop(ours);
@@ -351,10 +332,55 @@ fn serve(
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
+/// Serve a plumbed sandbox from the host namespace on `rt`: the proxy
+/// (transparent front door of `engine`) and Moat's DNS on `net`'s sockets,
+/// with DNS answers and the engine's events going to `events`. Shared by the
+/// native and docker runtimes.
+pub(crate) fn serve_sandbox(
+    rt: &tokio::runtime::Runtime,
+    engine: Arc<Engine>,
+    net: netns::SandboxNet,
+    dst: Arc<dyn OriginalDst>,
+    events: &Events,
+) -> Result<(), RunError> {
+    let dns = Arc::new(SyntheticDns::new());
+    engine.set_events(events.clone());
+    let events = events.clone();
+    dns.set_observer(Box::new(move |name, qtype, answer| {
+        events.emit(
+            "dns",
+            serde_json::json!({"name": name, "type": qtype, "answer": answer.map(|a| a.to_string())}),
+        );
+    }));
+    let _guard = rt.enter();
+    let proxy_listener = tokio::net::TcpListener::from_std(net.proxy_listener)?;
+    let dns_udp = tokio::net::UdpSocket::from_std(net.dns_udp)?;
+    let dns_tcp = tokio::net::TcpListener::from_std(net.dns_tcp)?;
+    let lookup_dns = dns.clone();
+    let names: NameLookup = Arc::new(move |ip| lookup_dns.name_for(ip));
+    rt.spawn(engine.serve_transparent(proxy_listener, dst, Some(names)));
+    rt.spawn(dns::serve_udp(dns_udp, dns.clone()));
+    rt.spawn(dns::serve_tcp(dns_tcp, dns));
+    Ok(())
+}
+
+/// [`publish`] for a sandbox whose network namespace this (root) process
+/// can enter: a container's.
+pub(crate) fn publish_in(
+    rt: &tokio::runtime::Runtime,
+    ns: &std::fs::File,
+    ports: &[(u16, u16)],
+) -> Result<Option<Dial>, RunError> {
+    if ports.is_empty() {
+        return Ok(None);
+    }
+    publish(rt, Some(Dial::Ns(netns::Dialer::new(ns)?)), ports)
+}
+
 /// Listen on the host's 127.0.0.1 for each `-p` and pass every connection
 /// to the port inside the sandbox. Bound before the command starts, so a
 /// taken port fails the run up front.
-fn publish(
+pub(crate) fn publish(
     rt: &tokio::runtime::Runtime,
     dial: Option<Dial>,
     ports: &[(u16, u16)],
@@ -397,7 +423,7 @@ fn publish(
 
 /// Connects to `127.0.0.1:<port>` inside the sandbox, for `-p`.
 #[derive(Clone)]
-enum Dial {
+pub(crate) enum Dial {
     /// Root: a thread of this process in the sandbox's network namespace.
     Ns(netns::Dialer),
     /// Rootless: the init's dialer process, over a unix socket.

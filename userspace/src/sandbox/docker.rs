@@ -1,0 +1,792 @@
+//! `moat run --runtime docker`: the command in a container, with the same
+//! transparent redirect as a native run.
+//!
+//! The container is created with network `none`, every capability dropped
+//! and `no-new-privileges`, as the invoking user. Its entrypoint is this very
+//! binary, bind-mounted read-only at `/.moat/moat`, in `__container-init`
+//! mode: it waits on a fifo until Moat has plumbed the container's network
+//! namespace from the host (`netns::plumb`: loopback, route, nft redirect,
+//! proxy and DNS sockets created inside it), then starts the command as its
+//! child, forwards signals and reaps, and exits with the command's code. So
+//! the command's first `connect()` is already redirected, the container can
+//! change none of its rules, and nothing changes in the host namespace.
+//!
+//! The Moat binary is dynamically linked against glibc: images need a glibc
+//! at least as new as the host's (Debian/Ubuntu-based images have one;
+//! Alpine/musl images do not).
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptions, BuildImageOptions, CreateContainerOptions, CreateImageOptions,
+    KillContainerOptions, RemoveContainerOptions, ResizeContainerTTYOptions,
+};
+use futures_util::StreamExt;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, execvp, fork};
+use tokio::io::AsyncWriteExt;
+
+use super::image::{self, Dependency};
+use super::netns;
+use super::run::{self, RunError};
+use crate::config::{ContainerLimits, Mount};
+use crate::events::Events;
+use crate::net::Upstream;
+use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy, SoOriginalDst};
+
+/// Where Moat's own files appear in the container.
+pub const MOAT_DIR: &str = "/.moat";
+/// The Moat binary (the entrypoint).
+pub const BINARY_INSIDE: &str = "/.moat/moat";
+/// The fifo the entrypoint waits on (in the bind-mounted control directory).
+pub const GO_INSIDE: &str = "/.moat/ctl/go";
+pub const BUNDLE_INSIDE: &str = "/.moat/ca-bundle.pem";
+pub const JAVA_TRUSTSTORE_INSIDE: &str = "/.moat/java-truststore.p12";
+/// Placeholder files (.npmrc, …) copied into HOME by the entrypoint.
+pub const HOME_FILES_INSIDE: &str = "/.moat/home-files";
+/// The workspace and working directory.
+pub const WORKSPACE_INSIDE: &str = "/workspace";
+/// HOME: in the container's fresh /tmp (a tmpfs).
+pub const HOME_INSIDE: &str = "/tmp/home";
+/// The distributions' system bundles the merged bundle is mounted over.
+pub const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
+    "/etc/ssl/cert.pem",                  // Alpine, Arch
+];
+/// How long the entrypoint waits for Moat before giving up.
+const GO_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "no Docker engine answers at {host}: {source}. Start one (e.g. `sudo systemctl start docker`) \
+         or point DOCKER_HOST at its socket (DOCKER_HOST=unix:///path/to/docker.sock)"
+    )]
+    NoEngine {
+        host: String,
+        source: bollard::errors::Error,
+    },
+    #[error("docker: {0}")]
+    Api(#[from] bollard::errors::Error),
+    #[error("building image {tag}: {message}")]
+    Build { tag: String, message: String },
+    #[error(
+        "image {image} is not here and could not be pulled: {message}. Pull or build it first \
+         (docker pull {image}), or name another in moat.yaml (image:)"
+    )]
+    Pull { image: String, message: String },
+    #[error("the container did not start: {0}")]
+    NoPid(String),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Net(#[from] netns::NetnsError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What image the container runs.
+#[derive(Debug, Clone)]
+pub enum ImageChoice {
+    /// moat.yaml `image:` (or the base image when there are no dependencies).
+    Use(String),
+    /// `dependencies:` on `base`: a generated, content-tagged image.
+    Build { base: String, deps: Vec<Dependency> },
+}
+
+/// What the run's proxy engine is made of.
+pub struct ProxyParts {
+    pub grants: Vec<Grant>,
+    pub upstream: Upstream,
+    pub policy: Policy,
+    pub ca: Arc<MoatCa>,
+}
+
+pub struct DockerSpec {
+    pub id: String,
+    pub events: Events,
+    pub image: ImageChoice,
+    /// Build even when an image with the config's hash exists.
+    pub rebuild: bool,
+    /// Leave the container behind after the run.
+    pub keep: bool,
+    pub workspace: PathBuf,
+    pub mounts: Vec<Mount>,
+    pub limits: ContainerLimits,
+    pub env: Vec<(OsString, OsString)>,
+    /// uid:gid the command runs as.
+    pub user: (u32, u32),
+    pub command: Vec<OsString>,
+    /// The merged CA bundle and Java truststore on the host.
+    pub bundle: PathBuf,
+    pub truststore: PathBuf,
+    /// The placeholder files for HOME (host directory), if any.
+    pub home_files: Option<PathBuf>,
+    /// The run's directory on the host (the control fifo goes there).
+    pub run_dir: PathBuf,
+    /// `-p` / `ports:`: host 127.0.0.1:HOSTPORT → container 127.0.0.1:PORT.
+    pub publish: Vec<(u16, u16)>,
+}
+
+fn docker_host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+}
+
+/// A client for the engine at `DOCKER_HOST` (or the default socket), with
+/// the API version agreed with it.
+pub async fn connect() -> Result<Docker, DockerError> {
+    let host = docker_host();
+    let no_engine = |source| DockerError::NoEngine {
+        host: host.clone(),
+        source,
+    };
+    let docker = Docker::connect_with_defaults().map_err(no_engine)?;
+    let docker = docker.negotiate_version().await.map_err(no_engine)?;
+    docker.ping().await.map_err(no_engine)?;
+    Ok(docker)
+}
+
+/// Whether an image of that name is present in the engine.
+async fn image_exists(docker: &Docker, name: &str) -> Result<bool, DockerError> {
+    match docker.inspect_image(name).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The image to run: present, pulled, or built (tagged by the hash of its
+/// Dockerfile, so an unchanged config reuses it).
+pub async fn ensure_image(
+    docker: &Docker,
+    choice: &ImageChoice,
+    rebuild: bool,
+    events: &Events,
+) -> Result<String, DockerError> {
+    match choice {
+        ImageChoice::Use(name) => {
+            if !image_exists(docker, name).await? {
+                pull(docker, name).await?;
+            }
+            events.emit("image", serde_json::json!({"image": name, "built": false}));
+            Ok(name.clone())
+        }
+        ImageChoice::Build { base, deps } => {
+            let dockerfile = image::dockerfile(base, deps);
+            let tag = image::tag(&dockerfile);
+            if !rebuild && image_exists(docker, &tag).await? {
+                tracing::info!("image {tag} is up to date");
+                events.emit("image", serde_json::json!({"image": tag, "built": false}));
+                return Ok(tag);
+            }
+            build(docker, &tag, &dockerfile, rebuild).await?;
+            events.emit("image", serde_json::json!({"image": tag, "built": true}));
+            Ok(tag)
+        }
+    }
+}
+
+async fn pull(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    eprintln!("moat: pulling {name}");
+    let (image, tag) = match name.rsplit_once(':') {
+        Some((i, t)) if !t.contains('/') => (i, t),
+        _ => (name, "latest"),
+    };
+    let options = CreateImageOptions {
+        from_image: Some(image.into()),
+        tag: Some(tag.into()),
+        ..Default::default()
+    };
+    let mut progress = docker.create_image(Some(options), None, None);
+    while let Some(item) = progress.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(status) = info.status {
+                    let id = info.id.map(|i| format!("{i}: ")).unwrap_or_default();
+                    let bar = info
+                        .progress_detail
+                        .and_then(|p| Some(format!("{}/{}", p.current?, p.total?)))
+                        .unwrap_or_default();
+                    eprint!("\r\x1b[2K  {id}{status} {bar}");
+                }
+            }
+            Err(e) => {
+                eprintln!();
+                return Err(DockerError::Pull {
+                    image: name.into(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    eprintln!();
+    Ok(())
+}
+
+async fn build(
+    docker: &Docker,
+    tag: &str,
+    dockerfile: &str,
+    no_cache: bool,
+) -> Result<(), DockerError> {
+    eprintln!("moat: building image {tag} (dependencies: in moat.yaml)");
+    let options = BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: Some(tag.into()),
+        rm: true,
+        forcerm: true,
+        nocache: no_cache,
+        labels: Some([("io.moat.generated".to_string(), "1".to_string())].into()),
+        ..Default::default()
+    };
+    let context = bytes::Bytes::from(image::context_tar(dockerfile));
+    let mut log = docker.build_image(options, None, Some(bollard::body_full(context)));
+    let failed = |message: String| DockerError::Build {
+        tag: tag.into(),
+        message,
+    };
+    while let Some(item) = log.next().await {
+        let info = item.map_err(|e| failed(e.to_string()))?;
+        if let Some(detail) = info.error_detail {
+            return Err(failed(detail.message.unwrap_or_default()));
+        }
+        if let Some(line) = info.stream {
+            eprint!("  | {line}");
+        } else if let Some(status) = info.status {
+            eprintln!("  | {status}");
+        }
+    }
+    if !image_exists(docker, tag).await? {
+        return Err(failed(
+            "the engine reported no error but made no image".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Run the command in a container; its exit code (128+N for signal N).
+pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
+    let engine = Engine::new(
+        proxy.ca,
+        &proxy.grants,
+        proxy.upstream,
+        proxy.policy,
+        Limits::default(),
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let docker = rt.block_on(connect())?;
+    let image = rt.block_on(ensure_image(
+        &docker,
+        &spec.image,
+        spec.rebuild,
+        &spec.events,
+    ))?;
+    let ctl = spec.run_dir.join("container-ctl");
+    let go = make_fifo(&ctl, spec.user)?;
+    let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+        && nix::unistd::isatty(std::io::stdout()).unwrap_or(false);
+    let name = format!("moat-{}", spec.id);
+    let body = container_body(&spec, &image, &ctl, tty)?;
+    let result = rt.block_on(async {
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&ctl);
+        return Err(e.into());
+    }
+    spec.events.emit(
+        "container",
+        serde_json::json!({"name": name, "image": image, "tty": tty}),
+    );
+    let outcome = run_container(&rt, &docker, &spec, engine, &name, &go, tty);
+    if !spec.keep {
+        let removed = rt.block_on(docker.remove_container(
+            &name,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            }),
+        ));
+        if let Err(e) = removed {
+            tracing::warn!("removing container {name}: {e}");
+        }
+    } else {
+        eprintln!("moat: kept container {name} (docker rm {name} removes it)");
+    }
+    let _ = std::fs::remove_dir_all(&ctl);
+    rt.shutdown_timeout(Duration::from_millis(100));
+    outcome
+}
+
+/// The control directory holding the fifo `go`, readable and writable by
+/// the container's user only.
+fn make_fifo(ctl: &Path, (uid, gid): (u32, u32)) -> Result<PathBuf, DockerError> {
+    std::fs::create_dir_all(ctl)?;
+    let go = ctl.join("go");
+    let _ = std::fs::remove_file(&go);
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(std::io::Error::from)?;
+    let owner = (
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    );
+    nix::unistd::chown(&go, owner.0, owner.1).map_err(std::io::Error::from)?;
+    nix::unistd::chown(ctl, owner.0, owner.1).map_err(std::io::Error::from)?;
+    Ok(go)
+}
+
+fn container_body(
+    spec: &DockerSpec,
+    image: &str,
+    ctl: &Path,
+    tty: bool,
+) -> Result<ContainerCreateBody, DockerError> {
+    let lossy = |p: &Path| p.to_string_lossy().into_owned();
+    let exe = std::env::current_exe()?;
+    let mut binds = vec![
+        format!("{}:{WORKSPACE_INSIDE}", lossy(&spec.workspace)),
+        format!("{}:{BINARY_INSIDE}:ro", lossy(&exe)),
+        format!("{}:{MOAT_DIR}/ctl:ro", lossy(ctl)),
+        format!("{}:{BUNDLE_INSIDE}:ro", lossy(&spec.bundle)),
+        format!("{}:{JAVA_TRUSTSTORE_INSIDE}:ro", lossy(&spec.truststore)),
+    ];
+    for path in SYSTEM_BUNDLES {
+        binds.push(format!("{}:{path}:ro", lossy(&spec.bundle)));
+    }
+    if let Some(h) = &spec.home_files {
+        binds.push(format!("{}:{HOME_FILES_INSIDE}:ro", lossy(h)));
+    }
+    for m in &spec.mounts {
+        let src = std::fs::canonicalize(&m.src).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("mounts: {}: {e}", m.src.display()))
+        })?;
+        binds.push(format!(
+            "{}:{}{}",
+            lossy(&src),
+            lossy(&m.dst),
+            if m.read_only { ":ro" } else { "" }
+        ));
+    }
+    let mut entrypoint = vec![BINARY_INSIDE.to_string(), "__container-init".into()];
+    // Always a flag first: a leading `--` would be eaten by the CLI parser.
+    entrypoint.push(if tty { "--tty" } else { "--no-tty" }.into());
+    entrypoint.push("--".into());
+    let env = spec
+        .env
+        .iter()
+        .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+        .collect();
+    let (uid, gid) = spec.user;
+    let host_config = HostConfig {
+        network_mode: Some("none".into()),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        binds: Some(binds),
+        tmpfs: Some([("/tmp".to_string(), "mode=1777,exec".to_string())].into()),
+        memory: spec.limits.memory,
+        nano_cpus: spec.limits.cpus.map(|c| (c * 1e9) as i64),
+        ..Default::default()
+    };
+    Ok(ContainerCreateBody {
+        image: Some(image.into()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(
+            spec.command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        ),
+        env: Some(env),
+        user: Some(format!("{uid}:{gid}")),
+        working_dir: Some(WORKSPACE_INSIDE.into()),
+        tty: Some(tty),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        labels: Some([("io.moat.run".to_string(), spec.id.clone())].into()),
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
+
+/// Attach, start, plumb, release the entrypoint, pump stdio, wait.
+fn run_container(
+    rt: &tokio::runtime::Runtime,
+    docker: &Docker,
+    spec: &DockerSpec,
+    engine: Arc<Engine>,
+    name: &str,
+    go: &Path,
+    tty: bool,
+) -> Result<i32, DockerError> {
+    let attached = rt.block_on(docker.attach_container(
+        name,
+        Some(AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        }),
+    ))?;
+    rt.block_on(docker.start_container(name, None))?;
+    let info = rt.block_on(docker.inspect_container(name, None))?;
+    let state = info.state.unwrap_or_default();
+    let pid = state
+        .pid
+        .filter(|p| *p > 0)
+        .ok_or_else(|| DockerError::NoPid(state.error.unwrap_or_default()))?;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let net = netns::plumb(&ns, true)?;
+    let published = run::publish_in(rt, &ns, &spec.publish)?;
+    run::serve_sandbox(rt, engine, net, Arc::new(SoOriginalDst), &spec.events)?;
+    drop(ns);
+
+    let raw = if tty { RawMode::enter() } else { None };
+    if tty {
+        resize(rt, docker, name);
+    }
+    // Release the entrypoint: the namespace is ready.
+    {
+        use std::io::Write;
+        let mut fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(go)?;
+        fifo.write_all(b"g")?;
+        // Kept open until the run ends: the byte stays readable even if the
+        // entrypoint has not opened the fifo yet.
+        let _keep = rt.spawn(async move {
+            let _fifo = fifo;
+            std::future::pending::<()>().await
+        });
+    }
+
+    let mut output = attached.output;
+    let out_task = rt.spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        let mut stderr = tokio::io::stderr();
+        while let Some(Ok(chunk)) = output.next().await {
+            use bollard::container::LogOutput;
+            let _ = match chunk {
+                LogOutput::StdErr { message } => {
+                    let r = stderr.write_all(&message).await;
+                    let _ = stderr.flush().await;
+                    r
+                }
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    let r = stdout.write_all(&message).await;
+                    let _ = stdout.flush().await;
+                    r
+                }
+                LogOutput::StdIn { .. } => Ok(()),
+            };
+        }
+    });
+    let mut input = attached.input;
+    rt.spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let _ = tokio::io::copy(&mut stdin, &mut input).await;
+        let _ = input.shutdown().await;
+    });
+    // Signals to Moat go to the container's entrypoint, which passes them on.
+    {
+        let docker = docker.clone();
+        let name = name.to_owned();
+        rt.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let kinds = [
+                (SignalKind::terminate(), "SIGTERM"),
+                (SignalKind::hangup(), "SIGHUP"),
+                (SignalKind::interrupt(), "SIGINT"),
+                (SignalKind::window_change(), "SIGWINCH"),
+            ];
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            for (kind, sig) in kinds {
+                let Ok(mut s) = signal(kind) else { continue };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        let _ = tx.send(sig);
+                    }
+                });
+            }
+            while let Some(sig) = rx.recv().await {
+                if sig == "SIGWINCH" {
+                    if tty && let Some((w, h)) = terminal_size() {
+                        let _ = docker
+                            .resize_container_tty(&name, ResizeContainerTTYOptions { w, h })
+                            .await;
+                    }
+                    continue;
+                }
+                if sig == "SIGINT" && tty {
+                    continue; // the terminal's ^C already went through the pty
+                }
+                let _ = docker
+                    .kill_container(&name, Some(KillContainerOptions { signal: sig.into() }))
+                    .await;
+            }
+        });
+    }
+    let code = rt.block_on(async {
+        let mut wait = docker.wait_container(name, None);
+        match wait.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(DockerError::from(e)),
+            None => Err(DockerError::NoPid("the engine lost the container".into())),
+        }
+    });
+    // The last output may still be on its way.
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), out_task).await });
+    drop(raw);
+    drop(published);
+    Ok(code?.clamp(0, 255) as i32)
+}
+
+fn terminal_size() -> Option<(i32, i32)> {
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the struct we pass.
+    let r = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_col > 0).then_some((i32::from(ws.ws_col), i32::from(ws.ws_row)))
+}
+
+fn resize(rt: &tokio::runtime::Runtime, docker: &Docker, name: &str) {
+    if let Some((w, h)) = terminal_size() {
+        let _ = rt.block_on(docker.resize_container_tty(name, ResizeContainerTTYOptions { w, h }));
+    }
+}
+
+/// The host terminal in raw mode while attached to the container's TTY;
+/// restored on drop.
+struct RawMode(nix::libc::termios);
+
+impl RawMode {
+    fn enter() -> Option<Self> {
+        // SAFETY: plain termios calls on stdin with a zeroed struct to fill.
+        unsafe {
+            let mut t: nix::libc::termios = std::mem::zeroed();
+            if nix::libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            nix::libc::cfmakeraw(&mut t);
+            if nix::libc::tcsetattr(0, nix::libc::TCSANOW, &t) != 0 {
+                return None;
+            }
+            Some(Self(saved))
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read in `enter`.
+        unsafe {
+            nix::libc::tcsetattr(0, nix::libc::TCSANOW, &self.0);
+        }
+    }
+}
+
+/// Arguments of `moat __container-init` (internal; built by [`run`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct InitArgs {
+    pub tty: bool,
+    pub command: Vec<OsString>,
+}
+
+pub fn parse_init_args(raw: Vec<OsString>) -> Result<InitArgs, String> {
+    let mut args = InitArgs::default();
+    let mut it = raw.into_iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--tty") => args.tty = true,
+            Some("--no-tty") => args.tty = false,
+            Some("--") => {
+                args.command = it.collect();
+                break;
+            }
+            _ => return Err(format!("unexpected argument {}", a.to_string_lossy())),
+        }
+    }
+    if args.command.is_empty() {
+        return Err("no command".into());
+    }
+    Ok(args)
+}
+
+fn die(code: i32, msg: &str) -> ! {
+    eprintln!("moat: {msg}");
+    std::process::exit(code)
+}
+
+/// `moat __container-init`: the container's PID 1. Waits for Moat's go,
+/// fills HOME, runs the command, forwards signals, reaps; exits with the
+/// command's code. Never returns.
+pub fn init_main(args: InitArgs) -> ! {
+    // Wait for the go (or give up: no redirect, no run).
+    let fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(GO_INSIDE)
+        .unwrap_or_else(|e| die(125, &format!("opening {GO_INSIDE}: {e}")));
+    {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            fifo.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let timeout = nix::poll::PollTimeout::try_from(GO_TIMEOUT.as_millis() as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(n) if n > 0 => {}
+            _ => die(125, "the sandbox was not set up in time (Moat is gone?)"),
+        }
+        let mut b = [0u8; 1];
+        use std::io::Read;
+        if (&fifo).read_exact(&mut b).is_err() || b[0] != b'g' {
+            die(125, "the sandbox was not set up");
+        }
+    }
+    drop(fifo);
+    if let Err(e) = fill_home() {
+        die(125, &format!("preparing HOME {HOME_INSIDE}: {e}"));
+    }
+
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGCONT,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    let argv: Vec<CString> = args
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    // SAFETY: single-threaded so far.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            let Some(program) = argv.first() else {
+                die(127, "no command")
+            };
+            let e = execvp(program, &argv).unwrap_err();
+            let code = if e == nix::errno::Errno::ENOENT {
+                127
+            } else {
+                126
+            };
+            die(
+                code,
+                &format!("cannot run {}: {e}", args.command[0].to_string_lossy()),
+            )
+        }
+        Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, &set, args.tty)),
+        Err(e) => die(125, &format!("fork: {e}")),
+    }
+}
+
+/// HOME in the fresh /tmp, with the placeholder files Moat put in
+/// `/.moat/home-files`.
+fn fill_home() -> std::io::Result<()> {
+    std::fs::create_dir_all(HOME_INSIDE)?;
+    let src = Path::new(HOME_FILES_INSIDE);
+    if src.is_dir() {
+        copy_tree(src, Path::new(HOME_INSIDE))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Wait for `child`, forwarding signals; its status, shell-style. With a
+/// TTY, ^C/^\ reach the command from the terminal itself, so SIGINT and
+/// SIGQUIT are not passed on twice.
+fn supervise(child: Pid, set: &SigSet, tty: bool) -> i32 {
+    loop {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue, // an orphan reaped (we are PID 1)
+            }
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(Signal::SIGINT | Signal::SIGQUIT) if tty => {}
+            Ok(sig) => {
+                let _ = kill(child, sig);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_args() {
+        let a =
+            parse_init_args(vec!["--tty".into(), "--".into(), "sh".into(), "-c".into()]).unwrap();
+        assert!(a.tty);
+        assert_eq!(a.command, [OsString::from("sh"), "-c".into()]);
+        assert!(parse_init_args(vec!["--".into()]).is_err());
+        assert!(parse_init_args(vec!["--x".into()]).is_err());
+    }
+}

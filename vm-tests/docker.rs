@@ -1,0 +1,465 @@
+//! `moat run --runtime docker` end to end, as root, against a private Docker
+//! engine (no bridge, no iptables: scripts/test-dockerd.sh, started here when
+//! DOCKER_HOST is not set) and an image made without a registry
+//! (scripts/test-image.sh: host files `docker import`ed as moat-test-base).
+//! The upstream is a local stand-in for api.github.com that only answers to
+//! the real token; escape attempts aim at addresses that exist nowhere.
+
+#![cfg(target_os = "linux")]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use moat_testkit::{StubServer, TestCa, fake_github_accepting};
+
+const REAL: &str = "ghp_RealTokenInsideNothing0123456789abcd";
+const IMAGE: &str = "moat-test-base:latest";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The engine's address: DOCKER_HOST as given, else the private test engine
+/// (started if needed); the test image is made if missing.
+fn docker_host() -> String {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let host = match std::env::var("DOCKER_HOST") {
+            Ok(h) => h,
+            Err(_) => {
+                let out = Command::new(repo().join("scripts/test-dockerd.sh"))
+                    .arg("start")
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "test-dockerd: {}", stderr(&out));
+                stdout(&out)
+                    .trim()
+                    .strip_prefix("DOCKER_HOST=")
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let out = Command::new(repo().join("scripts/test-image.sh"))
+            .env("DOCKER_HOST", &host)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "test-image: {}", stderr(&out));
+        host
+    })
+    .clone()
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .env("DOCKER_HOST", docker_host())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+struct Setup {
+    env: Env,
+    ca_file: PathBuf,
+    server: StubServer,
+    workspace: PathBuf,
+}
+
+fn setup() -> Setup {
+    assert!(
+        nix_is_root(),
+        "vm-tests run as root (CI does; locally: sudo ./scripts/test.sh)"
+    );
+    docker_host();
+    let env = Env::new();
+    let ca = TestCa::new().unwrap();
+    let ca_file = ca.write_pem(env.dir.path()).unwrap();
+    let server = StubServer::start(
+        &ca,
+        &["api.github.com"],
+        fake_github_accepting(Some(REAL.into())),
+    )
+    .unwrap();
+    ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GITHUB_TOKEN", REAL), ("MOAT_KEY_BACKEND", "file")],
+    ));
+    let workspace = env.dir.path().join("ws");
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::write(
+        workspace.join("moat.yaml"),
+        format!("runtime: docker\nimage: {IMAGE}\n"),
+    )
+    .unwrap();
+    Setup {
+        env,
+        ca_file,
+        server,
+        workspace,
+    }
+}
+
+impl Setup {
+    fn cmd(&self, extra: &[&str], script: &str) -> Command {
+        let mut cmd = self.env.cmd();
+        cmd.env("DOCKER_HOST", docker_host())
+            .args(["run", self.workspace.to_str().unwrap(), "--grant", "github"])
+            .args(["--runtime", "docker"])
+            .args(["--resolve", &self.server.resolve_entry("api.github.com")])
+            .args(["--upstream-ca", self.ca_file.to_str().unwrap()])
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", script]);
+        cmd
+    }
+
+    fn run(&self, script: &str) -> Output {
+        self.cmd(&[], script).output().unwrap()
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        for run in std::fs::read_dir(self.env.home().join("runs")).unwrap() {
+            let path = run.unwrap().path().join("events.jsonl");
+            for l in std::fs::read_to_string(path).unwrap().lines() {
+                all.push(serde_json::from_str(l).unwrap());
+            }
+        }
+        all
+    }
+
+    /// Every container and moat-env image the runs of this test made.
+    fn containers_left(&self) -> String {
+        let mut left = String::new();
+        for run in std::fs::read_dir(self.env.home().join("runs")).unwrap() {
+            let id = run.unwrap().file_name().to_string_lossy().into_owned();
+            let out = docker(&["ps", "-aq", "--filter", &format!("label=io.moat.run={id}")]);
+            left.push_str(&stdout(&out));
+        }
+        left
+    }
+}
+
+fn host_state() -> (String, String, String) {
+    let out = |args: &[&str]| {
+        String::from_utf8_lossy(
+            &Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    (
+        out(&["nft", "list", "ruleset"]),
+        out(&["ip", "-o", "link"]),
+        out(&["ip", "route"]),
+    )
+}
+
+fn line(text: &str, key: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn docker_run_injects_and_the_container_sees_only_placeholders() {
+    let s = setup();
+    let before = host_state();
+    let out = s.run(
+        r#"
+echo "curl: $(curl -sS https://api.github.com/user)"
+echo "system-store: $(env -u CURL_CA_BUNDLE -u SSL_CERT_FILE curl -sS https://api.github.com/user)"
+echo "python: $(python3 -c 'import http.client; c=http.client.HTTPSConnection("api.github.com"); c.request("GET","/user"); print(c.getresponse().read().decode())')"
+echo "placeholder: $GH_TOKEN"
+echo "id: $(id -u):$(id -g)"
+echo "pwd: $PWD"
+echo "home: $HOME"
+echo "bundle: $(grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt)"
+touch made-inside
+env > /workspace/env.txt
+cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' > /workspace/proc-environ.txt
+"#,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for client in ["curl:", "system-store:", "python:"] {
+        assert!(
+            line(&text, client).contains("\"login\":\"octocat\""),
+            "{client} was not injected: {text}\n{}",
+            stderr(&out)
+        );
+    }
+    let ph = line(&text, "placeholder: ");
+    let ph = ph.trim_start_matches("placeholder: ");
+    assert!(
+        ph.starts_with("ghp_") && ph.len() == 40 && ph != REAL,
+        "{ph}"
+    );
+    assert_eq!(line(&text, "id:"), "id: 0:0", "{text}");
+    assert_eq!(line(&text, "pwd:"), "pwd: /workspace", "{text}");
+    assert_eq!(line(&text, "home:"), "home: /tmp/home", "{text}");
+    assert!(s.workspace.join("made-inside").exists());
+    for file in ["env.txt", "proc-environ.txt"] {
+        let env = std::fs::read_to_string(s.workspace.join(file)).unwrap();
+        assert!(
+            !env.contains(REAL) && !env.contains("GITHUB_TOKEN="),
+            "{file}: {env}"
+        );
+        assert!(env.contains("GH_TOKEN=ghp_"), "{file}: {env}");
+    }
+    assert!(!text.contains(REAL));
+    assert_eq!(host_state(), before, "the host namespace changed");
+    assert_eq!(s.containers_left(), "", "the container outlived the run");
+    let events = s.events();
+    assert!(
+        events.iter().any(|e| e["event"] == "container"
+            || e.get("kind").is_some_and(|k| k == "container")
+            || e.to_string().contains("\"container\"")),
+        "{events:?}"
+    );
+    // As the sudo caller, the command runs as that user.
+    let out = s
+        .cmd(&[], "echo id: $(id -u):$(id -g)")
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65534")
+        .output()
+        .unwrap();
+    assert_eq!(
+        line(&stdout(&out), "id:"),
+        "id: 65534:65534",
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn docker_escapes_fail_and_the_rules_are_out_of_reach() {
+    let s = setup();
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        format!("runtime: docker\nimage: {IMAGE}\nnetwork:\n  policy: strict\n"),
+    )
+    .unwrap();
+    let out = s.run(
+        r#"
+python3 - <<'PY'
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"x", ("10.253.0.1", 443)); print("udp: sent")
+except OSError as e:
+    print("udp: blocked", e.errno)
+t = time.time()
+try:
+    socket.create_connection(("fd00:253::1", 443), timeout=3); print("ipv6: connected")
+except OSError:
+    print("ipv6: failed %.2f" % (time.time() - t))
+try:
+    c = socket.create_connection(("10.253.0.1", 22), timeout=3)
+    c.settimeout(3)
+    print("tcp: peer", c.getpeername()[0], "data", c.recv(100))
+except OSError as e:
+    print("tcp: failed", e)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw: opened")
+except OSError:
+    print("raw: refused")
+PY
+echo "after: $(curl -sS https://api.github.com/user)"
+cat /proc/self/status | grep CapEff
+"#,
+    );
+    let text = stdout(&out);
+    assert!(line(&text, "udp:").starts_with("udp: blocked"), "{text}");
+    let v6 = line(&text, "ipv6:");
+    let secs: f64 = v6.rsplit(' ').next().unwrap().parse().unwrap_or(99.0);
+    assert!(v6.starts_with("ipv6: failed") && secs < 1.0, "{text}");
+    // Other TCP lands on Moat's proxy (strict: refused there), never on the wire.
+    assert!(
+        line(&text, "tcp:").starts_with("tcp: failed") || line(&text, "tcp:").contains("data b''"),
+        "{text}"
+    );
+    assert_eq!(line(&text, "raw:"), "raw: refused", "{text}");
+    assert_eq!(
+        line(&text, "CapEff:"),
+        "CapEff:\t0000000000000000",
+        "{text}"
+    );
+    assert!(line(&text, "after:").contains("octocat"), "{text}");
+    let events = s.events();
+    assert!(
+        events.iter().any(|e| e.to_string().contains("10.253.0.1")),
+        "the raw TCP connection did not reach the proxy: {events:?}"
+    );
+    assert_eq!(s.containers_left(), "");
+}
+
+#[test]
+fn docker_exit_codes_signals_and_keep() {
+    let s = setup();
+    assert_eq!(s.run("exit 7").status.code(), Some(7));
+    assert_eq!(s.run("kill -9 $$").status.code(), Some(137));
+    let out = s
+        .env
+        .cmd()
+        .env("DOCKER_HOST", docker_host())
+        .args([
+            "run",
+            s.workspace.to_str().unwrap(),
+            "--runtime",
+            "docker",
+            "--",
+            "/no/such/program",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    // stdin passes through.
+    let mut child = s
+        .cmd(&[], "tr a-z A-Z")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello through stdin\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "HELLO THROUGH STDIN\n", "{}", stderr(&out));
+    // SIGTERM to moat reaches the command, which can clean up.
+    let mut child = s
+        .cmd(
+            &[],
+            "trap 'echo got-term > term.txt; exit 3' TERM; echo up > up.txt; while :; do sleep 0.1; done",
+        )
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !s.workspace.join("up.txt").exists() {
+        assert!(t.elapsed().as_secs() < 30, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix_kill_term(child.id());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert!(s.workspace.join("term.txt").exists());
+    assert_eq!(s.containers_left(), "");
+    // --keep leaves the container (stopped) behind.
+    let out = s.cmd(&["--keep"], "true").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = s.containers_left();
+    assert_eq!(left.lines().count(), 1, "{left}");
+    ok(&docker(&["rm", "-f", left.trim()]));
+}
+
+#[test]
+fn docker_no_engine_is_a_clear_error() {
+    let s = setup();
+    let out = s
+        .cmd(&[], "true")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no Docker engine answers at unix:///nonexistent/docker.sock")
+            && err.contains("DOCKER_HOST"),
+        "{err}"
+    );
+}
+
+#[test]
+fn docker_image_from_dependencies_is_cached_by_content() {
+    let s = setup();
+    // A package name of this test run only: no image of an earlier run can
+    // answer for it.
+    let unique = format!(
+        "moat-test-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let write = |deps: &str| {
+        std::fs::write(
+            s.workspace.join("moat.yaml"),
+            format!("runtime: docker\nbase_image: {IMAGE}\ndependencies: [{unique}, {deps}]\n"),
+        )
+        .unwrap();
+    };
+    let built = |out: &Output| stderr(out).contains("moat: building image moat-env:");
+    write("git, python@3.11");
+    let first = s.run("cat /var/lib/moat-test-apt.log");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(built(&first), "{}", stderr(&first));
+    let log = stdout(&first);
+    assert!(
+        log.contains(&format!(
+            "install -y --no-install-recommends ca-certificates git {unique} python3"
+        )),
+        "{log}"
+    );
+    // Same config, other order: the same image, no build.
+    write("python@3.11, git");
+    let second = s.run("true");
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(!built(&second), "rebuilt: {}", stderr(&second));
+    // A changed dependency: another image.
+    write("git, jq, python@3.11");
+    let third = s.run("cat /var/lib/moat-test-apt.log");
+    assert!(built(&third), "{}", stderr(&third));
+    assert!(
+        stdout(&third).contains(&format!(" git jq {unique} python3")),
+        "{}",
+        stdout(&third)
+    );
+    // --rebuild forces.
+    let fourth = s.cmd(&["--rebuild"], "true").output().unwrap();
+    assert!(built(&fourth), "{}", stderr(&fourth));
+    // Clean up the images this test made.
+    let images: std::collections::BTreeSet<String> = s
+        .events()
+        .iter()
+        .filter_map(|e| e.get("image").and_then(|i| i.as_str()).map(String::from))
+        .filter(|i| i.starts_with("moat-env:"))
+        .collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    for i in images {
+        ok(&docker(&["rmi", "-f", &i]));
+    }
+    // The image --rebuild replaced, untagged now.
+    ok(&docker(&[
+        "image",
+        "prune",
+        "-f",
+        "--filter",
+        "label=io.moat.generated=1",
+    ]));
+    assert_eq!(s.containers_left(), "");
+}
+
+fn nix_is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn nix_kill_term(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
