@@ -246,22 +246,26 @@ fn docker_escapes_fail_and_the_rules_are_out_of_reach() {
         format!("runtime: docker\nimage: {IMAGE}\nnetwork:\n  policy: strict\n"),
     )
     .unwrap();
+    let trip = Tripwire::new();
+    let host_ip = trip
+        .host_ip
+        .expect("the host has a non-loopback IPv4 address");
     let out = s.run(
-        r#"
+        &r#"
 python3 - <<'PY'
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 try:
-    s.sendto(b"x", ("10.253.0.1", 443)); print("udp: sent")
+    s.sendto(b"x", ("127.0.0.1", UDP_PORT)); print("udp: sent")
 except OSError as e:
     print("udp: blocked", e.errno)
 t = time.time()
 try:
-    socket.create_connection(("fd00:253::1", 443), timeout=3); print("ipv6: connected")
+    socket.create_connection(("::1", TCP6_PORT), timeout=3); print("ipv6: connected")
 except OSError:
     print("ipv6: failed %.2f" % (time.time() - t))
 try:
-    c = socket.create_connection(("10.253.0.1", 22), timeout=3)
+    c = socket.create_connection(("HOST_IP", TCP_PORT), timeout=3)
     c.settimeout(3)
     print("tcp: peer", c.getpeername()[0], "data", c.recv(100))
 except OSError as e:
@@ -273,9 +277,14 @@ except OSError:
 PY
 echo "after: $(curl -sS https://api.github.com/user)"
 cat /proc/self/status | grep CapEff
-"#,
+"#
+        .replace("UDP_PORT", &trip.udp_port().to_string())
+        .replace("TCP6_PORT", &trip.tcp6_port().to_string())
+        .replace("TCP_PORT", &trip.tcp_port().to_string())
+        .replace("HOST_IP", &host_ip.to_string()),
     );
     let text = stdout(&out);
+    trip.assert_untouched();
     assert!(line(&text, "udp:").starts_with("udp: blocked"), "{text}");
     let v6 = line(&text, "ipv6:");
     let secs: f64 = v6.rsplit(' ').next().unwrap().parse().unwrap_or(99.0);
@@ -294,7 +303,9 @@ cat /proc/self/status | grep CapEff
     assert!(line(&text, "after:").contains("octocat"), "{text}");
     let events = s.events();
     assert!(
-        events.iter().any(|e| e.to_string().contains("10.253.0.1")),
+        events
+            .iter()
+            .any(|e| e.to_string().contains(&host_ip.to_string())),
         "the raw TCP connection did not reach the proxy: {events:?}"
     );
     assert_eq!(s.containers_left(), "");

@@ -3,7 +3,7 @@
 //! MOAT_HOME and HOME. Without `--network-mode`, Moat must pick the rootless
 //! transparent sandbox (a user namespace owning the network, mount and PID
 //! namespaces) and say so. Escape attempts aim only at addresses that exist
-//! nowhere (10.253.0.x, fd00:253::x) from inside the sandbox's namespace, so
+//! listeners on the host (tests/common `Tripwire`) from inside the sandbox's namespace, so
 //! nothing can leave this machine even if the sandbox breaks.
 
 #![cfg(target_os = "linux")]
@@ -155,8 +155,9 @@ fn host_state() -> (String, String, String) {
 fn rootless_transparent_is_the_default_injects_and_holds() {
     let s = setup();
     let before = host_state();
+    let trip = Tripwire::new();
     let out = s.run(
-        r#"
+        &r#"
 echo "id: $(id -u)"
 echo "curl: $(curl -sS https://api.github.com/user)"
 echo "noproxy: $(curl -sS --noproxy '*' https://api.github.com/user)"
@@ -175,12 +176,12 @@ echo "caps: $(grep CapEff /proc/self/status | tr -d '\t')"
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 try:
-    s.sendto(b"x", ("10.253.0.1", 443)); print("udp: sent")
+    s.sendto(b"x", ("127.0.0.1", UDP_PORT)); print("udp: sent")
 except OSError as e:
     print("udp: blocked", e.errno)
 t = time.time()
 try:
-    socket.create_connection(("fd00:253::1", 443), timeout=3); print("ipv6: connected")
+    socket.create_connection(("::1", TCP6_PORT), timeout=3); print("ipv6: connected")
 except OSError:
     print("ipv6: failed %.2f" % (time.time() - t))
 try:
@@ -189,10 +190,13 @@ except OSError:
     print("raw: refused")
 PY
 echo "after: $(curl -sS https://api.github.com/user)"
-"#,
+"#
+            .replace("UDP_PORT", &trip.udp_port().to_string())
+            .replace("TCP6_PORT", &trip.tcp6_port().to_string()),
     );
     let (text, err) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}\n{err}");
+    trip.assert_untouched();
     assert!(
         err.contains("network mode transparent, rootless"),
         "the mode is announced: {err}"

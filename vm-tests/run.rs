@@ -238,10 +238,11 @@ cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' > "$PWD/proc-environ.txt"
 #[test]
 fn nothing_of_the_host_leaks_in_and_the_rules_are_out_of_reach() {
     let s = setup();
+    let trip = Tripwire::new();
     for redirect in REDIRECTS {
         let out = s.run_with(
             &["--redirect", redirect],
-            r#"
+            &r#"
 echo "moat_home: $(ls -A "$MOAT_HOME_SEEN" 2>/dev/null | wc -l)"
 echo "root: $(ls -A /root 2>/dev/null | wc -l)"
 echo "home: $HOME"
@@ -251,12 +252,12 @@ ip route del default 2>/dev/null && echo "route: deleted" || echo "route: refuse
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 try:
-    s.sendto(b"x", ("10.253.0.1", 443)); print("udp: sent")
+    s.sendto(b"x", ("127.0.0.1", UDP_PORT)); print("udp: sent")
 except OSError as e:
     print("udp: blocked", e.errno)
 t = time.time()
 try:
-    socket.create_connection(("fd00:253::1", 443), timeout=3); print("ipv6: connected")
+    socket.create_connection(("::1", TCP6_PORT), timeout=3); print("ipv6: connected")
 except OSError:
     print("ipv6: failed %.2f" % (time.time() - t))
 try:
@@ -269,14 +270,16 @@ q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04leak\x04test\x00\x00\x
 d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 d.settimeout(3)
 try:
-    d.sendto(q, ("10.253.0.1", 53))
+    d.sendto(q, ("127.0.0.2", 53))
     a = d.recv(512)
     print("dns: answer %d.%d.%d.%d" % tuple(a[-4:]))
 except OSError as e:
     print("dns: failed", e)
 PY
 echo "after: $(curl -sS https://api.github.com/user)"
-"#,
+"#
+            .replace("UDP_PORT", &trip.udp_port().to_string())
+            .replace("TCP6_PORT", &trip.tcp6_port().to_string()),
         );
         let text = stdout(&out);
         let line = |k: &str| {
@@ -306,6 +309,7 @@ echo "after: $(curl -sS https://api.github.com/user)"
             line("dns:").starts_with("dns: answer 198.1"),
             "{redirect}: {text}"
         );
+        trip.assert_untouched();
         assert!(
             line("after:").contains("octocat"),
             "the rules must still hold: {text}"

@@ -141,3 +141,72 @@ pub fn yaml_provider(dir: &Path, name: &str, var: &str) {
     )
     .unwrap();
 }
+
+/// Listeners on the *host* that escape tests aim at, so that even a broken
+/// sandbox (say, one running in the host's network namespace) sends nothing
+/// off this machine: a UDP socket and a TCP listener on all IPv4 addresses
+/// and a TCP listener on `[::1]`. From inside a working sandbox, `127.0.0.1`
+/// and `::1` are the sandbox's own loopback and the host's address is
+/// redirected to Moat's proxy, so none of them may ever see a packet.
+pub struct Tripwire {
+    pub udp: std::net::UdpSocket,
+    pub tcp: std::net::TcpListener,
+    pub tcp6: std::net::TcpListener,
+    /// One of the host's own non-loopback IPv4 addresses, if it has one.
+    pub host_ip: Option<std::net::Ipv4Addr>,
+}
+
+impl Tripwire {
+    pub fn new() -> Self {
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        udp.set_nonblocking(true).unwrap();
+        let tcp = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let tcp6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        tcp6.set_nonblocking(true).unwrap();
+        let out = Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "scope", "global"])
+            .output()
+            .unwrap();
+        let host_ip = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next()?.parse().ok());
+        Self {
+            udp,
+            tcp,
+            tcp6,
+            host_ip,
+        }
+    }
+
+    pub fn udp_port(&self) -> u16 {
+        self.udp.local_addr().unwrap().port()
+    }
+
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp.local_addr().unwrap().port()
+    }
+
+    pub fn tcp6_port(&self) -> u16 {
+        self.tcp6.local_addr().unwrap().port()
+    }
+
+    /// Panics if anything reached one of the listeners.
+    pub fn assert_untouched(&self) {
+        let mut buf = [0u8; 64];
+        assert!(
+            self.udp.recv_from(&mut buf).is_err(),
+            "a UDP packet escaped the sandbox"
+        );
+        assert!(
+            self.tcp.accept().is_err(),
+            "a TCP connection escaped the sandbox"
+        );
+        assert!(
+            self.tcp6.accept().is_err(),
+            "an IPv6 connection escaped the sandbox"
+        );
+    }
+}
