@@ -90,7 +90,7 @@ struct Setup {
 
 fn setup() -> Setup {
     assert!(
-        nix_is_root(),
+        is_root(),
         "vm-tests run as root (CI does; locally: sudo ./scripts/test.sh)"
     );
     docker_host();
@@ -160,24 +160,6 @@ impl Setup {
         }
         left
     }
-}
-
-fn host_state() -> (String, String, String) {
-    let out = |args: &[&str]| {
-        String::from_utf8_lossy(
-            &Command::new(args[0])
-                .args(&args[1..])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned()
-    };
-    (
-        out(&["nft", "list", "ruleset"]),
-        out(&["ip", "-o", "link"]),
-        out(&["ip", "route"]),
-    )
 }
 
 fn line(text: &str, key: &str) -> String {
@@ -476,13 +458,6 @@ fn docker_image_from_dependencies_is_cached_by_content() {
         "label=io.moat.generated=1",
     ]));
     assert_eq!(s.containers_left(), "");
-}
-
-fn nix_is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }
 
 fn nix_kill_term(pid: u32) {

@@ -31,11 +31,6 @@ struct Setup {
     moat_home: PathBuf,
 }
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
 /// A stand-in for api.github.com that answers only to the real token, and
 /// the github grant made by nobody into its own MOAT_HOME.
 fn setup() -> Setup {
@@ -131,24 +126,6 @@ impl Setup {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.nobody_output(&args, "")
     }
-}
-
-fn host_state() -> (String, String, String) {
-    let out = |args: &[&str]| {
-        String::from_utf8_lossy(
-            &Command::new(args[0])
-                .args(&args[1..])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned()
-    };
-    (
-        out(&["nft", "list", "ruleset"]),
-        out(&["ip", "-o", "link"]),
-        out(&["ip", "route"]),
-    )
 }
 
 #[test]
@@ -386,23 +363,7 @@ fn rootless_publish_exposes_a_sandbox_port_on_the_hosts_loopback() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    let body = loop {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "2"])
-            .arg(format!("http://127.0.0.1:{host_port}/index.html"))
-            .output()
-            .unwrap();
-        if out.status.success() && !out.stdout.is_empty() {
-            break stdout(&out);
-        }
-        assert!(
-            start.elapsed().as_secs() < 15,
-            "never published: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let body = get_until_answered(&format!("http://127.0.0.1:{host_port}/index.html"), 15);
     std::fs::write(s.workspace.join("done"), "").unwrap();
     let out = moat.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

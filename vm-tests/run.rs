@@ -26,7 +26,7 @@ struct Setup {
 
 fn setup() -> Setup {
     assert!(
-        nix_is_root(),
+        is_root(),
         "vm-tests run as root (CI does; locally: sudo ./scripts/test.sh)"
     );
     let env = Env::new();
@@ -133,24 +133,6 @@ impl Setup {
 
 /// The redirectors every transparent test runs with.
 const REDIRECTS: [&str; 2] = ["nft", "ebpf"];
-
-fn host_state() -> (String, String, String) {
-    let out = |args: &[&str]| {
-        String::from_utf8_lossy(
-            &Command::new(args[0])
-                .args(&args[1..])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned()
-    };
-    (
-        out(&["nft", "list", "ruleset"]),
-        out(&["ip", "-o", "link"]),
-        out(&["ip", "route"]),
-    )
-}
 
 const JAVA_CLIENT: &str = r#"
 import java.net.URI;
@@ -454,13 +436,6 @@ fn kill_9_of_moat_ends_the_sandbox_and_clean_removes_the_rest() {
     );
 }
 
-fn nix_is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 #[test]
 fn strict_policy_refuses_what_is_neither_granted_nor_allowed() {
     let s = setup();
@@ -613,23 +588,7 @@ fn publish_exposes_a_sandbox_port_on_the_hosts_loopback() {
         )
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    let body = loop {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "2"])
-            .arg(format!("http://127.0.0.1:{host_port}/index.html"))
-            .output()
-            .unwrap();
-        if out.status.success() && !out.stdout.is_empty() {
-            break stdout(&out);
-        }
-        assert!(
-            start.elapsed().as_secs() < 15,
-            "never published: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let body = get_until_answered(&format!("http://127.0.0.1:{host_port}/index.html"), 15);
     std::fs::write(s.workspace.join("done"), "").unwrap();
     assert_eq!(moat.wait().unwrap().code(), Some(0));
     assert_eq!(body, "served-from-the-sandbox");

@@ -46,7 +46,7 @@ fn as_nobody(dir: &Path) -> Command {
 #[test]
 fn sudo_grant_uses_the_callers_keychain_and_ownership() {
     assert!(
-        nix_is_root(),
+        is_root(),
         "vm-tests run as root (CI does; locally: sudo ./scripts/test.sh)"
     );
     let env = Env::new();
@@ -181,10 +181,4 @@ fn sudo_grant_uses_the_callers_keychain_and_ownership() {
         "moat created the caller's home"
     );
     drop(session);
-}
-
-fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }

@@ -210,3 +210,49 @@ impl Tripwire {
         );
     }
 }
+
+/// Is this test process root? (vm-tests assert it up front.)
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The host namespace's nft ruleset, links and routes: a run must leave
+/// all three exactly as it found them.
+pub fn host_state() -> (String, String, String) {
+    let out = |args: &[&str]| {
+        String::from_utf8_lossy(
+            &Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    (
+        out(&["nft", "list", "ruleset"]),
+        out(&["ip", "-o", "link"]),
+        out(&["ip", "route"]),
+    )
+}
+
+/// `curl` `url` until it answers with a body (at most `secs` seconds); the body.
+pub fn get_until_answered(url: &str, secs: u64) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "2", url])
+            .output()
+            .unwrap();
+        if out.status.success() && !out.stdout.is_empty() {
+            return stdout(&out);
+        }
+        assert!(
+            start.elapsed().as_secs() < secs,
+            "{url} never answered: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
