@@ -12,13 +12,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use secrecy::ExposeSecret;
 
 use super::{GrantArgs, obtain_token};
-use crate::net::Upstream;
 use crate::providers::Provider;
 use crate::providers::builtin::gemini::{
     self, CLI_CLIENT_ID, CLI_CLIENT_SECRET, CREDENTIALS_FILE, MODE, MODE_OAUTH, SCOPE, TOKEN_URL,
 };
 use crate::providers::oauth::{self, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN};
-use crate::proxy::refresh::TokenEndpoint;
 use crate::store::{CredName, Credential, Kind};
 
 const MENU: &str = "\
@@ -120,21 +118,10 @@ fn import(provider: &Provider, no_validate: bool) -> Result<Credential> {
         }
         return Ok(cred);
     }
-    eprintln!("Validating refresh token...");
-    let req = oauth::refresh_request(&cred)?;
-    let upstream = Upstream::from_env()?;
-    let (status, body) = super::super::block_on(upstream.post_form(&req.url, &req.form))?
-        .map_err(|e| anyhow!("cannot reach Google's token endpoint: {e}. Nothing was saved"))?;
-    let known: Vec<zeroize::Zeroizing<String>> = cred
-        .secrets
-        .values()
-        .map(|s| zeroize::Zeroizing::new(s.expose_secret().to_owned()))
-        .collect();
-    let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-    let tokens = oauth::parse_response(status, &body, &known).map_err(|e| {
-        anyhow!("{e}. Nothing was saved; log in again with 'gemini' on this host, then run 'moat grant gemini --import'")
-    })?;
-    oauth::apply(&mut cred, tokens, crate::store::credential::now_secs());
-    eprintln!("Refresh token is valid.");
+    super::oauth::first_refresh(
+        &mut cred,
+        "Google's token endpoint",
+        "log in again with 'gemini' on this host, then run 'moat grant gemini --import'",
+    )?;
     Ok(cred)
 }

@@ -84,27 +84,31 @@ pub(super) fn obtain(provider: &Provider, args: &GrantArgs) -> Result<Credential
     if let Some(s) = client_secret {
         cred.secrets.insert(CLIENT_SECRET.into(), s);
     }
-    first_refresh(&mut cred)?;
+    first_refresh(
+        &mut cred,
+        "the token endpoint",
+        "check the refresh token, client id and secret",
+    )?;
     Ok(cred)
 }
 
 /// One refresh, now: proves the refresh token works and yields the first
-/// access token. Failure: nothing is saved.
-fn first_refresh(cred: &mut Credential) -> Result<()> {
+/// access token. Failure: nothing is saved. `endpoint` names the token
+/// endpoint and `fix` says what to do, in the error.
+pub(super) fn first_refresh(cred: &mut Credential, endpoint: &str, fix: &str) -> Result<()> {
     eprintln!("Validating refresh token...");
     let req = oauth::refresh_request(cred)?;
     let upstream = Upstream::from_env()?;
     let (status, body) = super::super::block_on(upstream.post_form(&req.url, &req.form))?
-        .map_err(|e| anyhow!("cannot reach the token endpoint: {e}. Nothing was saved"))?;
+        .map_err(|e| anyhow!("cannot reach {endpoint}: {e}. Nothing was saved"))?;
     let known: Vec<zeroize::Zeroizing<String>> = cred
         .secrets
         .values()
         .map(|s| zeroize::Zeroizing::new(s.expose_secret().to_owned()))
         .collect();
     let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-    let tokens = oauth::parse_response(status, &body, &known).map_err(|e| {
-        anyhow!("{e}. Nothing was saved; check the refresh token, client id and secret")
-    })?;
+    let tokens = oauth::parse_response(status, &body, &known)
+        .map_err(|e| anyhow!("{e}. Nothing was saved; {fix}"))?;
     oauth::apply(cred, tokens, crate::store::credential::now_secs());
     eprintln!("Refresh token is valid.");
     Ok(())
