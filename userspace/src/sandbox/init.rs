@@ -57,8 +57,10 @@ pub struct InitArgs {
     pub command: Vec<OsString>,
 }
 
-/// Signals passed on to the command. SIGINT/SIGQUIT/SIGWINCH come from the
-/// terminal to the whole foreground group, so the command already has them.
+/// Signals passed on to the command. SIGINT/SIGQUIT/SIGWINCH from the
+/// terminal go to the whole foreground group, so the command already has
+/// them; SIGINT/SIGQUIT sent by a process (Moat passing on a `kill -INT`)
+/// are passed on too (see [`supervise`]).
 const FORWARD: [Signal; 5] = [
     Signal::SIGTERM,
     Signal::SIGHUP,
@@ -92,14 +94,16 @@ pub fn main(args: InitArgs) -> ! {
             die("moat went away before the network was ready");
         }
     }
+    // The filesystem takes shape while Moat plumbs the network: the
+    // command does not exist before `g`, so nothing runs unredirected.
+    if let Err(e) = shape_filesystem(&args) {
+        die(&e);
+    }
     let mut go = [0u8; 1];
     if sync.read_exact(&mut go).is_err() || go[0] != b'g' {
         die("moat went away before the network was ready");
     }
     drop(sync);
-    if let Err(e) = shape_filesystem(&args) {
-        die(&e);
-    }
     let forwarded = blocked_signals();
     // SAFETY: single-threaded here (no runtime was started in this process).
     match unsafe { fork() } {
@@ -413,14 +417,29 @@ fn supervise(child: Pid, set: &SigSet) -> i32 {
                 Ok(_) => continue, // an orphan reaped (we may be PID 1)
             }
         }
-        match set.wait() {
-            Ok(Signal::SIGCHLD) | Ok(Signal::SIGINT) | Ok(Signal::SIGQUIT) => {}
-            Ok(sig) => {
+        let (sig, sent) = wait_signal(set);
+        match sig {
+            Some(Signal::SIGCHLD) | None => {}
+            // From the terminal: the command has it already.
+            Some(Signal::SIGINT | Signal::SIGQUIT) if !sent => {}
+            Some(sig) => {
                 let _ = kill(child, sig);
             }
-            Err(_) => {}
         }
     }
+}
+
+/// The next signal of `set` (blocked), and whether a process sent it
+/// (kill, sigqueue, tgkill: `si_code` ≤ 0) rather than the kernel (a
+/// terminal, SIGCHLD).
+fn wait_signal(set: &SigSet) -> (Option<Signal>, bool) {
+    // SAFETY: a zeroed siginfo_t is valid; `set` is a valid sigset.
+    let mut info: nix::libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let n = unsafe { nix::libc::sigwaitinfo(set.as_ref(), &mut info) };
+    if n < 0 {
+        return (None, false);
+    }
+    (Signal::try_from(n).ok(), info.si_code <= 0)
 }
 
 /// PID 1 of the new PID namespace: fresh /proc, then the command.
