@@ -77,8 +77,7 @@ pub trait ConnectGuard: Send + Sync {
 /// How Moat reaches the outside world.
 pub struct Upstream {
     resolve: Resolve,
-    tls: Arc<rustls::ClientConfig>,
-    tls_h2: Arc<rustls::ClientConfig>,
+    tls: tls::ClientConfigs,
     proxies: Matcher,
     guard: Option<Arc<dyn ConnectGuard>>,
 }
@@ -109,13 +108,9 @@ impl Upstream {
         extra_ca: Option<&std::path::Path>,
         proxies: Matcher,
     ) -> Result<Self, NetError> {
-        let roots = tls::root_store(extra_ca)?;
-        let tls = tls::client_config(roots.clone(), &[b"http/1.1"])?;
-        let tls_h2 = tls::client_config(roots, &[b"h2", b"http/1.1"])?;
         Ok(Self {
             resolve,
-            tls,
-            tls_h2,
+            tls: tls::ClientConfigs::new(extra_ca)?,
             proxies,
             guard: None,
         })
@@ -252,11 +247,8 @@ impl Upstream {
         port: u16,
         h2: bool,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
-        let config = if h2 {
-            self.tls_h2.clone()
-        } else {
-            self.tls.clone()
-        };
+        let (h1_config, h2_config) = self.tls.get()?;
+        let config = if h2 { h2_config } else { h1_config }.clone();
         let tcp = self.connect(host, port, true).await?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| NetError::BadUrl("invalid host name"))?;

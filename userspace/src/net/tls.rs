@@ -14,37 +14,91 @@ pub enum TlsError {
     UpstreamCa { path: PathBuf, reason: String },
     #[error("building the TLS client: {0}")]
     Config(rustls::Error),
+    #[error("building the TLS client: {0}")]
+    Build(String),
 }
 
-/// The root store: bundled webpki roots + system roots + extra PEM roots.
-pub fn root_store(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+/// Bundled webpki roots + the system store (a bonus: an unreadable one is
+/// not fatal). Parses a few hundred certificates: a few milliseconds.
+fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    // The system store is a bonus; an unreadable one is not fatal.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        let err = |reason: String| TlsError::UpstreamCa {
-            path: path.to_owned(),
-            reason,
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(format!("not valid PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(err("no CERTIFICATE blocks found".into()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| err(format!("unusable certificate: {e}")))?;
-        }
-    }
-    Ok(roots)
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots
 }
 
-/// A client config trusting [`root_store`], offering `alpn`.
+/// The certificates of `MOAT_UPSTREAM_CA`, checked: every one must be usable.
+fn extra_roots(extra_ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let Some(path) = extra_ca else {
+        return Ok(Vec::new());
+    };
+    let err = |reason: String| TlsError::UpstreamCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE blocks found".into()));
+    }
+    let mut check = RootCertStore::empty();
+    for cert in &certs {
+        check
+            .add(cert.clone())
+            .map_err(|e| err(format!("unusable certificate: {e}")))?;
+    }
+    Ok(certs)
+}
+
+/// Moat's two upstream client configs (HTTP/1.1 only, and h2 + HTTP/1.1),
+/// built on a background thread: `moat run` starts its sandbox while the
+/// system store loads, and the first upstream connection waits for it only
+/// if it is not done yet. `MOAT_UPSTREAM_CA` is checked right away.
+#[derive(Clone)]
+pub struct ClientConfigs(Arc<ConfigsInner>);
+
+struct ConfigsInner {
+    extra: Vec<CertificateDer<'static>>,
+    built: std::sync::OnceLock<Result<Configs, String>>,
+}
+
+type Configs = (Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>);
+
+impl ClientConfigs {
+    pub fn new(extra_ca: Option<&Path>) -> Result<Self, TlsError> {
+        let me = Self(Arc::new(ConfigsInner {
+            extra: extra_roots(extra_ca)?,
+            built: std::sync::OnceLock::new(),
+        }));
+        let early = me.clone();
+        // If the thread cannot start, the first use builds them instead.
+        let _ = std::thread::Builder::new()
+            .name("moat-roots".into())
+            .spawn(move || {
+                early.get().ok();
+            });
+        Ok(me)
+    }
+
+    /// The configs (HTTP/1.1, h2); blocks while the background build runs.
+    pub fn get(&self) -> Result<&Configs, TlsError> {
+        self.0
+            .built
+            .get_or_init(|| {
+                let mut roots = system_roots();
+                roots.add_parsable_certificates(self.0.extra.iter().cloned());
+                let h1 = client_config(roots.clone(), &[b"http/1.1"]).map_err(|e| e.to_string())?;
+                let h2 = client_config(roots, &[b"h2", b"http/1.1"]).map_err(|e| e.to_string())?;
+                Ok((h1, h2))
+            })
+            .as_ref()
+            .map_err(|e| TlsError::Build(e.clone()))
+    }
+}
+
+/// A client config trusting `roots`, offering `alpn`.
 pub fn client_config(
     roots: RootCertStore,
     alpn: &[&[u8]],
