@@ -201,10 +201,7 @@ pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
     getrandom::fill(&mut token_bytes).map_err(|e| anyhow!("random: {e}"))?;
     let token = URL_SAFE_NO_PAD.encode(token_bytes);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let rt = crate::proxy::runtime().context("starting the runtime")?;
     rt.block_on(async move {
         let engine = Engine::new(ca, &grants, upstream, policy, Limits::default())?;
         let listener = tokio::net::TcpListener::bind(args.listen)

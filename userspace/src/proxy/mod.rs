@@ -175,3 +175,23 @@ impl Engine {
                 .any(|p| p.matches(host, port))
     }
 }
+
+/// The runtime the proxy is served on, from its own worker threads (callers
+/// block on the command meanwhile). `MOAT_PROXY_THREADS=N` sets how many;
+/// by default one per CPU, at most 4: a proxy for one sandbox rarely needs
+/// more, and each worker is a thread to wake.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = std::env::var("MOAT_PROXY_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(2)
+        });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+}

@@ -285,10 +285,7 @@ pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
         proxy.policy,
         Limits::default(),
     )?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::proxy::runtime()?;
     let docker = rt.block_on(connect())?;
     let image = rt.block_on(ensure_image(
         &docker,
