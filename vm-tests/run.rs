@@ -324,32 +324,49 @@ fn exit_codes_and_signals_propagate() {
         stdout(&out)
     );
     assert!(s.workspace.join("made-inside").exists());
-    // SIGTERM to moat reaches the command, which can clean up.
-    let mut child = s
-        .env
-        .cmd()
-        .args(["run", s.workspace.to_str().unwrap(), "--", "/bin/sh", "-c", "trap 'echo got-term > term.txt; exit 3' TERM; echo up > up.txt; while :; do sleep 0.1; done"])
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !s.workspace.join("up.txt").exists() {
-        assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // SIGTERM, SIGINT and SIGHUP sent to moat by a process (not a terminal)
+    // reach the command, which can clean up.
+    for (sig, code) in [("TERM", 3), ("INT", 4), ("HUP", 5)] {
+        let _ = std::fs::remove_file(s.workspace.join("up.txt"));
+        let script = format!(
+            "trap 'echo got-{sig} > sig.txt; exit {code}' {sig}; echo up > up.txt; \
+             while :; do sleep 0.1; done"
+        );
+        let mut child = s
+            .env
+            .cmd()
+            .args([
+                "run",
+                s.workspace.to_str().unwrap(),
+                "--",
+                "/bin/sh",
+                "-c",
+                &script,
+            ])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !s.workspace.join("up.txt").exists() {
+            assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = wait_within(&mut child, 10, &format!("moat after SIG{sig}"));
+        assert_eq!(status.code(), Some(code), "SIG{sig}");
+        assert_eq!(
+            std::fs::read_to_string(s.workspace.join("sig.txt"))
+                .unwrap()
+                .trim(),
+            format!("got-{sig}")
+        );
     }
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(3));
-    assert_eq!(
-        std::fs::read_to_string(s.workspace.join("term.txt"))
-            .unwrap()
-            .trim(),
-        "got-term"
-    );
 }
 
 #[test]

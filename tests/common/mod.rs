@@ -256,3 +256,24 @@ pub fn get_until_answered(url: &str, secs: u64) -> String {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `child`'s exit status, or a panic naming `what` if it has not exited
+/// within `secs` (the child is killed first, so a failing test never hangs).
+pub fn wait_within(
+    child: &mut std::process::Child,
+    secs: u64,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -54,10 +54,7 @@ pub fn proxy_env(url: &str) -> Vec<(OsString, OsString)> {
 /// 126/127 when it cannot be run / is not found).
 pub fn run(spec: EnvRunSpec) -> anyhow::Result<i32> {
     use anyhow::Context as _;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::proxy::runtime()?;
     let mut secret = [0u8; 24];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let password = URL_SAFE_NO_PAD.encode(secret);
@@ -103,31 +100,9 @@ pub fn run(spec: EnvRunSpec) -> anyhow::Result<i32> {
     };
 
     // Ctrl-C reaches the command from the terminal; Moat stays up until the
-    // command exits. SIGTERM sent to Moat is passed on.
+    // command exits. Signals other processes send to Moat are passed on.
     #[cfg(unix)]
-    {
-        let pid = child.id() as i32;
-        rt.spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = term.recv() => {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGTERM,
-                        );
-                    }
-                    _ = int.recv() => {}
-                }
-            }
-        });
-    }
+    super::signals::forward_to(child.id() as i32)?;
     let status = child.wait()?;
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     #[cfg(unix)]

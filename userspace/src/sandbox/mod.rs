@@ -16,4 +16,6 @@ pub mod netns;
 pub mod nft;
 #[cfg(target_os = "linux")]
 pub mod run;
+#[cfg(unix)]
+pub mod signals;
 pub mod trust;

@@ -279,10 +279,7 @@ fn serve(
     mut ours: UnixStream,
     (dial, net, dst, redirector, cgroup): Plumbed,
 ) -> Result<i32, RunError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::proxy::runtime()?;
     let engine = Engine::new(
         spec.ca.clone(),
         &spec.grants,
@@ -303,19 +300,9 @@ fn serve(
     tracing::debug!("command released");
     drop(ours);
 
-    // Ctrl-C reaches the command straight from the terminal; Moat itself
-    // waits. SIGTERM sent to Moat is passed on.
-    let pid = child.id() as i32;
-    rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
-        loop {
-            tokio::select! {
-                _ = term.recv() => { let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM); }
-                _ = int.recv() => {}
-            }
-        }
-    });
+    // Ctrl-C reaches the command straight from the terminal; signals other
+    // processes send to Moat are passed on (see `signals`).
+    super::signals::forward_to(child.id() as i32)?;
     let status = child.wait()?;
     tracing::debug!("command ended");
     drop(published);
