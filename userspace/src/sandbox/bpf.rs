@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
-use aya::{Ebpf, EbpfError};
+use aya::{Ebpf, EbpfError, EbpfLoader};
 use tokio::net::TcpStream;
 
 use super::cgroup::RunCgroup;
@@ -147,17 +147,40 @@ pub fn is_built() -> bool {
     !OBJECT.is_empty()
 }
 
+/// An aya loader being prepared on a background thread: creating one parses
+/// the kernel's BTF (/sys/kernel/btf/vmlinux, megabytes; tens of ms), which
+/// `moat run` overlaps with the rest of its start-up.
+pub struct Loader(std::thread::JoinHandle<EbpfLoader<'static>>);
+
+impl Loader {
+    pub fn start() -> Self {
+        Self(std::thread::spawn(EbpfLoader::new))
+    }
+}
+
 impl Redirector {
     /// Loads the embedded programs, writes `config` into them and attaches
     /// them to `cgroup`. On error nothing stays attached.
     pub fn attach(cgroup: &RunCgroup, config: RedirectConfig) -> Result<Redirector, BpfError> {
+        Self::attach_with(Loader::start(), cgroup, config)
+    }
+
+    /// [`Self::attach`] with a loader [`Loader::start`]ed earlier.
+    pub fn attach_with(
+        loader: Loader,
+        cgroup: &RunCgroup,
+        config: RedirectConfig,
+    ) -> Result<Redirector, BpfError> {
         if OBJECT.is_empty() {
             return Err(BpfError::NotBuilt);
         }
         if config.proxy.port() == 0 || config.dns_port == 0 {
             return Err(BpfError::BadConfig(config));
         }
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
+        let mut loader = loader.0.join().unwrap_or_else(|_| EbpfLoader::new());
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
 
         // Configure before anything is attached: unconfigured programs refuse.
         let map_err = |name| {

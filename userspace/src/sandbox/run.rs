@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use super::bpf::{RedirectConfig, Redirector};
+use super::bpf::{Loader, RedirectConfig, Redirector};
 use super::cgroup::{self, RunCgroup};
 use super::dns::{self, SyntheticDns};
 use super::init::{self, SYNC_FD};
@@ -81,6 +81,7 @@ pub struct RunSpec {
 /// Run the command in the sandbox; its exit code (128+N for signal N).
 pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     let t0 = std::time::Instant::now();
+    let bpf_loader = (spec.redirect == Redirect::Ebpf && !spec.rootless).then(Loader::start);
     if spec.redirect == Redirect::Ebpf {
         // Cgroups of runs that were killed before they could clean up.
         match cgroup::sweep_stale() {
@@ -193,7 +194,9 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
                     proxy: SocketAddrV4::new(Ipv4Addr::LOCALHOST, net.proxy_port),
                     dns_port: net.dns_port,
                 };
-                let r = Redirector::attach(cg, config)?;
+                let loader = bpf_loader.unwrap_or_else(Loader::start);
+                let r = Redirector::attach_with(loader, cg, config)?;
+                tracing::debug!("eBPF redirector attached after {:?}", t0.elapsed());
                 (Arc::new(r.original_dst()), Some(r))
             }
         };
