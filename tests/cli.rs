@@ -890,3 +890,52 @@ fn doctor_list_and_clean_on_a_fresh_home() {
     assert!(stdout(ok(&env.run(&["list"], &[]))).contains("No runs"));
     assert!(stdout(ok(&env.run(&["clean"], &[]))).contains("Nothing to clean"));
 }
+
+#[test]
+fn init_writes_a_commented_moat_yaml_that_loads() {
+    let env = Env::new();
+    let ws = env.dir.path().join("my-agent");
+    std::fs::create_dir_all(&ws).unwrap();
+    let out = env.run(&["init", ws.to_str().unwrap()], &[]);
+    assert!(stdout(ok(&out)).contains("moat.yaml"));
+    let path = ws.join("moat.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("name: \"my-agent\""), "{text}");
+    assert!(text.contains("# runtime: docker"), "{text}");
+    let config = moat::config::Config::find(&ws).unwrap();
+    assert_eq!(config.name.as_deref(), Some("my-agent"));
+    assert!(config.grants.is_empty() && config.runtime.is_none());
+    // An existing file is kept unless --force.
+    std::fs::write(&path, "grants: [mine]\n").unwrap();
+    let err = fails(&env.run(&["init", ws.to_str().unwrap()], &[]));
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "grants: [mine]\n");
+    ok(&env.run(&["init", "--force", ws.to_str().unwrap()], &[]));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    // agent.yaml (the legacy name) counts as existing too.
+    let legacy = env.dir.path().join("legacy");
+    std::fs::create_dir_all(&legacy).unwrap();
+    std::fs::write(legacy.join("agent.yaml"), "grants: []\n").unwrap();
+    fails(&env.run(&["init", legacy.to_str().unwrap()], &[]));
+    // The current directory by default.
+    let here = env.dir.path().join("here");
+    std::fs::create_dir_all(&here).unwrap();
+    ok(&env.cmd().current_dir(&here).arg("init").output().unwrap());
+    assert!(here.join("moat.yaml").exists());
+}
+
+#[test]
+fn run_management_without_runs() {
+    let env = Env::new();
+    for cmd in [["logs", "abc"], ["stop", "abc"], ["destroy", "abc"]] {
+        let err = fails(&env.run(&cmd, &[]));
+        assert!(err.contains("no run 'abc'"), "{err}");
+    }
+    let out = env.run(&["run", "-d", "--network-mode", "env"], &[]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("-d needs a command"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -102,6 +102,8 @@ pub fn run(spec: EnvRunSpec) -> anyhow::Result<i32> {
         }
     };
 
+    crate::runs::started();
+
     // Ctrl-C reaches the command from the terminal; Moat stays up until the
     // command exits. SIGTERM sent to Moat is passed on.
     #[cfg(unix)]
