@@ -420,6 +420,7 @@ pub fn destroy(ctx: &Ctx, args: DestroyArgs) -> Result<()> {
             let mut gone = Vec::new();
             for c in docker::containers(&engine, Some(&run)).await? {
                 docker::remove(&engine, &c.id).await?;
+                docker::removed(&engine, &c.id, Duration::from_secs(10)).await;
                 gone.push(c.name);
             }
             Ok::<_, docker::DockerError>(gone)
@@ -520,7 +521,10 @@ fn clean_containers(home: &crate::home::MoatHome, dirs: &[PathBuf]) -> Vec<Strin
                 continue;
             }
             match docker::remove(&engine, &c.id).await {
-                Ok(()) => gone.push(format!("container {} ({})", c.name, c.state)),
+                Ok(()) => {
+                    docker::removed(&engine, &c.id, Duration::from_secs(10)).await;
+                    gone.push(format!("container {} ({})", c.name, c.state));
+                }
                 Err(e) => eprintln!("moat: removing container {}: {e}", c.name),
             }
         }

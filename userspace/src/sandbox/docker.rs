@@ -35,6 +35,7 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CreateContainerOptions, CreateImageOptions,
     KillContainerOptions, ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -339,10 +340,12 @@ pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
     );
     let outcome = run_container(&rt, &docker, &spec, engine, &name, listener, tty);
     if !spec.keep {
-        // AutoRemove has usually done it already (or is doing it).
+        // AutoRemove has usually done it already (or is doing it): the run
+        // ends when the container is gone.
         if let Err(e) = rt.block_on(remove(&docker, &name)) {
             tracing::warn!("removing container {name}: {e}");
         }
+        rt.block_on(removed(&docker, &name, Duration::from_secs(10)));
     } else {
         eprintln!(
             "moat: kept container {name} (moat destroy {} removes it)",
@@ -451,6 +454,16 @@ pub async fn remove(docker: &Docker, container: &str) -> Result<(), DockerError>
         Err(e) if !gone(&e) => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// Wait (at most `timeout`) until the engine has removed a container.
+pub async fn removed(docker: &Docker, container: &str, timeout: Duration) {
+    let options = WaitContainerOptions {
+        condition: "removed".into(),
+    };
+    let mut wait = docker.wait_container(container, Some(options));
+    // Ends with the removal, or at once (404) when it is gone already.
+    let _ = tokio::time::timeout(timeout, wait.next()).await;
 }
 
 /// SIGKILL a container's processes; one that is gone already is fine.
