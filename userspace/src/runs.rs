@@ -140,10 +140,20 @@ static STARTED: Mutex<Option<File>> = Mutex::new(None);
 
 /// In a detached run's supervisor: take the start pipe named by
 /// [`DETACHED_FD_VAR`] (close-on-exec from now on, so no sandboxed
-/// process inherits it). Call once, early. Returns the run id.
+/// process inherits it) and drop both variables from the environment (so
+/// no helper process Moat starts takes them for its own). Call once, first
+/// thing in `main`, before any thread exists. Returns the run id.
 pub fn take_started_fd() -> Option<String> {
-    let id = std::env::var(DETACHED_ID_VAR).ok()?;
-    let fd: i32 = std::env::var(DETACHED_FD_VAR).ok()?.parse().ok()?;
+    let id = std::env::var(DETACHED_ID_VAR).ok();
+    let fd = std::env::var(DETACHED_FD_VAR).ok();
+    if id.is_some() || fd.is_some() {
+        // SAFETY: called before any other thread exists (see above).
+        unsafe {
+            std::env::remove_var(DETACHED_ID_VAR);
+            std::env::remove_var(DETACHED_FD_VAR);
+        }
+    }
+    let (id, fd) = (id?, fd?.parse::<i32>().ok()?);
     // Only a descriptor that is open and a pipe (the one our parent made).
     let stat = nix::sys::stat::fstat(
         // SAFETY: borrowed for the call only; fstat on a closed fd fails.

@@ -455,7 +455,7 @@ pub fn clean(ctx: &Ctx, args: CleanArgs) -> Result<()> {
     #[cfg(target_os = "linux")]
     removed.extend(clean_containers(&home, &dirs));
     for dir in dirs {
-        if is_live(&dir) {
+        if is_live(&dir) || starting(&dir) {
             continue;
         }
         if args.events {
@@ -485,6 +485,17 @@ pub fn clean(ctx: &Ctx, args: CleanArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A run directory `moat run -d` made a moment ago, whose background Moat
+/// has not taken the lock yet (no events so far).
+fn starting(dir: &Path) -> bool {
+    !dir.join(runs::EVENTS).exists()
+        && std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(30))
 }
 
 /// Remove Moat's containers of this `$MOAT_HOME` whose run is not alive.
