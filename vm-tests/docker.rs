@@ -386,7 +386,7 @@ fn docker_detached_stop_destroy_and_clean() {
     let out = s
         .cmd(
             &["-d"],
-            "echo container-out; trap 'echo got-term; exit 3' TERM; while :; do sleep 0.1; done",
+            "trap 'echo got-term; exit 3' TERM; echo container-out; while :; do sleep 0.1; done",
         )
         .output()
         .unwrap();
@@ -416,10 +416,16 @@ fn docker_detached_stop_destroy_and_clean() {
 
     // A command that ignores SIGTERM: stop kills the container after --time.
     let out = s
-        .cmd(&["-d"], "trap '' TERM; while :; do sleep 0.1; done")
+        .cmd(
+            &["-d"],
+            "trap '' TERM; touch stubborn.txt; while :; do sleep 0.1; done",
+        )
         .output()
         .unwrap();
     let stubborn = stdout(ok(&out)).trim().to_owned();
+    wait_for(10, "the command never started", || {
+        s.workspace.join("stubborn.txt").exists()
+    });
     let out = s
         .env
         .cmd()

@@ -454,7 +454,7 @@ fn detached_runs_logs_stop_list_and_destroy() {
     let out = s
         .cmd(
             &["-d"],
-            "echo out-line; echo err-line >&2; trap 'echo got-term; exit 3' TERM; \
+            "trap 'echo got-term; exit 3' TERM; echo out-line; echo err-line >&2; \
              while :; do sleep 0.1; done",
         )
         .output()
@@ -502,10 +502,16 @@ fn detached_runs_logs_stop_list_and_destroy() {
 
     // A command that ignores SIGTERM is killed after --time.
     let out = s
-        .cmd(&["-d"], "trap '' TERM; while :; do sleep 0.1; done")
+        .cmd(
+            &["-d"],
+            "trap '' TERM; touch stubborn.txt; while :; do sleep 0.1; done",
+        )
         .output()
         .unwrap();
     let stubborn = stdout(ok(&out)).trim().to_owned();
+    wait_for(10, "the command never started", || {
+        s.workspace.join("stubborn.txt").exists()
+    });
     let t = std::time::Instant::now();
     let out = s.env.run(&["stop", "--time", "1", &stubborn], &[]);
     assert_eq!(stdout(ok(&out)).trim(), format!("{stubborn} stopped 137"));
