@@ -1,6 +1,6 @@
 //! `moat.yaml`: a workspace's run configuration.
 //!
-//! Keys: `name`, `command`, `grants`, `env`, `network` (`policy`, `rules`,
+//! Keys: `name`, `command`, `grants`, `env`, `secrets`, `network` (`policy`, `rules`,
 //! `host`), `mcp` (`name`, `url`, `auth: {grant, header}`), and for
 //! `--runtime docker`: `runtime`, `image`, `base_image`, `dependencies`,
 //! `mounts` (`src:dst[:ro]`), `ports`, `container` (`memory`, `cpus`).
@@ -44,6 +44,8 @@ pub struct Config {
     pub command: Vec<OsString>,
     pub grants: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `secrets:` VAR → reference, resolved when a run starts.
+    pub secrets: Vec<(String, crate::secrets::SecretRef)>,
     pub network: Network,
     pub mcp: Vec<Mcp>,
     /// `runtime: native|docker` (the flag and `MOAT_RUNTIME` win).
@@ -170,6 +172,8 @@ struct Doc {
     grants: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
     network: Option<NetworkDoc>,
     #[serde(default)]
     mcp: Vec<McpDoc>,
@@ -308,6 +312,15 @@ impl Config {
             }
             env.push((k, v.into_string()));
         }
+        let mut secrets = Vec::new();
+        for (k, v) in doc.secrets {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(at(&k, format!("secrets: '{k}' is not a variable name")));
+            }
+            let r = crate::secrets::SecretRef::parse(&v)
+                .map_err(|e| at(&v, format!("secrets: {k}: {e}")))?;
+            secrets.push((k, r));
+        }
         let mut network = Network::default();
         if let Some(n) = doc.network {
             if let Some(p) = n.policy {
@@ -407,6 +420,7 @@ impl Config {
             command,
             grants: doc.grants,
             env,
+            secrets,
             network,
             mcp: doc
                 .mcp
@@ -442,6 +456,14 @@ grants: []
 # Environment variables for the command (-e KEY=VALUE wins).
 @ env:
 @   LOG_LEVEL: debug
+
+# Environment variables from a secret store, fetched when the run starts:
+# env://VAR (this machine's environment), op://vault/item/field (1Password
+# CLI), ssm:///path/name (AWS SSM Parameter Store, through the AWS CLI).
+# Real values, unlike grants: for what is not an HTTP credential.
+@ secrets:
+@   DATABASE_PASSWORD: op://Private/db/password
+@   SIGNING_KEY: ssm:///prod/signing-key
 
 network:
   # permissive: every host is reachable, credentials go only to granted hosts.
@@ -603,12 +625,14 @@ mcp:
         assert_eq!(c.ports, [(3000, 3000), (8080, 80)]);
         assert_eq!(c.container.cpus, Some(1.5));
         assert_eq!(c.env, [("LOG_LEVEL".into(), "debug".into())]);
+        assert_eq!(c.secrets.len(), 2);
         // Every key the loader knows is taught.
         for key in [
             "name:",
             "command:",
             "grants:",
             "env:",
+            "secrets:",
             "network:",
             "policy:",
             "rules:",
@@ -626,6 +650,29 @@ mcp:
         ] {
             assert!(all.contains(key), "{key} is not in the template");
         }
+    }
+
+    #[test]
+    fn secrets_are_references_checked_at_load() {
+        let c = parse("secrets:\n  DB: op://v/db/pw\n  KEY: ssm:///prod/key\n").unwrap();
+        assert_eq!(
+            c.secrets,
+            [
+                (
+                    "DB".into(),
+                    crate::secrets::SecretRef::Op("op://v/db/pw".into())
+                ),
+                (
+                    "KEY".into(),
+                    crate::secrets::SecretRef::Ssm("/prod/key".into())
+                ),
+            ]
+        );
+        let e = parse("env: {}\nsecrets:\n  DB: hunter2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("moat.yaml:3:1: secrets: DB:"), "{e}");
+        assert!(e.contains("op://vault/item/field"), "{e}");
     }
 
     #[test]

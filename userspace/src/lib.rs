@@ -14,4 +14,5 @@ pub mod providers;
 pub mod proxy;
 pub mod runs;
 pub mod sandbox;
+pub mod secrets;
 pub mod store;

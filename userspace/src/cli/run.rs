@@ -38,8 +38,9 @@ Network modes:
   env          (default elsewhere) HTTP_PROXY/HTTPS_PROXY point at Moat's proxy
                with a per-run password; no isolation beyond that.
 
-moat.yaml in DIR (or agent.yaml) may set:
+moat.yaml in DIR (or agent.yaml; moat init writes a commented one) may set:
   command: [python, agent.py]     grants: [github]     env: {KEY: value}
+  secrets: {DB_PASSWORD: op://vault/db/password}   # also ssm:///name, env://VAR
   network:
     policy: strict                # refuse hosts with no grant and no rule
     rules:
@@ -303,6 +304,14 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     for (k, v) in &config.env {
         env_extra.push((k.into(), v.into()));
     }
+    // moat.yaml secrets: (op://, ssm://, env://), fetched now (src/secrets).
+    for (k, r) in &config.secrets {
+        use secrecy::ExposeSecret as _;
+        let value = r
+            .resolve()
+            .with_context(|| format!("moat.yaml secrets: {k}"))?;
+        env_extra.push((k.into(), value.expose_secret().into()));
+    }
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("-e expects KEY=VALUE, got '{kv}'")
@@ -328,6 +337,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
             "workspace": workspace,
             "command": command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
             "grants": grant_names,
+            "secrets": config.secrets.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             "config": config.path,
             "pid": std::process::id(),
             "detached": ctx.detached_run.is_some(),
