@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn env_references_and_missing_tools() {
         let path = std::env::var("PATH").unwrap_or_default();
-        let r = SecretRef::parse(&"env://PATH".to_string()).unwrap();
+        let r = SecretRef::parse("env://PATH").unwrap();
         assert_eq!(r.resolve().unwrap().expose_secret(), path);
         let e = SecretRef::parse("env://MOAT_TEST_SURELY_UNSET_VAR")
             .unwrap()
