@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -889,4 +889,208 @@ fn doctor_list_and_clean_on_a_fresh_home() {
     assert_eq!(stdout(ok(&env.run(&["list", "--json"], &[]))).trim(), "[]");
     assert!(stdout(ok(&env.run(&["list"], &[]))).contains("No runs"));
     assert!(stdout(ok(&env.run(&["clean"], &[]))).contains("Nothing to clean"));
+}
+
+#[test]
+fn init_writes_a_commented_moat_yaml_that_loads() {
+    let env = Env::new();
+    let ws = env.dir.path().join("my-agent");
+    std::fs::create_dir_all(&ws).unwrap();
+    let out = env.run(&["init", ws.to_str().unwrap()], &[]);
+    assert!(stdout(ok(&out)).contains("moat.yaml"));
+    let path = ws.join("moat.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("name: \"my-agent\""), "{text}");
+    assert!(text.contains("# runtime: docker"), "{text}");
+    let config = moat::config::Config::find(&ws).unwrap();
+    assert_eq!(config.name.as_deref(), Some("my-agent"));
+    assert!(config.grants.is_empty() && config.runtime.is_none());
+    // An existing file is kept unless --force.
+    std::fs::write(&path, "grants: [mine]\n").unwrap();
+    let err = fails(&env.run(&["init", ws.to_str().unwrap()], &[]));
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "grants: [mine]\n");
+    ok(&env.run(&["init", "--force", ws.to_str().unwrap()], &[]));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    // agent.yaml (the legacy name) counts as existing too.
+    let legacy = env.dir.path().join("legacy");
+    std::fs::create_dir_all(&legacy).unwrap();
+    std::fs::write(legacy.join("agent.yaml"), "grants: []\n").unwrap();
+    fails(&env.run(&["init", legacy.to_str().unwrap()], &[]));
+    // The current directory by default.
+    let here = env.dir.path().join("here");
+    std::fs::create_dir_all(&here).unwrap();
+    ok(&env.cmd().current_dir(&here).arg("init").output().unwrap());
+    assert!(here.join("moat.yaml").exists());
+}
+
+#[test]
+fn run_management_without_runs() {
+    let env = Env::new();
+    for cmd in [["logs", "abc"], ["stop", "abc"], ["destroy", "abc"]] {
+        let err = fails(&env.run(&cmd, &[]));
+        assert!(err.contains("no run 'abc'"), "{err}");
+    }
+    let out = env.run(&["run", "-d", "--network-mode", "env"], &[]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("-d needs a command"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A free port on 127.0.0.1 (bound and released: good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Kills (and reaps) the child on drop.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn secrets_reach_the_command_from_env_op_and_ssm() {
+    let env = Env::new();
+    let ws = env.dir.path().join("ws");
+    fs::create_dir_all(&ws).unwrap();
+    // A stand-in for the 1Password CLI: one item.
+    let bin = env.dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let op = bin.join("op");
+    fs::write(
+        &op,
+        "#!/bin/sh\n[ \"$1 $2 $3\" = 'read --no-newline op://Private/db/password' ] && \
+         { printf 'op-value'; exit 0; }\necho \"[ERROR] no item $3\" >&2; exit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&op, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |yaml: &str, extra: &[(&str, &str)]| {
+        fs::write(ws.join("moat.yaml"), yaml).unwrap();
+        env.cmd()
+            .env("PATH", &path)
+            .env("MOAT_TEST_SECRET_SRC", "from-host")
+            .envs(extra.iter().copied())
+            .args(["run", ws.to_str().unwrap(), "--network-mode", "env", "--"])
+            .args([
+                "sh",
+                "-c",
+                "echo \"env=$FROM_ENV op=$FROM_OP ssm=$FROM_SSM src=${MOAT_TEST_SECRET_SRC:-unset}\"",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        "secrets:\n  FROM_ENV: env://MOAT_TEST_SECRET_SRC\n  FROM_OP: op://Private/db/password\n",
+        &[],
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "env=from-host op=op-value ssm= src=unset",
+        "{}",
+        stderr(&out)
+    );
+    // The events name the variables, never a value.
+    let runs = env.run_ids();
+    let events = fs::read_to_string(
+        env.home()
+            .join("runs")
+            .join(runs.first().unwrap())
+            .join("events.jsonl"),
+    )
+    .unwrap();
+    assert!(
+        events.contains("FROM_OP") && !events.contains("op-value"),
+        "{events}"
+    );
+    // A reference that does not resolve fails the run, saying which and why.
+    let out = run("secrets:\n  FROM_OP: op://Private/nope/x\n", &[]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("secrets: FROM_OP") && err.contains("no item op://Private/nope/x"),
+        "{err}"
+    );
+    let out = run("secrets:\n  X: env://MOAT_TEST_SURELY_UNSET\n", &[]);
+    assert!(
+        stderr(&out).contains("MOAT_TEST_SURELY_UNSET is not set"),
+        "{}",
+        stderr(&out)
+    );
+
+    // ssm:// through the AWS CLI, against moto's SSM on loopback (both are
+    // installed where the AWS tests run; say so when they are not here).
+    if !on_path("aws") || !on_path("moto_server") {
+        eprintln!("secrets test: aws or moto_server not installed, ssm:// not exercised");
+        return;
+    }
+    let port = free_port();
+    let _moto = Reaped(
+        Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let aws_env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let put = Command::new("aws")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", env.user_home())
+        .envs(aws_env)
+        .args([
+            "ssm",
+            "put-parameter",
+            "--name",
+            "/prod/key",
+            "--type",
+            "SecureString",
+        ])
+        .args(["--value", "ssm-value"])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", stderr(&put));
+    let out = run("secrets:\n  FROM_SSM: ssm:///prod/key\n", &aws_env);
+    assert_eq!(
+        stdout(&out).trim(),
+        "env= op= ssm=ssm-value src=unset",
+        "{}",
+        stderr(&out)
+    );
 }

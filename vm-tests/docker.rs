@@ -373,6 +373,188 @@ fn docker_exit_codes_signals_and_keep() {
     ok(&docker(&["rm", "-f", left.trim()]));
 }
 
+/// The containers (any state) labelled with run `id`.
+fn containers_of(id: &str) -> Vec<String> {
+    let out = docker(&["ps", "-aq", "--filter", &format!("label=io.moat.run={id}")]);
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn docker_detached_stop_destroy_and_clean() {
+    let s = setup();
+    // -d: the id once the command runs in its container.
+    let out = s
+        .cmd(
+            &["-d"],
+            "trap 'echo got-term; exit 3' TERM; echo container-out; while :; do sleep 0.1; done",
+        )
+        .output()
+        .unwrap();
+    let id = stdout(ok(&out)).trim().to_owned();
+    assert_eq!(id.len(), 8, "{id:?}");
+    let info = s.env.run_info(&id);
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["runtime"], "docker", "{info}");
+    let container = info["container"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(containers_of(&id).len(), 1);
+    assert!(container.starts_with(&containers_of(&id)[0]), "{info}");
+    wait_for(10, "the container's output never reached the log", || {
+        stdout(ok(&s.env.run(&["logs", &id], &[]))).contains("container-out")
+    });
+    let out = s
+        .env
+        .cmd()
+        .env("DOCKER_HOST", docker_host())
+        .args(["stop", &id])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(ok(&out)).trim(), format!("{id} stopped 3"));
+    assert!(stdout(ok(&s.env.run(&["logs", &id], &[]))).contains("got-term"));
+    wait_for(5, "the stopped run's container is still there", || {
+        containers_of(&id).is_empty()
+    });
+
+    // A command that ignores SIGTERM: stop kills the container after --time.
+    let out = s
+        .cmd(
+            &["-d"],
+            "trap '' TERM; touch stubborn.txt; while :; do sleep 0.1; done",
+        )
+        .output()
+        .unwrap();
+    let stubborn = stdout(ok(&out)).trim().to_owned();
+    wait_for(10, "the command never started", || {
+        s.workspace.join("stubborn.txt").exists()
+    });
+    let out = s
+        .env
+        .cmd()
+        .env("DOCKER_HOST", docker_host())
+        .args(["stop", "--time", "1", &stubborn])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(ok(&out)).trim(),
+        format!("{stubborn} stopped 137"),
+        "{}",
+        stderr(&out)
+    );
+    wait_for(5, "the killed run's container is still there", || {
+        containers_of(&stubborn).is_empty()
+    });
+
+    // destroy removes a kept container with its run.
+    let before = s.env.run_ids();
+    ok(&s.cmd(&["--keep"], "true").output().unwrap());
+    let kept: Vec<String> = s.env.run_ids().difference(&before).cloned().collect();
+    let kept = kept[0].clone();
+    assert_eq!(containers_of(&kept).len(), 1);
+    let out = s
+        .env
+        .cmd()
+        .env("DOCKER_HOST", docker_host())
+        .args(["destroy", &kept])
+        .output()
+        .unwrap();
+    assert!(stdout(ok(&out)).contains(&format!("removed container moat-{kept}")));
+    assert!(containers_of(&kept).is_empty());
+    assert!(!s.env.home().join("runs").join(&kept).exists());
+
+    // clean removes a stopped container of a dead run, only in its own home.
+    let before = s.env.run_ids();
+    ok(&s.cmd(&["--keep"], "true").output().unwrap());
+    let left: Vec<String> = s.env.run_ids().difference(&before).cloned().collect();
+    let left = left[0].clone();
+    assert_eq!(containers_of(&left).len(), 1);
+    let other = Env::new();
+    let out = other
+        .cmd()
+        .env("DOCKER_HOST", docker_host())
+        .arg("clean")
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(
+        containers_of(&left).len(),
+        1,
+        "another home's clean took it"
+    );
+    let out = s
+        .env
+        .cmd()
+        .env("DOCKER_HOST", docker_host())
+        .arg("clean")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(ok(&out)).contains(&format!("removed container moat-{left}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(containers_of(&left).is_empty());
+    assert!(
+        s.env
+            .home()
+            .join("runs")
+            .join(&left)
+            .join("events.jsonl")
+            .exists()
+    );
+    assert_eq!(s.containers_left(), "");
+}
+
+#[test]
+fn docker_kill_9_of_moat_takes_the_container_with_it() {
+    let s = setup();
+    let before = s.env.run_ids();
+    let mut moat = s.cmd(&[], "touch up.txt; exec sleep 3023").spawn().unwrap();
+    wait_for(30, "the command never started", || {
+        s.workspace.join("up.txt").exists()
+    });
+    let ids: Vec<String> = s.env.run_ids().difference(&before).cloned().collect();
+    let id = ids[0].clone();
+    assert_eq!(containers_of(&id).len(), 1);
+    moat.kill().unwrap(); // SIGKILL: no cleanup code runs
+    moat.wait().unwrap();
+    wait_for(5, "the container outlived moat", || {
+        containers_of(&id).is_empty()
+    });
+    assert_eq!(s.env.run_info(&id)["state"], "killed");
+    // A container whose Moat died while it was kept (--keep) stops, and
+    // moat clean removes it.
+    std::fs::remove_file(s.workspace.join("up.txt")).unwrap();
+    let before = s.env.run_ids();
+    let mut moat = s
+        .cmd(&["--keep"], "touch up.txt; exec sleep 3023")
+        .spawn()
+        .unwrap();
+    wait_for(30, "the command never started", || {
+        s.workspace.join("up.txt").exists()
+    });
+    let ids: Vec<String> = s.env.run_ids().difference(&before).cloned().collect();
+    let id = ids[0].clone();
+    moat.kill().unwrap();
+    moat.wait().unwrap();
+    wait_for(5, "the kept container did not stop without moat", || {
+        let out = docker(&["ps", "-q", "--filter", &format!("label=io.moat.run={id}")]);
+        stdout(&out).trim().is_empty()
+    });
+    assert_eq!(containers_of(&id).len(), 1, "kept, stopped");
+    let out = s
+        .env
+        .cmd()
+        .env("DOCKER_HOST", docker_host())
+        .arg("clean")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(ok(&out)).contains("removed container"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(s.containers_left(), "");
+}
+
 #[test]
 fn docker_no_engine_is_a_clear_error() {
     let s = setup();

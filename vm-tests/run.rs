@@ -454,6 +454,139 @@ fn kill_9_of_moat_ends_the_sandbox_and_clean_removes_the_rest() {
 }
 
 #[test]
+fn detached_runs_logs_stop_list_and_destroy() {
+    let s = setup();
+    let ws = s.workspace.to_str().unwrap();
+    // -d without a command (an interactive shell): refused, no run made.
+    let out = s.env.cmd().args(["run", ws, "-d"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("-d needs a command"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(s.env.run_ids().is_empty());
+
+    // A detached run: its id once the command runs, output in its log.
+    let out = s
+        .cmd(
+            &["-d"],
+            "trap 'echo got-term; exit 3' TERM; echo out-line; echo err-line >&2; \
+             while :; do sleep 0.1; done",
+        )
+        .output()
+        .unwrap();
+    let id = stdout(ok(&out)).trim().to_owned();
+    assert!(
+        id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+    let info = s.env.run_info(&id);
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["runtime"], "native", "{info}");
+    assert_eq!(info["detached"], true, "{info}");
+    assert!(info["pid"].as_i64().unwrap() > 0, "{info}");
+    // logs -f follows (from the start) until the run ends.
+    let follower = s
+        .env
+        .cmd()
+        .args(["logs", "-f", &id[..6]])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(10, "the log never showed the output", || {
+        let out = s.env.run(&["logs", &id], &[]);
+        let text = stdout(ok(&out));
+        text.contains("out-line") && text.contains("err-line")
+    });
+    let out = s.env.run(&["stop", &id], &[]);
+    assert_eq!(stdout(ok(&out)).trim(), format!("{id} stopped 3"));
+    let followed = follower.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    let text = stdout(&followed);
+    for l in ["out-line", "err-line", "got-term"] {
+        assert!(text.contains(l), "logs -f: {text}");
+    }
+    let info = s.env.run_info(&id);
+    assert_eq!(
+        (&info["state"], &info["exit_code"]),
+        (&"stopped".into(), &3.into()),
+        "{info}"
+    );
+    assert!(info["pid"].is_null(), "{info}");
+    // Stopping it again is not an error.
+    ok(&s.env.run(&["stop", &id], &[]));
+
+    // A command that ignores SIGTERM is killed after --time.
+    let out = s
+        .cmd(
+            &["-d"],
+            "trap '' TERM; touch stubborn.txt; while :; do sleep 0.1; done",
+        )
+        .output()
+        .unwrap();
+    let stubborn = stdout(ok(&out)).trim().to_owned();
+    wait_for(10, "the command never started", || {
+        s.workspace.join("stubborn.txt").exists()
+    });
+    let t = std::time::Instant::now();
+    let out = s.env.run(&["stop", "--time", "1", &stubborn], &[]);
+    assert_eq!(stdout(ok(&out)).trim(), format!("{stubborn} stopped 137"));
+    assert!(t.elapsed().as_secs() < 8, "{:?}", t.elapsed());
+    assert!(stderr(&out).contains("killing it"), "{}", stderr(&out));
+
+    // A run whose setup fails: no id, the error, non-zero.
+    let before = s.env.run_ids();
+    let out = s
+        .env
+        .cmd()
+        .args(["run", ws, "-d", "--grant", "nosuchgrant", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("nosuchgrant"), "{}", stderr(&out));
+    let failed: Vec<String> = s.env.run_ids().difference(&before).cloned().collect();
+    assert_eq!(s.env.run_info(&failed[0])["state"], "failed");
+
+    // A foreground run has no log, and says so.
+    let before = s.env.run_ids();
+    ok(&s.run("true"));
+    let fg: Vec<String> = s.env.run_ids().difference(&before).cloned().collect();
+    let err = fails(&s.env.run(&["logs", &fg[0]], &[]));
+    assert!(err.contains("ran in the foreground"), "{err}");
+    assert_eq!(s.env.run_info(&fg[0])["detached"], false);
+    let err = fails(&s.env.run(&["logs", "nosuchrun"], &[]));
+    assert!(err.contains("no run 'nosuchrun'"), "{err}");
+
+    // destroy: refuses a running run without --force; removes the run.
+    let out = s
+        .cmd(&["-d"], "touch busy.txt; exec sleep 3019")
+        .output()
+        .unwrap();
+    let busy = stdout(ok(&out)).trim().to_owned();
+    let err = fails(&s.env.run(&["destroy", &busy], &[]));
+    assert!(
+        err.contains("is running") && err.contains("--force"),
+        "{err}"
+    );
+    ok(&s.env.run(&["destroy", "--force", &busy], &[]));
+    assert!(!s.env.home().join("runs").join(&busy).exists());
+    let sleeping = || {
+        Command::new("pgrep")
+            .args(["-f", "sleep 3019"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    wait_for(5, "destroy --force left the command running", || {
+        !sleeping()
+    });
+    ok(&s.env.run(&["destroy", &id], &[]));
+    assert!(s.env.run_info(&id).is_null());
+}
+
+#[test]
 fn strict_policy_refuses_what_is_neither_granted_nor_allowed() {
     let s = setup();
     std::fs::write(

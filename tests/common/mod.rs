@@ -92,6 +92,40 @@ impl Env {
     }
 }
 
+impl Env {
+    /// `moat list --json`'s entry for run `id` (Null if there is none).
+    pub fn run_info(&self, id: &str) -> serde_json::Value {
+        let out = self.run(&["list", "--json"], &[]);
+        let list: serde_json::Value = serde_json::from_slice(&ok(&out).stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The ids of the runs so far.
+    pub fn run_ids(&self) -> std::collections::BTreeSet<String> {
+        match std::fs::read_dir(self.home().join("runs")) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Default::default(),
+        }
+    }
+}
+
+/// Poll `cond` every 50 ms for up to `secs` seconds; panics with `what`.
+#[track_caller]
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed().as_secs() < secs, "{what} (waited {secs}s)");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -1,6 +1,6 @@
 //! `moat.yaml`: a workspace's run configuration.
 //!
-//! Keys: `name`, `command`, `grants`, `env`, `network` (`policy`, `rules`,
+//! Keys: `name`, `command`, `grants`, `env`, `secrets`, `network` (`policy`, `rules`,
 //! `host`), `mcp` (`name`, `url`, `auth: {grant, header}`), and for
 //! `--runtime docker`: `runtime`, `image`, `base_image`, `dependencies`,
 //! `mounts` (`src:dst[:ro]`), `ports`, `container` (`memory`, `cpus`).
@@ -44,6 +44,8 @@ pub struct Config {
     pub command: Vec<OsString>,
     pub grants: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `secrets:` VAR → reference, resolved when a run starts.
+    pub secrets: Vec<(String, crate::secrets::SecretRef)>,
     pub network: Network,
     pub mcp: Vec<Mcp>,
     /// `runtime: native|docker` (the flag and `MOAT_RUNTIME` win).
@@ -170,6 +172,8 @@ struct Doc {
     grants: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
     network: Option<NetworkDoc>,
     #[serde(default)]
     mcp: Vec<McpDoc>,
@@ -308,6 +312,15 @@ impl Config {
             }
             env.push((k, v.into_string()));
         }
+        let mut secrets = Vec::new();
+        for (k, v) in doc.secrets {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(at(&k, format!("secrets: '{k}' is not a variable name")));
+            }
+            let r = crate::secrets::SecretRef::parse(&v)
+                .map_err(|e| at(&v, format!("secrets: {k}: {e}")))?;
+            secrets.push((k, r));
+        }
         let mut network = Network::default();
         if let Some(n) = doc.network {
             if let Some(p) = n.policy {
@@ -407,6 +420,7 @@ impl Config {
             command,
             grants: doc.grants,
             env,
+            secrets,
             network,
             mcp: doc
                 .mcp
@@ -420,6 +434,110 @@ impl Config {
                 .collect(),
         })
     }
+}
+
+/// What `moat init` writes, before rendering: lines whose content starts
+/// with `@ ` are optional settings (commented out), `@! ` ones stay
+/// commented out even in [`template_all_on`] (they exclude another key).
+const TEMPLATE: &str = r##"# moat.yaml: how `moat run` runs this workspace (written by moat init).
+# Every key is optional; command-line flags win, and --grant adds to grants.
+# To use a commented-out setting, remove its "# ". Reference: docs/config.md
+
+# A name for this workspace.
+name: {NAME}
+
+# What `moat run` runs when given no command: a list, or a string run with
+# /bin/sh -c. Without it: your shell (moat run -d needs one).
+@ command: [python, agent.py]
+
+# Credentials injected by the proxy (names from `moat grant list`).
+grants: []
+
+# Environment variables for the command (-e KEY=VALUE wins).
+@ env:
+@   LOG_LEVEL: debug
+
+# Environment variables from a secret store, fetched when the run starts:
+# env://VAR (this machine's environment), op://vault/item/field (1Password
+# CLI), ssm:///path/name (AWS SSM Parameter Store, through the AWS CLI).
+# Real values, unlike grants: for what is not an HTTP credential.
+@ secrets:
+@   DATABASE_PASSWORD: op://Private/db/password
+@   SIGNING_KEY: ssm:///prod/signing-key
+
+network:
+  # permissive: every host is reachable, credentials go only to granted hosts.
+  # strict: only granted hosts and the rules below; the rest is refused.
+  policy: permissive
+  # Hosts allowed (patterns), optionally with route entries
+  # "allow|deny METHOD PATH" (the first that matches a request decides).
+  @ rules:
+  @   - "*.pypi.org"
+  @   - api.github.com: ["allow GET /repos/**", "deny * /**"]
+  # Ports of this machine's 127.0.0.1 the command may reach, as
+  # host.moat.internal:PORT.
+  @ host: [5432]
+
+# MCP servers whose credential Moat injects (moat grant mcp NAME).
+@ mcp:
+@   - name: context7
+@     url: https://mcp.context7.com/mcp
+@     auth: {grant: mcp-context7, header: CONTEXT7_API_KEY}
+
+# Ports of the sandbox published on this machine's 127.0.0.1 (as -p):
+# PORT or "HOSTPORT:PORT".
+@ ports: [3000, "8080:80"]
+
+# Where the command runs: native (this machine, in Moat's sandbox) or
+# docker (a container; needs root). --runtime and MOAT_RUNTIME win.
+@ runtime: docker
+
+# docker: the image to run as it is...
+@! image: debian:bookworm-slim
+# ...or one Moat builds (and caches by content) from dependencies on
+# base_image. Not together with image:.
+@ base_image: debian:bookworm-slim
+@ dependencies: [python@3.11, node@20, git]
+
+# docker: more bind mounts, SRC:DST[:ro] (SRC relative to this file).
+@ mounts: ["../data:/data:ro"]
+
+# docker: limits.
+@ container:
+@   memory: 2g
+@   cpus: 1.5
+"##;
+
+/// The commented `moat.yaml` that `moat init` writes for a workspace named
+/// `name`: optional settings commented out.
+pub fn template(name: &str) -> String {
+    render(name, false)
+}
+
+/// [`template`] with every optional setting switched on (except those that
+/// exclude another): tests that every key it teaches is a valid one.
+pub fn template_all_on(name: &str) -> String {
+    render(name, true)
+}
+
+fn render(name: &str, all_on: bool) -> String {
+    // A JSON string is a YAML string: any name is quoted safely.
+    let quoted = serde_json::Value::String(name.to_owned()).to_string();
+    let mut out = String::new();
+    for line in TEMPLATE.lines() {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let body = line.trim_start();
+        if let Some(rest) = body.strip_prefix("@! ") {
+            out.push_str(&format!("{indent}# {rest}"));
+        } else if let Some(rest) = body.strip_prefix("@ ") {
+            let mark = if all_on { "" } else { "# " };
+            out.push_str(&format!("{indent}{mark}{rest}"));
+        } else {
+            out.push_str(&line.replace("{NAME}", &quoted));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" plus the nearest
@@ -490,6 +608,71 @@ mcp:
         assert_eq!(c.network.host_ports, [8080]);
         assert_eq!(c.mcp[0].grant, "mcp-context7");
         assert_eq!(c.mcp[0].header, "CONTEXT7_API_KEY");
+    }
+
+    #[test]
+    fn the_init_template_loads_commented_and_uncommented() {
+        let c = parse(&template("my \"odd\": name")).unwrap();
+        assert_eq!(c.name.as_deref(), Some("my \"odd\": name"));
+        assert!(c.grants.is_empty() && c.command.is_empty() && c.runtime.is_none());
+        assert_eq!(c.network.policy.mode, Mode::Permissive);
+        let all = template_all_on("w");
+        let c = parse(&all).unwrap();
+        assert_eq!(c.runtime.as_deref(), Some("docker"));
+        assert_eq!(c.dependencies.len(), 3);
+        assert_eq!(c.network.host_ports, [5432]);
+        assert_eq!(c.mcp.len(), 1);
+        assert_eq!(c.ports, [(3000, 3000), (8080, 80)]);
+        assert_eq!(c.container.cpus, Some(1.5));
+        assert_eq!(c.env, [("LOG_LEVEL".into(), "debug".into())]);
+        assert_eq!(c.secrets.len(), 2);
+        // Every key the loader knows is taught.
+        for key in [
+            "name:",
+            "command:",
+            "grants:",
+            "env:",
+            "secrets:",
+            "network:",
+            "policy:",
+            "rules:",
+            "host:",
+            "mcp:",
+            "runtime:",
+            "image:",
+            "base_image:",
+            "dependencies:",
+            "mounts:",
+            "ports:",
+            "container:",
+            "memory:",
+            "cpus:",
+        ] {
+            assert!(all.contains(key), "{key} is not in the template");
+        }
+    }
+
+    #[test]
+    fn secrets_are_references_checked_at_load() {
+        let c = parse("secrets:\n  DB: op://v/db/pw\n  KEY: ssm:///prod/key\n").unwrap();
+        assert_eq!(
+            c.secrets,
+            [
+                (
+                    "DB".into(),
+                    crate::secrets::SecretRef::Op("op://v/db/pw".into())
+                ),
+                (
+                    "KEY".into(),
+                    crate::secrets::SecretRef::Ssm("/prod/key".into())
+                ),
+            ]
+        );
+        let e = parse("env: {}\nsecrets:\n  DB: hunter2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("moat.yaml:3:1: secrets: DB:"), "{e}");
+        assert!(e.contains("op://vault/item/field"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! One line per event, appended under a lock so lines from concurrent tasks
 //! never interleave. Lines are buffered (an event per proxied request must
 //! not cost a syscall each) and flushed at least every 250 ms while events
-//! come, at `start` and `exit`, and when the last handle is dropped, so
+//! come, at `start`, `container` and `exit`, and when the last handle is dropped, so
 //! `tail -f` lags by at most a moment. Writing never fails a run: an event
 //! that cannot be written is reported once on stderr and the run goes on.
 
@@ -81,7 +81,8 @@ impl Events {
         let mut out = sink.out.lock().unwrap_or_else(|p| p.into_inner());
         let (writer, flushed) = &mut *out;
         let mut result = writer.write_all(&bytes);
-        if result.is_ok() && (matches!(event, "start" | "exit") || flushed.elapsed() >= FLUSH_EVERY)
+        if result.is_ok()
+            && (matches!(event, "start" | "container" | "exit") || flushed.elapsed() >= FLUSH_EVERY)
         {
             result = writer.flush();
             *flushed = Instant::now();

@@ -12,5 +12,7 @@ pub mod home;
 pub mod net;
 pub mod providers;
 pub mod proxy;
+pub mod runs;
 pub mod sandbox;
+pub mod secrets;
 pub mod store;

@@ -1,8 +1,10 @@
 //! The command line. One file per command group; this file holds the shared
 //! flags, the context every command gets, and error reporting.
 
+mod detach;
 mod doctor;
 mod grant;
+mod init;
 mod output;
 mod prompt;
 mod proxy;
@@ -33,6 +35,8 @@ Start with:
   moat grant providers         what can be granted, and for which hosts
   moat revoke github           delete a stored credential
   moat run --grant github -- gh api user    a command in the sandbox
+  moat run -d -- CMD; moat logs -f RUN; moat stop RUN    runs in the background
+  moat init                    write a commented moat.yaml
   moat proxy --grant github    an injecting HTTP proxy for tools on this host
   moat doctor                  what this machine supports
 
@@ -67,10 +71,18 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Run a command in the sandbox: all egress through the injecting proxy
     Run(run::RunArgs),
-    /// List runs (running, exited, killed) with their exit codes
+    /// List runs (running, exited, stopped, killed) with their exit codes
     List,
-    /// Remove what killed runs left behind (cgroups, temporary files)
+    /// Print a detached run's output (-f: follow it until the run ends)
+    Logs(runs::LogsArgs),
+    /// Stop a run: SIGTERM to its command, SIGKILL after a timeout
+    Stop(runs::StopArgs),
+    /// Remove a finished run: its kept container (--keep) and its directory
+    Destroy(runs::DestroyArgs),
+    /// Remove what dead runs left behind (cgroups, containers, temporary files)
     Clean(runs::CleanArgs),
+    /// Write a commented moat.yaml (into DIR, default the current directory)
+    Init(init::InitArgs),
     /// Check what this machine supports and which mode 'moat run' will use
     Doctor,
     /// Run the credential-injecting proxy on its own (explicit HTTP proxy)
@@ -104,6 +116,8 @@ enum Command {
 pub struct Ctx {
     pub json: bool,
     profile: Option<String>,
+    /// In the background process of `moat run -d`: the run's id.
+    pub detached_run: Option<String>,
 }
 
 impl Ctx {
@@ -135,11 +149,14 @@ impl Ctx {
 }
 
 pub fn main() -> ExitCode {
+    // First, before anything opens descriptors: the start pipe of `moat run -d`.
+    let detached_run = crate::runs::take_started_fd();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let ctx = Ctx {
         json: cli.json,
         profile: cli.profile,
+        detached_run,
     };
     let command = match cli.command {
         #[cfg(target_os = "linux")]
@@ -175,7 +192,11 @@ pub fn main() -> ExitCode {
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Proxy(args) => proxy::run(&ctx, args),
         Command::List => runs::list(&ctx),
+        Command::Logs(args) => runs::logs(&ctx, args),
+        Command::Stop(args) => runs::stop(&ctx, args),
+        Command::Destroy(args) => runs::destroy(&ctx, args),
         Command::Clean(args) => runs::clean(&ctx, args),
+        Command::Init(args) => init::run(&ctx, args),
         Command::Doctor => doctor::run(&ctx),
         Command::Ca(args) => proxy::run_ca(&ctx, args),
         Command::Completions { shell } => {

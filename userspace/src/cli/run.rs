@@ -24,6 +24,8 @@ Examples:
   moat run --network-mode env --grant openai -- python agent.py
   moat run -p 3000 -- npm run dev                 # the dev server on the host's 127.0.0.1:3000
   sudo moat run --runtime docker --grant github -- gh api user   # in a container
+  moat run -d --grant github -- ./agent.sh        # detached: prints the run id
+  moat logs -f RUN; moat stop RUN; moat list      # (see moat help logs, stop, destroy)
 
 Network modes:
   transparent  (default as root, and without root where unprivileged user
@@ -36,8 +38,9 @@ Network modes:
   env          (default elsewhere) HTTP_PROXY/HTTPS_PROXY point at Moat's proxy
                with a per-run password; no isolation beyond that.
 
-moat.yaml in DIR (or agent.yaml) may set:
+moat.yaml in DIR (or agent.yaml; moat init writes a commented one) may set:
   command: [python, agent.py]     grants: [github]     env: {KEY: value}
+  secrets: {DB_PASSWORD: op://vault/db/password}   # also ssm:///name, env://VAR
   network:
     policy: strict                # refuse hosts with no grant and no rule
     rules:
@@ -80,6 +83,10 @@ pub struct RunArgs {
     /// (docker) Keep the container after the run
     #[arg(long)]
     keep: bool,
+    /// Run in the background: print the run id once the command has started;
+    /// output goes to the run's log (moat logs RUN)
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Publish a sandbox port on the host's 127.0.0.1 (HOSTPORT:PORT or PORT; repeatable)
     #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:PORT")]
     publish: Vec<String>,
@@ -164,6 +171,17 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         bail!("workspace {} is not a directory", workspace.display());
     }
     let config = Config::find(&workspace)?;
+    // `moat run -d`: this process only starts the real run in the background
+    // and waits until it has started (cli/detach.rs).
+    if args.detach && ctx.detached_run.is_none() {
+        if args.command.is_empty() && config.command.is_empty() {
+            bail!(
+                "moat run -d needs a command (moat run -d -- CMD, or command: in moat.yaml): \
+                 a detached run has no terminal for an interactive shell"
+            );
+        }
+        return super::detach::start(ctx, &home);
+    }
     // The flag (or MOAT_RUNTIME) wins over moat.yaml's runtime.
     let runtime = match (args.runtime, config.runtime.as_deref()) {
         (Some(r), _) => r,
@@ -241,14 +259,16 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     let upstream = super::proxy::upstream_from(&resolve, args.upstream_ca.as_deref())?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
 
-    let id = run_id();
-    let dir = home.root().join("runs").join(&id);
-    home.ensure_dir(&home.root().join("runs"))?;
-    home.ensure_dir(&dir)?;
+    // A fresh run directory, or the one `moat run -d` made for this run.
+    let (id, dir) = match &ctx.detached_run {
+        Some(id) => (id.clone(), crate::runs::runs_dir(&home).join(id)),
+        None => crate::runs::create_run_dir(&home).context("creating the run directory")?,
+    };
     // Held while the run lives (the kernel drops it even on kill -9):
     // `moat list` and `moat clean` tell live runs from dead ones by it.
-    let lock = std::fs::File::create(dir.join(super::runs::LOCK))?;
+    let lock = std::fs::File::create(dir.join(crate::runs::LOCK))?;
     lock.lock().context("locking the run directory")?;
+    crate::runs::write_pid(&home, &dir)?;
     let events_path = dir.join("events.jsonl");
     let events = Events::create(&events_path)
         .with_context(|| format!("creating {}", events_path.display()))?;
@@ -284,6 +304,14 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     for (k, v) in &config.env {
         env_extra.push((k.into(), v.into()));
     }
+    // moat.yaml secrets: (op://, ssm://, env://), fetched now (src/secrets).
+    for (k, r) in &config.secrets {
+        use secrecy::ExposeSecret as _;
+        let value = r
+            .resolve()
+            .with_context(|| format!("moat.yaml secrets: {k}"))?;
+        env_extra.push((k.into(), value.expose_secret().into()));
+    }
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("-e expects KEY=VALUE, got '{kv}'")
@@ -309,7 +337,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
             "workspace": workspace,
             "command": command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
             "grants": grant_names,
+            "secrets": config.secrets.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             "config": config.path,
+            "pid": std::process::id(),
+            "detached": ctx.detached_run.is_some(),
         }),
     );
     tracing::info!(run = %id, "events: {}", events_path.display());
@@ -721,10 +752,4 @@ fn transparent(
     _redirect: Redirect,
 ) -> Result<i32> {
     bail!("--network-mode transparent is Linux-only; use --network-mode env")
-}
-
-fn run_id() -> String {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

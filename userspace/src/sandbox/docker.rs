@@ -2,14 +2,23 @@
 //! transparent redirect as a native run.
 //!
 //! The container is created with network `none`, every capability dropped
-//! and `no-new-privileges`, as the invoking user. Its entrypoint is this very
-//! binary, bind-mounted read-only at `/.moat/moat`, in `__container-init`
-//! mode: it waits on a fifo until Moat has plumbed the container's network
-//! namespace from the host (`netns::plumb`: loopback, route, nft redirect,
-//! proxy and DNS sockets created inside it), then starts the command as its
-//! child, forwards signals and reaps, and exits with the command's code. So
-//! the command's first `connect()` is already redirected, the container can
-//! change none of its rules, and nothing changes in the host namespace.
+//! and `no-new-privileges`, as the invoking user, labelled
+//! `io.moat.run=<run id>` and `io.moat.home=<$MOAT_HOME>`, and (unless
+//! `--keep`) with AutoRemove. Its entrypoint is this very binary,
+//! bind-mounted read-only at `/.moat/moat`, in `__container-init` mode: it
+//! connects to Moat's control socket (`/.moat/ctl/sock`, bind-mounted from
+//! the run directory) and waits for one byte until Moat has plumbed the
+//! container's network namespace from the host (`netns::plumb`: loopback,
+//! route, nft redirect, proxy and DNS sockets created inside it), then starts
+//! the command as its child, forwards signals and reaps, reports the
+//! command's exit code on the socket and exits with it. So the command's
+//! first `connect()` is already redirected, the container can change none of
+//! its rules, and nothing changes in the host namespace.
+//!
+//! The control connection is also the container's lifeline: when Moat dies
+//! (even `kill -9`) the socket closes, the entrypoint kills the command and
+//! exits, and the engine removes the container (AutoRemove). A container
+//! without its proxy never outlives Moat; `moat clean` removes any left over.
 //!
 //! The Moat binary is dynamically linked against glibc: images need a glibc
 //! at least as new as the host's (Debian/Ubuntu-based images have one;
@@ -25,13 +34,14 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CreateContainerOptions, CreateImageOptions,
-    KillContainerOptions, RemoveContainerOptions, ResizeContainerTTYOptions,
+    KillContainerOptions, ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::image::{self, Dependency};
 use super::netns;
@@ -45,8 +55,12 @@ use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy, SoOriginalDst};
 pub const MOAT_DIR: &str = "/.moat";
 /// The Moat binary (the entrypoint).
 pub const BINARY_INSIDE: &str = "/.moat/moat";
-/// The fifo the entrypoint waits on (in the bind-mounted control directory).
-pub const GO_INSIDE: &str = "/.moat/ctl/go";
+/// Moat's control socket (in the bind-mounted control directory): the
+/// entrypoint's go signal, lifeline and exit-code report.
+pub const CTL_INSIDE: &str = "/.moat/ctl/sock";
+/// Labels on every container Moat creates.
+pub const LABEL_RUN: &str = "io.moat.run";
+pub const LABEL_HOME: &str = "io.moat.home";
 pub const BUNDLE_INSIDE: &str = "/.moat/ca-bundle.pem";
 pub const JAVA_TRUSTSTORE_INSIDE: &str = "/.moat/java-truststore.p12";
 /// Placeholder files (.npmrc, …) copied into HOME by the entrypoint.
@@ -294,7 +308,7 @@ pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
         &spec.events,
     ))?;
     let ctl = spec.run_dir.join("container-ctl");
-    let go = make_fifo(&ctl, spec.user)?;
+    let listener = make_ctl_socket(&ctl, spec.user)?;
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
         && nix::unistd::isatty(std::io::stdout()).unwrap_or(false);
     let name = format!("moat-{}", spec.id);
@@ -310,50 +324,159 @@ pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
             )
             .await
     });
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&ctl);
-        return Err(e.into());
-    }
+    let created = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&ctl);
+            return Err(e.into());
+        }
+    };
     spec.events.emit(
         "container",
-        serde_json::json!({"name": name, "image": image, "tty": tty}),
+        serde_json::json!({"name": name, "id": created.id, "image": image, "tty": tty}),
     );
-    let outcome = run_container(&rt, &docker, &spec, engine, &name, &go, tty);
+    let outcome = run_container(&rt, &docker, &spec, engine, &name, listener, tty);
     if !spec.keep {
-        let removed = rt.block_on(docker.remove_container(
-            &name,
-            Some(RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            }),
-        ));
-        if let Err(e) = removed {
+        // AutoRemove has usually done it already (or is doing it): the run
+        // ends when the container is gone.
+        if let Err(e) = rt.block_on(remove(&docker, &name)) {
             tracing::warn!("removing container {name}: {e}");
         }
+        rt.block_on(removed(&docker, &name, Duration::from_secs(10)));
     } else {
-        eprintln!("moat: kept container {name} (docker rm {name} removes it)");
+        eprintln!(
+            "moat: kept container {name} (moat destroy {} removes it)",
+            spec.id
+        );
     }
     let _ = std::fs::remove_dir_all(&ctl);
     rt.shutdown_timeout(Duration::from_millis(100));
     outcome
 }
 
-/// The control directory holding the fifo `go`, readable and writable by
-/// the container's user only.
-fn make_fifo(ctl: &Path, (uid, gid): (u32, u32)) -> Result<PathBuf, DockerError> {
+/// The control directory holding Moat's control socket `sock`, which only
+/// the container's user may connect to.
+fn make_ctl_socket(
+    ctl: &Path,
+    (uid, gid): (u32, u32),
+) -> Result<std::os::unix::net::UnixListener, DockerError> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(ctl)?;
-    let go = ctl.join("go");
-    let _ = std::fs::remove_file(&go);
-    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(std::io::Error::from)?;
+    let sock = ctl.join("sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock)?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     let owner = (
         Some(nix::unistd::Uid::from_raw(uid)),
         Some(nix::unistd::Gid::from_raw(gid)),
     );
-    nix::unistd::chown(&go, owner.0, owner.1).map_err(std::io::Error::from)?;
+    nix::unistd::chown(&sock, owner.0, owner.1).map_err(std::io::Error::from)?;
     nix::unistd::chown(ctl, owner.0, owner.1).map_err(std::io::Error::from)?;
-    Ok(go)
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// A container Moat made (labelled [`LABEL_RUN`]).
+#[derive(Debug, Clone)]
+pub struct MoatContainer {
+    pub id: String,
+    pub name: String,
+    pub run: String,
+    /// [`LABEL_HOME`]: the `$MOAT_HOME` of the run (absent on containers
+    /// made before the label existed).
+    pub home: Option<String>,
+    /// running, exited, created, …
+    pub state: String,
+}
+
+/// Moat's containers, running or not; only run `run`'s if given.
+pub async fn containers(
+    docker: &Docker,
+    run: Option<&str>,
+) -> Result<Vec<MoatContainer>, DockerError> {
+    let label = match run {
+        Some(r) => format!("{LABEL_RUN}={r}"),
+        None => LABEL_RUN.to_owned(),
+    };
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some([("label".to_string(), vec![label])].into()),
+            ..Default::default()
+        }))
+        .await?;
+    Ok(list
+        .into_iter()
+        .map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            MoatContainer {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                run: labels.get(LABEL_RUN).cloned().unwrap_or_default(),
+                home: labels.get(LABEL_HOME).cloned(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// Is this the engine saying the container is gone or going already?
+fn gone(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }
+    )
+}
+
+/// Remove a container (running or not); one that is gone already is fine.
+pub async fn remove(docker: &Docker, container: &str) -> Result<(), DockerError> {
+    let removed = docker
+        .remove_container(
+            container,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    match removed {
+        Err(e) if !gone(&e) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Wait (at most `timeout`) until the engine has removed a container.
+pub async fn removed(docker: &Docker, container: &str, timeout: Duration) {
+    let options = WaitContainerOptions {
+        condition: "removed".into(),
+    };
+    let mut wait = docker.wait_container(container, Some(options));
+    // Ends with the removal, or at once (404) when it is gone already.
+    let _ = tokio::time::timeout(timeout, wait.next()).await;
+}
+
+/// SIGKILL a container's processes; one that is gone already is fine.
+pub async fn kill_now(docker: &Docker, container: &str) -> Result<(), DockerError> {
+    let killed = docker
+        .kill_container(
+            container,
+            Some(KillContainerOptions {
+                signal: "SIGKILL".into(),
+            }),
+        )
+        .await;
+    match killed {
+        Err(e) if !gone(&e) => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn container_body(
@@ -406,8 +529,17 @@ fn container_body(
         tmpfs: Some([("/tmp".to_string(), "mode=1777,exec".to_string())].into()),
         memory: spec.limits.memory,
         nano_cpus: spec.limits.cpus.map(|c| (c * 1e9) as i64),
+        // Gone when it stops (its run ended, or Moat died: see init_main).
+        auto_remove: Some(!spec.keep),
         ..Default::default()
     };
+    let mut labels: std::collections::HashMap<String, String> =
+        [(LABEL_RUN.to_string(), spec.id.clone())].into();
+    // $MOAT_HOME/runs/<id> → $MOAT_HOME: `moat clean` of another home (or
+    // another user) never touches this container.
+    if let Some(home) = spec.run_dir.parent().and_then(Path::parent) {
+        labels.insert(LABEL_HOME.to_string(), lossy(home));
+    }
     Ok(ContainerCreateBody {
         image: Some(image.into()),
         entrypoint: Some(entrypoint),
@@ -426,7 +558,7 @@ fn container_body(
         attach_stdin: Some(true),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        labels: Some([("io.moat.run".to_string(), spec.id.clone())].into()),
+        labels: Some(labels),
         host_config: Some(host_config),
         ..Default::default()
     })
@@ -439,7 +571,7 @@ fn run_container(
     spec: &DockerSpec,
     engine: Arc<Engine>,
     name: &str,
-    go: &Path,
+    listener: std::os::unix::net::UnixListener,
     tty: bool,
 ) -> Result<i32, DockerError> {
     let attached = rt.block_on(docker.attach_container(
@@ -465,25 +597,32 @@ fn run_container(
     run::serve_sandbox(rt, engine, net, Arc::new(SoOriginalDst), &spec.events)?;
     drop(ns);
 
+    // The entrypoint connects first thing; a container that stops before
+    // it did (an image it cannot run in) ends the wait.
+    let mut ctl = rt.block_on(async {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let mut stopped = docker.wait_container(name, None);
+        tokio::select! {
+            accepted = listener.accept() => Ok(accepted?.0),
+            _ = stopped.next() => Err(DockerError::NoPid(
+                "its entrypoint stopped before reaching Moat (images need a glibc at least \
+                 as new as the host's)".into(),
+            )),
+            _ = tokio::time::sleep(GO_TIMEOUT) => Err(DockerError::NoPid(
+                "its entrypoint did not reach Moat in time".into(),
+            )),
+        }
+    })?;
+
     let raw = if tty { RawMode::enter() } else { None };
     if tty {
         resize(rt, docker, name);
     }
-    // Release the entrypoint: the namespace is ready.
-    {
-        use std::io::Write;
-        let mut fifo = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(go)?;
-        fifo.write_all(b"g")?;
-        // Kept open until the run ends: the byte stays readable even if the
-        // entrypoint has not opened the fifo yet.
-        let _keep = rt.spawn(async move {
-            let _fifo = fifo;
-            std::future::pending::<()>().await
-        });
-    }
+    // Release the entrypoint: the namespace is ready. The connection stays
+    // open until the run ends (the entrypoint's lifeline) and brings back
+    // the command's exit code.
+    rt.block_on(ctl.write_all(b"g"))?;
+    crate::runs::started();
 
     let mut output = attached.output;
     let out_task = rt.spawn(async move {
@@ -553,10 +692,28 @@ fn run_container(
         });
     }
     let code = rt.block_on(async {
+        // "CODE\n" from the entrypoint just before it exits.
+        let mut report = Vec::new();
+        let _ = ctl.read_to_end(&mut report).await;
+        if let Some(code) = std::str::from_utf8(&report)
+            .ok()
+            .and_then(|r| r.trim().parse::<i64>().ok())
+        {
+            if spec.keep {
+                // A kept container is stopped (not just about to be) when
+                // the run ends.
+                let mut stopped = docker.wait_container(name, None);
+                let _ = tokio::time::timeout(Duration::from_secs(5), stopped.next()).await;
+            }
+            return Ok(code);
+        }
+        // No report: the entrypoint itself was killed (docker kill, OOM).
         let mut wait = docker.wait_container(name, None);
         match wait.next().await {
             Some(Ok(r)) => Ok(r.status_code),
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            // Removed already (AutoRemove): it was killed.
+            Some(Err(e)) if gone(&e) => Ok(137),
             Some(Err(e)) => Err(DockerError::from(e)),
             None => Err(DockerError::NoPid("the engine lost the container".into())),
         }
@@ -650,34 +807,20 @@ fn die(code: i32, msg: &str) -> ! {
 }
 
 /// `moat __container-init`: the container's PID 1. Waits for Moat's go,
-/// fills HOME, runs the command, forwards signals, reaps; exits with the
-/// command's code. Never returns.
+/// fills HOME, runs the command, forwards signals, reaps; reports the
+/// command's code to Moat and exits with it. When Moat's connection closes
+/// first (Moat died), kills everything and exits. Never returns.
 pub fn init_main(args: InitArgs) -> ! {
+    use std::io::{Read, Write};
     // Wait for the go (or give up: no redirect, no run).
-    let fifo = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(GO_INSIDE)
-        .unwrap_or_else(|e| die(125, &format!("opening {GO_INSIDE}: {e}")));
-    {
-        use std::os::fd::AsFd;
-        let mut fds = [nix::poll::PollFd::new(
-            fifo.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let timeout = nix::poll::PollTimeout::try_from(GO_TIMEOUT.as_millis() as i32)
-            .unwrap_or(nix::poll::PollTimeout::MAX);
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(n) if n > 0 => {}
-            _ => die(125, "the sandbox was not set up in time (Moat is gone?)"),
-        }
-        let mut b = [0u8; 1];
-        use std::io::Read;
-        if (&fifo).read_exact(&mut b).is_err() || b[0] != b'g' {
-            die(125, "the sandbox was not set up");
-        }
+    let mut ctl = std::os::unix::net::UnixStream::connect(CTL_INSIDE)
+        .unwrap_or_else(|e| die(125, &format!("connecting to Moat at {CTL_INSIDE}: {e}")));
+    let _ = ctl.set_read_timeout(Some(GO_TIMEOUT));
+    let mut b = [0u8; 1];
+    if ctl.read_exact(&mut b).is_err() || b[0] != b'g' {
+        die(125, "the sandbox was not set up (Moat is gone?)");
     }
-    drop(fifo);
+    let _ = ctl.set_read_timeout(None);
     if let Err(e) = fill_home() {
         die(125, &format!("preparing HOME {HOME_INSIDE}: {e}"));
     }
@@ -719,7 +862,11 @@ pub fn init_main(args: InitArgs) -> ! {
                 &format!("cannot run {}: {e}", args.command[0].to_string_lossy()),
             )
         }
-        Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, &set, args.tty)),
+        Ok(ForkResult::Parent { child }) => {
+            let code = supervise(child, &set, args.tty, &ctl);
+            let _ = ctl.write_all(format!("{code}\n").as_bytes());
+            std::process::exit(code)
+        }
         Err(e) => die(125, &format!("fork: {e}")),
     }
 }
@@ -751,8 +898,17 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Wait for `child`, forwarding signals; its status, shell-style. With a
 /// TTY, ^C/^\ reach the command from the terminal itself, so SIGINT and
-/// SIGQUIT are not passed on twice.
-fn supervise(child: Pid, set: &SigSet, tty: bool) -> i32 {
+/// SIGQUIT are not passed on twice. If Moat's end of `ctl` closes, Moat is
+/// gone (and the proxy with it): everything in the container is killed and
+/// the status is 137.
+fn supervise(child: Pid, set: &SigSet, tty: bool, ctl: &std::os::unix::net::UnixStream) -> i32 {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::os::fd::AsFd;
+    let Ok(signals) = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        die(125, "signalfd failed")
+    };
     loop {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -762,13 +918,36 @@ fn supervise(child: Pid, set: &SigSet, tty: bool) -> i32 {
                 Ok(_) => continue, // an orphan reaped (we are PID 1)
             }
         }
-        match set.wait() {
-            Ok(Signal::SIGCHLD) => {}
-            Ok(Signal::SIGINT | Signal::SIGQUIT) if tty => {}
-            Ok(sig) => {
-                let _ = kill(child, sig);
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+        ];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let moat_side = fds[1].revents().unwrap_or(PollFlags::empty());
+        if !moat_side.is_empty() {
+            let mut b = [0u8; 64];
+            let gone = moat_side.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+                || matches!(nix::unistd::read(ctl.as_fd(), &mut b), Ok(0) | Err(_));
+            if gone {
+                eprintln!("moat: Moat is gone (no proxy any more): stopping the command");
+                // We are PID 1: -1 is everything else in the container.
+                let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+                std::process::exit(137);
             }
-            Err(_) => {}
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => {}
+                Signal::SIGINT | Signal::SIGQUIT if tty => {}
+                sig => {
+                    let _ = kill(child, sig);
+                }
+            }
         }
     }
 }

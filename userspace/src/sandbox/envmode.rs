@@ -99,6 +99,8 @@ pub fn run(spec: EnvRunSpec) -> anyhow::Result<i32> {
         }
     };
 
+    crate::runs::started();
+
     // Ctrl-C reaches the command from the terminal; Moat stays up until the
     // command exits. Signals other processes send to Moat are passed on.
     #[cfg(unix)]

@@ -301,6 +301,7 @@ fn serve(
     serve_sandbox(&rt, engine, net, dst, &spec.events)?;
     ours.write_all(b"g")?;
     tracing::debug!("command released");
+    crate::runs::started(); // tells a waiting `moat run -d` (runs.rs)
     drop(ours);
 
     // Ctrl-C reaches the command straight from the terminal; signals other
