@@ -395,6 +395,19 @@ fn openai_and_graphite_sources_and_validation() {
     assert!(err.contains("Incorrect API key provided"), "{err}");
     assert!(!err.contains("sk-bad-openai-key"));
     assert_eq!(w.env.reveal("openai", &[]).unwrap(), OPENAI_KEY);
+    assert_eq!(w.show("openai")["source"], "env:OPENAI_API_KEY");
+    // --token-stdin, validated the same way; a refused key changes nothing.
+    let err = fails(&w.grant_stdin(&["openai", "--token-stdin"], "sk-bad-stdin-key"));
+    assert!(err.contains("Incorrect API key provided"), "{err}");
+    assert_eq!(w.show("openai")["source"], "env:OPENAI_API_KEY");
+    let out =
+        ok(&w.grant_stdin(&["openai", "--token-stdin"], "sk-proj-FromStdin0123456789")).clone();
+    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer sk-proj-FromStdin0123456789"]
+    );
+    assert_eq!(w.show("openai")["source"], "stdin");
 
     // Graphite: GRAPHITE_TOKEN first, then GT_TOKEN.
     ok(&w.grant(
@@ -498,8 +511,17 @@ fn grant_providers_lists_every_builtin() {
         "meta",
         "npm",
         "mcp",
+        "oauth",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
+        let p = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap();
+        assert_eq!(p["origin"], "built-in", "{n}");
+        assert_eq!(p["available"], true, "{n}");
     }
     let claude = v
         .as_array()
@@ -513,6 +535,7 @@ fn grant_providers_lists_every_builtin() {
         table.contains("api.graphite.com, *.graphite.com"),
         "{table}"
     );
+    assert!(table.contains("given at grant time"), "{table}");
 }
 
 fn npm_world() -> World {
@@ -853,6 +876,16 @@ fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
         last_header(&w.server, "x-goog-api-key"),
         ["AIzaRealKey0123456789"]
     );
+    drop(p);
+    // --token-stdin gives an API key too.
+    ok(&w.grant_stdin(&["gemini", "--token-stdin"], "AIzaFromStdin0123456789"));
+    let v = w.show("gemini");
+    assert_eq!(v["source"], "stdin");
+    assert_eq!(v["kind"], "static");
+    assert_eq!(
+        w.env.reveal("gemini", &[]).unwrap(),
+        "AIzaFromStdin0123456789"
+    );
 }
 
 #[test]
@@ -1061,6 +1094,23 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
         "/v25.0/me?fields=id,name"
     );
     assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+
+    // --token-stdin: validated the same way; refused saves nothing new.
+    let err = fails(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAbad-stdin-0123"));
+    assert!(err.contains("Invalid OAuth access token"), "{err}");
+    assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAsystem-user");
+    let out = ok(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAfrom-stdin")).clone();
+    assert!(
+        stderr(&out).contains("Authenticated as: Jane Developer"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        w2.server.seen().last().unwrap().header("authorization"),
+        ["Bearer EAAfrom-stdin"]
+    );
+    assert_eq!(w2.show("meta")["source"], "stdin");
+    assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAfrom-stdin");
 }
 
 /// `moat grant oauth corp --auth-url …` running in the background, with the
@@ -1370,4 +1420,84 @@ fn oauth_browser_login_failures_save_nothing() {
     ));
     assert!(err.contains("--auth-url must be an https:// URL"), "{err}");
     assert!(!w.stored("oauth-corp"));
+}
+
+#[test]
+fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let revoked = Arc::new(AtomicBool::new(false));
+    let w = World::new(
+        &["auth.corp.test", "api.corp.test"],
+        moat_testkit::apis::fake_oauth_endpoint_revocable(calls.clone(), revoked.clone()),
+    );
+    // From OAUTH_REFRESH_TOKEN, with a client secret from OAUTH_CLIENT_SECRET.
+    let out = ok(&w.grant(
+        &[
+            "oauth",
+            "corp",
+            "--token-url",
+            "https://auth.corp.test/token",
+            "--client-id",
+            "moat-test",
+            "--host",
+            "api.corp.test",
+        ],
+        &[
+            ("OAUTH_REFRESH_TOKEN", "rt-env-0123456789"),
+            ("OAUTH_CLIENT_SECRET", "cs-env-0123456789"),
+        ],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Using OAUTH_REFRESH_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+    let token_calls = || {
+        w.server
+            .seen()
+            .into_iter()
+            .filter(|s| s.path == "/token")
+            .collect::<Vec<_>>()
+    };
+    let form = String::from_utf8_lossy(&token_calls()[0].body).into_owned();
+    assert!(
+        form.contains("refresh_token=rt-env-0123456789")
+            && form.contains("client_secret=cs-env-0123456789"),
+        "{form}"
+    );
+    let v = w.show("oauth-corp");
+    assert_eq!(v["source"], "oauth-refresh-token");
+    assert_eq!(
+        v["secrets"],
+        serde_json::json!(["client_secret", "refresh_token"])
+    );
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-1");
+
+    // at-1 is due (it expires in 60 s), but the refresh token has been
+    // revoked: the proxy keeps injecting at-1 and says why in its log.
+    revoked.store(true, Ordering::SeqCst);
+    let p = w.proxy(&["oauth-corp"]);
+    p.get("https://api.corp.test/v1/things", &[]);
+    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-1"]);
+    assert_eq!(token_calls().len(), 2, "{}", p.log_text());
+    let log = p.log_text();
+    assert!(
+        log.contains("refresh failed, still using the current token")
+            && log.contains("oauth-corp")
+            && log.contains("expired or revoked"),
+        "{log}"
+    );
+    for secret in ["rt-env-0123456789", "cs-env-0123456789", "at-1"] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+    // No retry storm: the next request within a minute does not ask again.
+    p.get("https://api.corp.test/v1/things", &[]);
+    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-1"]);
+    assert_eq!(token_calls().len(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    drop(p);
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-1");
 }

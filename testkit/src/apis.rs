@@ -4,7 +4,7 @@
 //! `{"ok":true}` to anything else so tests can look at what arrived.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::{Handler, Reply, Seen};
@@ -99,6 +99,12 @@ pub fn fake_npm_registry() -> Handler {
 /// `invalid_grant`. Code exchanges count in `calls` too. Other paths:
 /// `{"ok":true}`.
 pub fn fake_oauth_endpoint(calls: Arc<AtomicUsize>) -> Handler {
+    fake_oauth_endpoint_revocable(calls, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`fake_oauth_endpoint`], where every refresh token counts as revoked
+/// (`invalid_grant`) once `revoked` is set.
+pub fn fake_oauth_endpoint_revocable(calls: Arc<AtomicUsize>, revoked: Arc<AtomicBool>) -> Handler {
     struct Issued {
         client_id: String,
         redirect_uri: String,
@@ -180,7 +186,10 @@ pub fn fake_oauth_endpoint(calls: Arc<AtomicUsize>) -> Handler {
         }
         match field("grant_type") {
             "refresh_token" => {
-                if field("refresh_token").is_empty() || field("refresh_token").contains("bad") {
+                if field("refresh_token").is_empty()
+                    || field("refresh_token").contains("bad")
+                    || revoked.load(Ordering::SeqCst)
+                {
                     return invalid_grant("Token has been expired or revoked.");
                 }
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
