@@ -502,7 +502,10 @@ fn providers(ctx: &Ctx) -> Result<()> {
                     "name": p.name, "description": p.description, "aliases": p.aliases, "origin": p.origin.label(),
                     "file": file, "hosts": p.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "inject": injection_json(p), "source_env": p.source_env, "container_env": p.container_env,
-                    "validates": p.validate.is_some(), "available": !matches!(p.flow, Flow::Pending(_)),
+                    // Meta, npm and oauth check the token in their own flows
+                    // (Graph API /me, each registry's whoami, one refresh).
+                    "validates": p.validate.is_some() || matches!(p.flow, Flow::Meta | Flow::Npm | Flow::Oauth),
+                    "available": !matches!(p.flow, Flow::Pending(_)),
                 })
             })
             .collect();
