@@ -1407,8 +1407,39 @@ fn oauth_browser_login_failures_save_nothing() {
     );
     assert!(!w.stored("oauth-corp"));
 
-    // Nobody comes back.
-    let login = Login::start(&w, &["--auth-timeout", "1s"]);
+    // A redirect port that is taken: a clear error before any URL is shown.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = w.env.run(
+        &[
+            "grant",
+            "oauth",
+            "corp",
+            "--auth-url",
+            "https://auth.corp.test/authorize",
+            "--token-url",
+            "https://auth.corp.test/token",
+            "--client-id",
+            "moat-test",
+            "--host",
+            "api.corp.test",
+            "--redirect-port",
+            &port,
+        ],
+        &w.net(&[]),
+    );
+    let err = fails(&out);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("--redirect-port"),
+        "{err}"
+    );
+    assert!(!err.contains("https://auth.corp.test/authorize?"), "{err}");
+    drop(taken);
+
+    // Nobody comes back (on the port asked for, now free).
+    let login = Login::start(&w, &["--auth-timeout", "1s", "--redirect-port", &port]);
+    assert_eq!(login.port().to_string(), port);
     let err = fails(&login.finish());
     assert!(
         err.contains("no authorization arrived within 1s") && err.contains("--auth-timeout"),
