@@ -313,7 +313,14 @@ mod tests {
     #[test]
     fn builtins_match_the_issue() {
         let reg = Registry::builtin_and_shipped();
-        let cases: [(&str, &[&str], &[&str], Option<&str>); 9] = [
+        /// Name, hosts, source variables, sandbox variable.
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            &'static [&'static str],
+            Option<&'static str>,
+        );
+        let cases: [Case; 9] = [
             (
                 "github",
                 &["api.github.com", "github.com"],
