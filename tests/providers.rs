@@ -395,12 +395,31 @@ fn openai_and_graphite_sources_and_validation() {
     assert!(err.contains("Incorrect API key provided"), "{err}");
     assert!(!err.contains("sk-bad-openai-key"));
     assert_eq!(w.env.reveal("openai", &[]).unwrap(), OPENAI_KEY);
+    assert_eq!(w.show("openai")["source"], "env:OPENAI_API_KEY");
+    // --token-stdin, validated the same way; a refused key changes nothing.
+    let err = fails(&w.grant_stdin(&["openai", "--token-stdin"], "sk-bad-stdin-key"));
+    assert!(err.contains("Incorrect API key provided"), "{err}");
+    assert_eq!(w.show("openai")["source"], "env:OPENAI_API_KEY");
+    let out =
+        ok(&w.grant_stdin(&["openai", "--token-stdin"], "sk-proj-FromStdin0123456789")).clone();
+    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    assert_eq!(
+        last_header(&w.server, "authorization"),
+        ["Bearer sk-proj-FromStdin0123456789"]
+    );
+    assert_eq!(w.show("openai")["source"], "stdin");
 
-    // Graphite: GRAPHITE_TOKEN first, then GT_TOKEN.
-    ok(&w.grant(
+    // Graphite: GRAPHITE_TOKEN first, then GT_TOKEN. Not validated: there
+    // is no documented endpoint to check a token against (docs/providers.md),
+    // so no request is made and nothing claims the token was checked.
+    let seen_before = w.server.seen().len();
+    let out = ok(&w.grant(
         &["graphite"],
         &[("GT_TOKEN", "from-gt"), ("GRAPHITE_TOKEN", GRAPHITE_TOKEN)],
-    ));
+    ))
+    .clone();
+    assert!(!stderr(&out).contains("alidat"), "{}", stderr(&out));
+    assert_eq!(w.server.seen().len(), seen_before);
     assert_eq!(w.show("graphite")["source"], "env:GRAPHITE_TOKEN");
     ok(&w.grant(&["graphite"], &[("GT_TOKEN", "from-gt")]));
     assert_eq!(w.show("graphite")["source"], "env:GT_TOKEN");
@@ -498,8 +517,17 @@ fn grant_providers_lists_every_builtin() {
         "meta",
         "npm",
         "mcp",
+        "oauth",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
+        let p = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap();
+        assert_eq!(p["origin"], "built-in", "{n}");
+        assert_eq!(p["available"], true, "{n}");
     }
     let claude = v
         .as_array()
@@ -513,6 +541,33 @@ fn grant_providers_lists_every_builtin() {
         table.contains("api.graphite.com, *.graphite.com"),
         "{table}"
     );
+    assert!(table.contains("given at grant time"), "{table}");
+    // Which built-ins make a validation request at grant time.
+    let validates = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()["validates"]
+            .as_bool()
+            .unwrap()
+    };
+    for n in [
+        "github",
+        "claude",
+        "anthropic",
+        "openai",
+        "meta",
+        "npm",
+        "oauth",
+    ] {
+        assert!(validates(n), "{n}");
+    }
+    // graphite: no endpoint to validate against; mcp: any server's secret;
+    // gemini: API keys are not checked (its OAuth import is, by a refresh).
+    for n in ["graphite", "mcp", "gemini"] {
+        assert!(!validates(n), "{n}");
+    }
 }
 
 fn npm_world() -> World {
@@ -853,6 +908,16 @@ fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
         last_header(&w.server, "x-goog-api-key"),
         ["AIzaRealKey0123456789"]
     );
+    drop(p);
+    // --token-stdin gives an API key too.
+    ok(&w.grant_stdin(&["gemini", "--token-stdin"], "AIzaFromStdin0123456789"));
+    let v = w.show("gemini");
+    assert_eq!(v["source"], "stdin");
+    assert_eq!(v["kind"], "static");
+    assert_eq!(
+        w.env.reveal("gemini", &[]).unwrap(),
+        "AIzaFromStdin0123456789"
+    );
 }
 
 #[test]
@@ -1061,4 +1126,441 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
         "/v25.0/me?fields=id,name"
     );
     assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+
+    // --token-stdin: validated the same way; refused saves nothing new.
+    let err = fails(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAbad-stdin-0123"));
+    assert!(err.contains("Invalid OAuth access token"), "{err}");
+    assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAsystem-user");
+    let out = ok(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAfrom-stdin")).clone();
+    assert!(
+        stderr(&out).contains("Authenticated as: Jane Developer"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        w2.server.seen().last().unwrap().header("authorization"),
+        ["Bearer EAAfrom-stdin"]
+    );
+    assert_eq!(w2.show("meta")["source"], "stdin");
+    assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAfrom-stdin");
+}
+
+/// `moat grant oauth corp --auth-url …` running in the background, with the
+/// authorize URL it printed; its stderr is collected until it exits.
+struct Login {
+    child: Child,
+    url: String,
+    rest: std::thread::JoinHandle<String>,
+}
+
+impl Login {
+    fn start(w: &World, extra: &[&str]) -> Login {
+        let mut cmd = w.env.cmd();
+        cmd.args([
+            "grant",
+            "oauth",
+            "corp",
+            "--auth-url",
+            "https://auth.corp.test/authorize",
+            "--token-url",
+            "https://auth.corp.test/token",
+            "--client-id",
+            "moat-test",
+            "--host",
+            "api.corp.test",
+        ])
+        .args(extra)
+        .envs(w.net(&[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rest = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(err).lines() {
+                let line = line.unwrap_or_default();
+                if let Some(url) = line.strip_prefix("  https://") {
+                    let _ = tx.send(format!("https://{url}"));
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let url = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no authorize URL printed:\n{}", rest.join().unwrap());
+            }
+        };
+        Login { child, url, rest }
+    }
+
+    /// The port of the redirect URI in the authorize URL.
+    fn port(&self) -> u16 {
+        let at = self.url.find("127.0.0.1%3A").expect("redirect_uri") + "127.0.0.1%3A".len();
+        let digits: String = self.url[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().unwrap()
+    }
+
+    /// Wait for `moat` to exit: its whole output.
+    fn finish(mut self) -> Output {
+        let mut stdout_text = Vec::new();
+        std::io::Read::read_to_end(self.child.stdout.as_mut().unwrap(), &mut stdout_text).unwrap();
+        let status = self.child.wait().unwrap();
+        Output {
+            status,
+            stdout: stdout_text,
+            stderr: self.rest.join().unwrap().into_bytes(),
+        }
+    }
+}
+
+/// A browser: GET `url` trusting the test CA, the stand-in's names resolved
+/// to it, following redirects when `follow`; (HTTP status, body).
+fn browse(w: &World, url: &str, follow: bool) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "30",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(&w.ca_file)
+    .args([
+        "--connect-to",
+        &format!("auth.corp.test:443:{}", w.server.addr),
+    ]);
+    if follow {
+        cmd.arg("-L");
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    assert!(out.status.success(), "curl {url}: {}", stderr(&out));
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+fn oauth_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
+    World::new(
+        &["auth.corp.test", "api.corp.test"],
+        moat_testkit::apis::fake_oauth_endpoint(calls),
+    )
+}
+
+#[test]
+fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = oauth_world(calls.clone());
+    let login = Login::start(&w, &["--scope", "openid", "--scope", "offline_access"]);
+    assert!(
+        login
+            .url
+            .starts_with("https://auth.corp.test/authorize?response_type=code&client_id=moat-test&redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "{}",
+        login.url
+    );
+    for part in [
+        "code_challenge_method=S256",
+        "scope=openid+offline_access",
+        "&state=",
+    ] {
+        assert!(login.url.contains(part), "{part} missing: {}", login.url);
+    }
+    // Anything but the callback gets a 404 and the wait goes on.
+    let (status, _) = browse(
+        &w,
+        &format!("http://127.0.0.1:{}/favicon.ico", login.port()),
+        false,
+    );
+    assert_eq!(status, 404);
+    // The user logs in: the stand-in redirects the browser to Moat's listener.
+    let (status, page) = browse(&w, &login.url, true);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("You can close this tab"), "{page}");
+    let out = login.finish();
+    ok(&out);
+    let text = stderr(&out);
+    assert!(text.contains("Exchanging the authorization code"), "{text}");
+    assert!(text.contains("Authorized."), "{text}");
+    assert!(
+        !text.contains("at-code-1") && !text.contains("rt-code-1"),
+        "{text}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // The token endpoint got the code, the verifier and the same redirect
+    // URI (the stand-in checked SHA-256(verifier) against the challenge).
+    let exchange = w
+        .server
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/token")
+        .unwrap();
+    let form = String::from_utf8_lossy(&exchange.body).into_owned();
+    for part in [
+        "grant_type=authorization_code",
+        "code=code-1",
+        "code_verifier=",
+        "redirect_uri=http%3A%2F%2F127.0.0.1%3A",
+        "client_id=moat-test",
+    ] {
+        assert!(form.contains(part), "{part} missing: {form}");
+    }
+    let v = w.show("oauth-corp");
+    assert_eq!(v["kind"], "oauth");
+    assert_eq!(v["source"], "oauth-authorization-code");
+    assert_eq!(
+        v["metadata"]["auth_url"],
+        "https://auth.corp.test/authorize"
+    );
+    assert_eq!(v["metadata"]["scope"], "openid offline_access");
+    assert_eq!(v["metadata"]["hosts"], "api.corp.test");
+    assert_eq!(v["secrets"], serde_json::json!(["refresh_token"]));
+    assert!(v["expires"].is_string());
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-code-1");
+
+    // at-code-1 expires within 5 minutes: the proxy refreshes it with the
+    // refresh token from the code exchange, then injects.
+    let p = w.proxy(&["oauth-corp"]);
+    p.get("https://api.corp.test/v1/things", &[]);
+    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-2"]);
+    let refresh = w
+        .server
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/token")
+        .unwrap();
+    let form = String::from_utf8_lossy(&refresh.body).into_owned();
+    assert!(
+        form.contains("grant_type=refresh_token") && form.contains("refresh_token=rt-code-1"),
+        "{form}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn oauth_browser_login_failures_save_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = oauth_world(calls.clone());
+
+    // A code challenge that is not Moat's (as if the request was tampered
+    // with): the stand-in refuses Moat's verifier at the exchange.
+    let login = Login::start(&w, &[]);
+    let at = login.url.find("code_challenge=").unwrap() + "code_challenge=".len();
+    let tampered = format!(
+        "{}E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM{}",
+        &login.url[..at],
+        &login.url[at + 43..]
+    );
+    assert_ne!(tampered, login.url);
+    let (status, _) = browse(&w, &tampered, true);
+    assert_eq!(status, 200);
+    let err = fails(&login.finish());
+    assert!(
+        err.contains("refused the authorization code") && err.contains("PKCE verification failed"),
+        "{err}"
+    );
+    assert!(!err.contains("code-1"), "the code was echoed: {err}");
+    assert!(!w.stored("oauth-corp"));
+
+    // A redirect with another state (a forged or stale redirect).
+    let login = Login::start(&w, &[]);
+    let (status, page) = browse(
+        &w,
+        &format!(
+            "http://127.0.0.1:{}/callback?code=code-forged&state=forged",
+            login.port()
+        ),
+        false,
+    );
+    assert_eq!(status, 400);
+    assert!(page.contains("state does not match"), "{page}");
+    let err = fails(&login.finish());
+    assert!(
+        err.contains("state does not match") && err.contains("Nothing was saved"),
+        "{err}"
+    );
+    assert!(!w.stored("oauth-corp"));
+
+    // The user refuses consent.
+    let login = Login::start(&w, &["--scope", "deny"]);
+    let (status, page) = browse(&w, &login.url, true);
+    assert_eq!(status, 400);
+    assert!(page.contains("access_denied"), "{page}");
+    let err = fails(&login.finish());
+    assert!(
+        err.contains("authorization was denied (access_denied: The user denied access)"),
+        "{err}"
+    );
+    assert!(!w.stored("oauth-corp"));
+
+    // A redirect port that is taken: a clear error before any URL is shown.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = w.env.run(
+        &[
+            "grant",
+            "oauth",
+            "corp",
+            "--auth-url",
+            "https://auth.corp.test/authorize",
+            "--token-url",
+            "https://auth.corp.test/token",
+            "--client-id",
+            "moat-test",
+            "--host",
+            "api.corp.test",
+            "--redirect-port",
+            &port,
+        ],
+        &w.net(&[]),
+    );
+    let err = fails(&out);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("--redirect-port"),
+        "{err}"
+    );
+    assert!(!err.contains("https://auth.corp.test/authorize?"), "{err}");
+    drop(taken);
+
+    // Nobody comes back (on the port asked for, now free).
+    let login = Login::start(&w, &["--auth-timeout", "1s", "--redirect-port", &port]);
+    assert_eq!(login.port().to_string(), port);
+    let err = fails(&login.finish());
+    assert!(
+        err.contains("no authorization arrived within 1s") && err.contains("--auth-timeout"),
+        "{err}"
+    );
+    assert!(!w.stored("oauth-corp"));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    // The flags say what is missing.
+    let err = fails(&w.grant(
+        &[
+            "oauth",
+            "corp",
+            "--auth-url",
+            "https://auth.corp.test/authorize",
+            "--token-url",
+            "https://auth.corp.test/token",
+            "--host",
+            "api.corp.test",
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("--client-id is required with --auth-url"),
+        "{err}"
+    );
+    let err = fails(&w.grant(
+        &[
+            "oauth",
+            "corp",
+            "--auth-url",
+            "http://auth.corp.test/authorize",
+            "--token-url",
+            "https://auth.corp.test/token",
+            "--client-id",
+            "moat-test",
+            "--host",
+            "api.corp.test",
+        ],
+        &[],
+    ));
+    assert!(err.contains("--auth-url must be an https:// URL"), "{err}");
+    assert!(!w.stored("oauth-corp"));
+}
+
+#[test]
+fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let revoked = Arc::new(AtomicBool::new(false));
+    let w = World::new(
+        &["auth.corp.test", "api.corp.test"],
+        moat_testkit::apis::fake_oauth_endpoint_revocable(calls.clone(), revoked.clone()),
+    );
+    // From OAUTH_REFRESH_TOKEN, with a client secret from OAUTH_CLIENT_SECRET.
+    let out = ok(&w.grant(
+        &[
+            "oauth",
+            "corp",
+            "--token-url",
+            "https://auth.corp.test/token",
+            "--client-id",
+            "moat-test",
+            "--host",
+            "api.corp.test",
+        ],
+        &[
+            ("OAUTH_REFRESH_TOKEN", "rt-env-0123456789"),
+            ("OAUTH_CLIENT_SECRET", "cs-env-0123456789"),
+        ],
+    ))
+    .clone();
+    assert!(
+        stderr(&out).contains("Using OAUTH_REFRESH_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+    let token_calls = || {
+        w.server
+            .seen()
+            .into_iter()
+            .filter(|s| s.path == "/token")
+            .collect::<Vec<_>>()
+    };
+    let form = String::from_utf8_lossy(&token_calls()[0].body).into_owned();
+    assert!(
+        form.contains("refresh_token=rt-env-0123456789")
+            && form.contains("client_secret=cs-env-0123456789"),
+        "{form}"
+    );
+    let v = w.show("oauth-corp");
+    assert_eq!(v["source"], "oauth-refresh-token");
+    assert_eq!(
+        v["secrets"],
+        serde_json::json!(["client_secret", "refresh_token"])
+    );
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-1");
+
+    // at-1 is due (it expires in 60 s), but the refresh token has been
+    // revoked: the proxy keeps injecting at-1 and says why in its log.
+    revoked.store(true, Ordering::SeqCst);
+    let p = w.proxy(&["oauth-corp"]);
+    p.get("https://api.corp.test/v1/things", &[]);
+    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-1"]);
+    assert_eq!(token_calls().len(), 2, "{}", p.log_text());
+    let log = p.log_text();
+    assert!(
+        log.contains("refresh failed, still using the current token")
+            && log.contains("oauth-corp")
+            && log.contains("expired or revoked"),
+        "{log}"
+    );
+    for secret in ["rt-env-0123456789", "cs-env-0123456789", "at-1"] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+    // No retry storm: the next request within a minute does not ask again.
+    p.get("https://api.corp.test/v1/things", &[]);
+    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-1"]);
+    assert_eq!(token_calls().len(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    drop(p);
+    assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-1");
 }

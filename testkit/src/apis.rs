@@ -3,8 +3,9 @@
 //! of the credential (tokens containing `bad` are refused), and answers
 //! `{"ok":true}` to anything else so tests can look at what arrived.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::{Handler, Reply, Seen};
 
@@ -76,38 +77,166 @@ pub fn fake_npm_registry() -> Handler {
     })
 }
 
-/// An OAuth token endpoint (`POST /token`, `grant_type=refresh_token`) that
-/// counts its calls in `calls`. The first answer expires in 60 s (so a proxy
-/// refreshes at once), later ones in an hour; access tokens are `at-<call>`.
-/// Refresh tokens containing `bad` get `invalid_grant`. Other paths: `{"ok":true}`.
+/// An OAuth authorization server.
+///
+/// `POST /token`, `grant_type=refresh_token`: counts its calls in `calls`;
+/// the first answer expires in 60 s (so a proxy refreshes at once), later
+/// ones in an hour; access tokens are `at-<call>`. Refresh tokens containing
+/// `bad` get `invalid_grant`.
+///
+/// Authorization Code + PKCE (RFC 7636, `S256` only): `GET /authorize?
+/// response_type=code&client_id&redirect_uri&code_challenge&
+/// code_challenge_method=S256&state[&scope]` plays a user who logs in and
+/// consents: a 302 to `redirect_uri?code=code-<n>&state=<state>`; when the
+/// scope contains `deny`, the user refuses: a 302 with
+/// `error=access_denied&state=<state>`. A malformed request gets a 400 page
+/// (no redirect), as real servers do. `POST /token` with
+/// `grant_type=authorization_code&code&redirect_uri&code_verifier&client_id`
+/// answers `{"access_token":"at-code-<n>","refresh_token":"rt-code-<n>",
+/// "expires_in":60}` only when the code is one it issued (each works once),
+/// redirect URI and client id are the ones it was issued for, and
+/// `BASE64URL(SHA256(code_verifier))` equals the challenge; otherwise
+/// `invalid_grant`. Code exchanges count in `calls` too. Other paths:
+/// `{"ok":true}`.
 pub fn fake_oauth_endpoint(calls: Arc<AtomicUsize>) -> Handler {
+    fake_oauth_endpoint_revocable(calls, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`fake_oauth_endpoint`], where every refresh token counts as revoked
+/// (`invalid_grant`) once `revoked` is set.
+pub fn fake_oauth_endpoint_revocable(calls: Arc<AtomicUsize>, revoked: Arc<AtomicBool>) -> Handler {
+    struct Issued {
+        client_id: String,
+        redirect_uri: String,
+        challenge: String,
+    }
+    let issued: Mutex<HashMap<String, Issued>> = Mutex::new(HashMap::new());
+    let codes = AtomicUsize::new(0);
     Arc::new(move |seen: &Seen| {
-        if seen.path != "/token" {
+        let (path, query) = seen
+            .path
+            .split_once('?')
+            .unwrap_or((seen.path.as_str(), ""));
+        if path == "/authorize" {
+            let q = decode_form(query.as_bytes());
+            let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+            let bad = |why: &str| {
+                (
+                    400,
+                    "text/html",
+                    format!("<p>Invalid authorization request: {why}</p>"),
+                )
+            };
+            if get("response_type") != "code" {
+                return bad("response_type must be code");
+            }
+            if get("client_id").is_empty() {
+                return bad("no client_id");
+            }
+            let redirect = get("redirect_uri");
+            if !redirect.starts_with("http://127.0.0.1:") || !redirect.ends_with("/callback") {
+                return bad("redirect_uri is not a loopback callback");
+            }
+            if get("code_challenge_method") != "S256" || get("code_challenge").len() != 43 {
+                return bad("PKCE S256 code_challenge required");
+            }
+            if get("state").is_empty() {
+                return bad("no state");
+            }
+            let back = |pairs: &[(&str, &str)]| {
+                let mut ser = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in pairs {
+                    ser.append_pair(k, v);
+                }
+                (302, crate::REDIRECT, format!("{redirect}?{}", ser.finish()))
+            };
+            if get("scope").contains("deny") {
+                return back(&[
+                    ("error", "access_denied"),
+                    ("error_description", "The user denied access"),
+                    ("state", get("state")),
+                ]);
+            }
+            let code = format!("code-{}", codes.fetch_add(1, Ordering::SeqCst) + 1);
+            if let Ok(mut map) = issued.lock() {
+                map.insert(
+                    code.clone(),
+                    Issued {
+                        client_id: get("client_id").to_owned(),
+                        redirect_uri: redirect.to_owned(),
+                        challenge: get("code_challenge").to_owned(),
+                    },
+                );
+            }
+            return back(&[("code", &code), ("state", get("state"))]);
+        }
+        if path != "/token" {
             return json(200, r#"{"ok":true}"#);
         }
-        let form = String::from_utf8_lossy(&seen.body).into_owned();
-        let field = |k: &str| {
-            form.split('&')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                .unwrap_or("")
-                .to_owned()
+        let form = decode_form(&seen.body);
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let invalid_grant = |why: &str| {
+            json(
+                400,
+                &format!(r#"{{"error":"invalid_grant","error_description":"{why}"}}"#),
+            )
         };
-        if seen.method != "POST" || field("grant_type") != "refresh_token" {
+        if seen.method != "POST" {
             return json(400, r#"{"error":"unsupported_grant_type"}"#);
         }
-        if field("refresh_token").is_empty() || field("refresh_token").contains("bad") {
-            return json(
-                400,
-                r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
-            );
+        match field("grant_type") {
+            "refresh_token" => {
+                if field("refresh_token").is_empty()
+                    || field("refresh_token").contains("bad")
+                    || revoked.load(Ordering::SeqCst)
+                {
+                    return invalid_grant("Token has been expired or revoked.");
+                }
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let expires = if n == 1 { 60 } else { 3600 };
+                json(
+                    200,
+                    &format!(
+                        r#"{{"access_token":"at-{n}","expires_in":{expires},"token_type":"Bearer"}}"#
+                    ),
+                )
+            }
+            "authorization_code" => {
+                let code = field("code");
+                let Some(grant) = issued.lock().ok().and_then(|mut m| m.remove(code)) else {
+                    return invalid_grant("The authorization code is invalid or was already used.");
+                };
+                if grant.redirect_uri != field("redirect_uri") {
+                    return invalid_grant("redirect_uri does not match the authorization request.");
+                }
+                if grant.client_id != field("client_id") {
+                    return invalid_grant("The code was issued to another client.");
+                }
+                use base64::Engine as _;
+                use sha2::Digest as _;
+                let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(sha2::Sha256::digest(field("code_verifier").as_bytes()));
+                if field("code_verifier").len() < 43 || challenge != grant.challenge {
+                    return invalid_grant(
+                        "PKCE verification failed: code_verifier does not match code_challenge.",
+                    );
+                }
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                json(
+                    200,
+                    &format!(
+                        r#"{{"access_token":"at-code-{n}","refresh_token":"rt-code-{n}","expires_in":60,"token_type":"Bearer"}}"#
+                    ),
+                )
+            }
+            _ => json(400, r#"{"error":"unsupported_grant_type"}"#),
         }
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let expires = if n == 1 { 60 } else { 3600 };
-        json(
-            200,
-            &format!(r#"{{"access_token":"at-{n}","expires_in":{expires},"token_type":"Bearer"}}"#),
-        )
     })
+}
+
+/// An `application/x-www-form-urlencoded` body or query as a map.
+fn decode_form(bytes: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(bytes).into_owned().collect()
 }
 
 fn form_field(text: &str, key: &str) -> String {

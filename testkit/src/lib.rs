@@ -102,8 +102,13 @@ impl Seen {
     }
 }
 
-/// What a handler answers: status, content type, body.
+/// What a handler answers: status, content type, body. With the content
+/// type [`REDIRECT`] the body is a `Location` instead (and the response has
+/// no body), e.g. `(302, REDIRECT, "http://127.0.0.1:PORT/callback?…")`.
 pub type Reply = (u16, &'static str, String);
+
+/// The content type of a [`Reply`] that redirects to its body.
+pub const REDIRECT: &str = "x-moat-testkit/redirect";
 pub type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 
 /// An HTTPS server on 127.0.0.1 (h1 and h2) that records every request.
@@ -133,6 +138,14 @@ impl StubServer {
                     let (status, ctype, text) = handler(&record);
                     if let Ok(mut s) = seen.lock() {
                         s.push(record);
+                    }
+                    if ctype == REDIRECT {
+                        let mut resp = Response::new(sink_full(String::new()));
+                        *resp.status_mut() =
+                            hyper::StatusCode::from_u16(status).expect("valid status");
+                        resp.headers_mut()
+                            .insert("location", text.parse().expect("valid Location"));
+                        return resp;
                     }
                     let mut resp = Response::new(sink_full(text));
                     *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");

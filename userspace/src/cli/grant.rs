@@ -37,6 +37,9 @@ Examples:
   moat grant npm --host npm.corp.test    add or replace one registry (calls merge into 'npm')
   printf %s \"$REFRESH\" | moat grant oauth corp --token-url https://auth.corp.test/token \\
       --client-id moat --host api.corp.test --token-stdin     stored as oauth-corp, refreshed by Moat
+  moat grant oauth corp --auth-url https://auth.corp.test/authorize \\
+      --token-url https://auth.corp.test/token --client-id moat --host api.corp.test \\
+      --scope offline_access                 log in through the browser (Authorization Code + PKCE)
   moat grant mcp context7                stored as mcp-context7
   moat grant github --profile work       into the 'work' profile
   moat grant github --host ghe.corp.test GitHub Enterprise (API at /api/v3), stored as github:ghe.corp.test
@@ -76,6 +79,25 @@ pub struct GrantArgs {
     /// For 'oauth': the OAuth client id
     #[arg(long, value_name = "ID")]
     client_id: Option<String>,
+    /// For 'oauth': log in through the browser instead of pasting a refresh
+    /// token (Authorization Code + PKCE): the authorization endpoint
+    /// (https://…/authorize). Moat prints the URL to open and waits for the
+    /// redirect to http://127.0.0.1:PORT/callback
+    #[arg(long, value_name = "URL", conflicts_with_all = ["token_stdin", "import"])]
+    auth_url: Option<String>,
+    /// For 'oauth' with --auth-url: a scope to ask for (repeatable; many
+    /// servers give a refresh token only for e.g. 'offline_access')
+    #[arg(long, value_name = "SCOPE", requires = "auth_url")]
+    scope: Vec<String>,
+    /// For 'oauth' with --auth-url: the loopback port to listen on for the
+    /// redirect (default: any free port; give one when the OAuth client only
+    /// allows a fixed redirect URI)
+    #[arg(long, value_name = "PORT", requires = "auth_url")]
+    redirect_port: Option<u16>,
+    /// For 'oauth' with --auth-url: how long to wait for the browser
+    /// (e.g. 90s, 10m; default 5m)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "auth_url")]
+    auth_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand)]
@@ -146,8 +168,10 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
         ),
         _ => (provider, credential_name(provider, args.server.as_deref())?),
     };
-    if (args.token_url.is_some() || args.client_id.is_some()) && provider.flow != Flow::Oauth {
-        bail!("--token-url and --client-id are for 'moat grant oauth <name>'");
+    if (args.token_url.is_some() || args.client_id.is_some() || args.auth_url.is_some())
+        && provider.flow != Flow::Oauth
+    {
+        bail!("--token-url, --client-id and --auth-url are for 'moat grant oauth <name>'");
     }
     let store = ctx.store()?;
 
@@ -478,7 +502,10 @@ fn providers(ctx: &Ctx) -> Result<()> {
                     "name": p.name, "description": p.description, "aliases": p.aliases, "origin": p.origin.label(),
                     "file": file, "hosts": p.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "inject": injection_json(p), "source_env": p.source_env, "container_env": p.container_env,
-                    "validates": p.validate.is_some(), "available": !matches!(p.flow, Flow::Pending(_)),
+                    // Meta, npm and oauth check the token in their own flows
+                    // (Graph API /me, each registry's whoami, one refresh).
+                    "validates": p.validate.is_some() || matches!(p.flow, Flow::Meta | Flow::Npm | Flow::Oauth),
+                    "available": !matches!(p.flow, Flow::Pending(_)),
                 })
             })
             .collect();

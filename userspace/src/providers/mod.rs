@@ -15,6 +15,7 @@ pub mod yaml;
 pub mod builtin;
 pub mod migrate;
 pub mod oauth;
+pub mod pkce;
 
 use std::path::PathBuf;
 

@@ -308,6 +308,85 @@ mod tests {
         assert_eq!(reg.get("gl").unwrap().name, "gitlab");
     }
 
+    /// Hosts, sources and sandbox variables of the built-ins, as issue 6 and
+    /// the grants reference give them (github.com's Basic is tested below).
+    #[test]
+    fn builtins_match_the_issue() {
+        let reg = Registry::builtin_and_shipped();
+        /// Name, hosts, source variables, sandbox variable.
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            &'static [&'static str],
+            Option<&'static str>,
+        );
+        let cases: [Case; 9] = [
+            (
+                "github",
+                &["api.github.com", "github.com"],
+                &["GITHUB_TOKEN", "GH_TOKEN"],
+                Some("GH_TOKEN"),
+            ),
+            (
+                "claude",
+                &["api.anthropic.com"],
+                &["CLAUDE_CODE_OAUTH_TOKEN"],
+                Some("CLAUDE_CODE_OAUTH_TOKEN"),
+            ),
+            (
+                "anthropic",
+                &["api.anthropic.com"],
+                &["ANTHROPIC_API_KEY"],
+                Some("ANTHROPIC_API_KEY"),
+            ),
+            (
+                "openai",
+                &["api.openai.com", "chatgpt.com", "*.openai.com"],
+                &["OPENAI_API_KEY"],
+                Some("OPENAI_API_KEY"),
+            ),
+            (
+                "gemini",
+                &["generativelanguage.googleapis.com"],
+                &["GEMINI_API_KEY"],
+                Some("GEMINI_API_KEY"),
+            ),
+            (
+                "graphite",
+                &["api.graphite.com", "*.graphite.com"],
+                &["GRAPHITE_TOKEN", "GT_TOKEN"],
+                None,
+            ),
+            (
+                "meta",
+                &["graph.facebook.com", "graph.instagram.com"],
+                &["META_ACCESS_TOKEN"],
+                None,
+            ),
+            ("npm", &[], &["NPM_TOKEN"], None),
+            ("mcp", &[], &[], None),
+        ];
+        for (name, hosts, env, container) in cases {
+            let p = reg.get(name).unwrap();
+            let got: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
+            assert_eq!(got, hosts, "{name} hosts");
+            assert_eq!(p.source_env, env, "{name} sources");
+            assert_eq!(p.container_env.as_deref(), container, "{name} sandbox env");
+        }
+        let header = |n: &str| header_of(reg.get(n).unwrap());
+        assert_eq!(header("anthropic"), ("x-api-key".into(), "".into()));
+        assert_eq!(header("claude"), ("Authorization".into(), "Bearer ".into()));
+        assert_eq!(header("openai"), ("Authorization".into(), "Bearer ".into()));
+        assert_eq!(header("gemini"), ("x-goog-api-key".into(), "".into()));
+        assert_eq!(
+            header("graphite"),
+            ("Authorization".into(), "token ".into())
+        );
+        assert_eq!(header("meta"), ("Authorization".into(), "Bearer ".into()));
+        // graphite and meta have no variable in the sandbox; meta nothing at all.
+        assert!(reg.get("meta").unwrap().placeholder.is_none());
+    }
+
     #[test]
     fn shipped_match_the_reference_table() {
         let reg = Registry::builtin_and_shipped();

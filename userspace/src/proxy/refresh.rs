@@ -589,4 +589,115 @@ pub mod tests {
         );
         assert_eq!(endpoint.calls.load(Ordering::SeqCst), 0);
     }
+
+    /// Gemini's OAuth mode through its real policy (from the registry): not
+    /// refreshed at 15 minutes + 1 s before expiry, refreshed at 15 minutes;
+    /// a refused refresh keeps the current token and is reported.
+    #[tokio::test]
+    async fn gemini_refreshes_15_minutes_before_expiry_and_a_failure_keeps_the_token() {
+        use crate::providers::Registry;
+        use crate::providers::builtin::gemini;
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let mut c =
+            Credential::new_static("gemini", SecretString::from("ya29.real-0"), "gemini-cli");
+        c.kind = Kind::Oauth;
+        c.updated_at = t0;
+        c.expires_at = Some(t0 + Duration::from_secs(3600));
+        c.metadata
+            .insert(gemini::MODE.into(), gemini::MODE_OAUTH.into());
+        c.metadata
+            .insert(oauth::TOKEN_URL.into(), gemini::TOKEN_URL.into());
+        c.secrets
+            .insert(oauth::REFRESH_TOKEN.into(), SecretString::from("rt-1"));
+        let reg = Registry::builtin_and_shipped();
+        let policy = reg.get("gemini").unwrap().refresh_policy(&c).unwrap();
+        let saved = Arc::new(Saved::default());
+        let live = LiveToken::new("gemini", c, policy, clock.clone(), saved.clone());
+        let (_, _, _, endpoint) = setup(1);
+
+        clock.advance(Duration::from_secs(3600 - 15 * 60 - 1));
+        live.ensure_fresh(&endpoint).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(live.token().expose_secret(), "ya29.real-0");
+        clock.advance(Duration::from_secs(1));
+        live.ensure_fresh(&endpoint).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(live.token().expose_secret(), "at-1");
+        assert_eq!(*saved.0.lock().unwrap(), ["at-1"]);
+
+        // The refresh token is revoked: at-1 stays in use, the failure is
+        // reported, nothing is re-sealed.
+        *endpoint.fail.lock().unwrap() = true;
+        clock.advance(Duration::from_secs(3600 - 15 * 60));
+        live.ensure_fresh(&endpoint).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(live.token().expose_secret(), "at-1");
+        let f = live.last_failure().unwrap();
+        assert!(f.message.contains("invalid_grant"), "{}", f.message);
+        assert!(!f.message.contains("rt-1"), "{}", f.message);
+        assert_eq!(*saved.0.lock().unwrap(), ["at-1"]);
+    }
+
+    /// Providers whose tokens do not refresh get no policy, whatever the
+    /// credential says about expiry.
+    #[test]
+    fn static_credentials_have_no_refresh_policy() {
+        use crate::providers::Registry;
+        let reg = Registry::builtin_and_shipped();
+        let soon = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let cases: Vec<(&str, Credential)> = vec![
+            ("claude", {
+                // Imported from Claude Code: has an expiry, never refreshed.
+                let mut c = Credential::new_static(
+                    "claude",
+                    SecretString::from("sk-ant-oat01-x"),
+                    "claude-code",
+                );
+                c.kind = Kind::Oauth;
+                c.expires_at = Some(soon);
+                c
+            }),
+            (
+                "anthropic",
+                Credential::new_static(
+                    "anthropic",
+                    SecretString::from("sk-ant-api03-x"),
+                    "env:ANTHROPIC_API_KEY",
+                ),
+            ),
+            (
+                "openai",
+                Credential::new_static("openai", SecretString::from("sk-x"), "env:OPENAI_API_KEY"),
+            ),
+            (
+                "graphite",
+                Credential::new_static("graphite", SecretString::from("gt"), "env:GRAPHITE_TOKEN"),
+            ),
+            (
+                "npm",
+                Credential::new_static("npm", SecretString::from("npm_x"), "npmrc"),
+            ),
+            (
+                "mcp",
+                Credential::new_static("mcp", SecretString::from("k"), "stdin"),
+            ),
+            (
+                "gemini",
+                Credential::new_static("gemini", SecretString::from("AIzaX"), "env:GEMINI_API_KEY"),
+            ),
+            (
+                "github",
+                Credential::new_static("github", SecretString::from("ghp_x"), "env:GITHUB_TOKEN"),
+            ),
+            (
+                "meta",
+                Credential::new_static("meta", SecretString::from("EAAx"), "env:META_ACCESS_TOKEN"),
+            ),
+        ];
+        for (name, cred) in cases {
+            let p = reg.get(name).unwrap();
+            assert!(p.refresh_policy(&cred).is_none(), "{name}");
+        }
+    }
 }
