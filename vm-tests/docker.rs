@@ -347,6 +347,14 @@ fn docker_exit_codes_signals_and_keep() {
     }
     let out = child.wait_with_output().unwrap();
     assert_eq!(stdout(&out), "HELLO THROUGH STDIN\n", "{}", stderr(&out));
+    // A terminal passes through: the command's stdin is a TTY.
+    let out = in_pty(&s.cmd(&[], "tty; test -t 0 && echo stdin-is-a-tty; exit 4"));
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("/dev/pts/") && shown.contains("stdin-is-a-tty"),
+        "{shown}"
+    );
     // SIGTERM to moat reaches the command, which can clean up.
     let mut child = s
         .cmd(

@@ -324,6 +324,14 @@ fn exit_codes_and_signals_propagate() {
         stdout(&out)
     );
     assert!(s.workspace.join("made-inside").exists());
+    // A terminal passes through: the command's stdin is a TTY.
+    let out = in_pty(&s.cmd(&[], "tty; test -t 0 && echo stdin-is-a-tty; exit 4"));
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("/dev/pts/") && shown.contains("stdin-is-a-tty"),
+        "{shown}"
+    );
     // SIGTERM, SIGINT and SIGHUP sent to moat by a process (not a terminal)
     // reach the command, which can clean up.
     for (sig, code) in [("TERM", 3), ("INT", 4), ("HUP", 5)] {

@@ -311,3 +311,27 @@ pub fn wait_within(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Runs `cmd` (built with [`Env::cmd`]: a cleared environment) with a
+/// pseudo-terminal as its stdin, stdout and stderr, through util-linux
+/// `script`; what the terminal showed comes back as stdout.
+pub fn in_pty(cmd: &Command) -> Output {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let mut line = String::from("exec env -i");
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            line.push_str(&format!(" {}={}", k.to_string_lossy(), quote(v)));
+        }
+    }
+    line.push(' ');
+    line.push_str(&quote(cmd.get_program()));
+    for a in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux script")
+}
