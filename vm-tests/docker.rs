@@ -381,6 +381,53 @@ fn docker_exit_codes_signals_and_keep() {
     ok(&docker(&["rm", "-f", left.trim()]));
 }
 
+#[test]
+fn docker_runs_images_without_glibc() {
+    let s = setup();
+    // An image holding only a static busybox: no C library at all.
+    let image = format!("moat-test-busybox-{}:latest", std::process::id());
+    let root = s.env.dir.path().join("busybox-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    let busybox = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    let tar = s.env.dir.path().join("busybox.tar");
+    assert!(
+        Command::new("tar")
+            .args([
+                "-C",
+                root.to_str().unwrap(),
+                "-cf",
+                tar.to_str().unwrap(),
+                "."
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    ok(&docker(&["import", tar.to_str().unwrap(), &image]));
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        format!("runtime: docker\nimage: {image}\n"),
+    )
+    .unwrap();
+    let out = s.run(
+        "for d in /lib /lib64 /usr/lib; do test -e $d && echo has-$d; done; \
+         /bin/busybox echo ran-without-glibc; exit 5",
+    );
+    let _ = docker(&["rmi", "-f", &image]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "ran-without-glibc", "{}", stderr(&out));
+    assert_eq!(s.containers_left(), "");
+}
+
 /// The containers (any state) labelled with run `id`.
 fn containers_of(id: &str) -> Vec<String> {
     let out = docker(&["ps", "-aq", "--filter", &format!("label=io.moat.run={id}")]);

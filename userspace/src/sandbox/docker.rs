@@ -20,9 +20,11 @@
 //! exits, and the engine removes the container (AutoRemove). A container
 //! without its proxy never outlives Moat; `moat clean` removes any left over.
 //!
-//! The Moat binary is dynamically linked against glibc: images need a glibc
-//! at least as new as the host's (Debian/Ubuntu-based images have one;
-//! Alpine/musl images do not).
+//! The Moat binary is dynamically linked against the host's glibc. The
+//! image's own C library does not matter: the host's dynamic loader and the
+//! libraries this process has loaded are bind-mounted at `/.moat/lib` and the
+//! entrypoint is that loader running `/.moat/moat` with them, so Alpine
+//! (musl), busybox and distroless images work like Debian ones.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -55,6 +57,8 @@ use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy, SoOriginalDst};
 pub const MOAT_DIR: &str = "/.moat";
 /// The Moat binary (the entrypoint).
 pub const BINARY_INSIDE: &str = "/.moat/moat";
+/// The host's dynamic loader and the libraries the binary runs with.
+pub const LIB_INSIDE: &str = "/.moat/lib";
 /// Moat's control socket (in the bind-mounted control directory): the
 /// entrypoint's go signal, lifeline and exit-code report.
 pub const CTL_INSIDE: &str = "/.moat/ctl/sock";
@@ -511,7 +515,29 @@ fn container_body(
             if m.read_only { ":ro" } else { "" }
         ));
     }
-    let mut entrypoint = vec![BINARY_INSIDE.to_string(), "__container-init".into()];
+    // The host's loader and libraries run the binary, whatever the image has.
+    let libs = loaded_libraries()?;
+    let loader = libs
+        .iter()
+        .find(|p| is_loader(p))
+        .and_then(|p| p.file_name())
+        .ok_or_else(|| std::io::Error::other("cannot find this process's dynamic loader"))?;
+    for lib in &libs {
+        if let Some(name) = lib.file_name() {
+            binds.push(format!(
+                "{}:{LIB_INSIDE}/{}:ro",
+                lossy(lib),
+                name.to_string_lossy()
+            ));
+        }
+    }
+    let mut entrypoint = vec![
+        format!("{LIB_INSIDE}/{}", loader.to_string_lossy()),
+        "--library-path".into(),
+        LIB_INSIDE.into(),
+        BINARY_INSIDE.to_string(),
+        "__container-init".into(),
+    ];
     // Always a flag first: a leading `--` would be eaten by the CLI parser.
     entrypoint.push(if tty { "--tty" } else { "--no-tty" }.into());
     entrypoint.push("--".into());
@@ -564,6 +590,40 @@ fn container_body(
     })
 }
 
+/// The shared objects this process has mapped (the dynamic loader, libc,
+/// libm, libgcc_s, …), from /proc/self/maps: exactly what the binary needs
+/// to run elsewhere, without parsing ELF.
+fn loaded_libraries() -> std::io::Result<Vec<PathBuf>> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    Ok(shared_objects(&maps))
+}
+
+/// The distinct `*.so*` file paths of a /proc/PID/maps text, in order.
+fn shared_objects(maps: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path (the path may hold spaces).
+        let Some(path) = line.splitn(6, char::is_whitespace).nth(5).map(str::trim) else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or("");
+        if path.starts_with('/')
+            && !path.ends_with(" (deleted)")
+            && (name.ends_with(".so") || name.contains(".so."))
+            && !out.iter().any(|p| p.as_os_str() == path)
+        {
+            out.push(PathBuf::from(path));
+        }
+    }
+    out
+}
+
+/// The dynamic loader (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`, …).
+fn is_loader(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("ld-linux"))
+}
+
 /// Attach, start, plumb, release the entrypoint, pump stdio, wait.
 fn run_container(
     rt: &tokio::runtime::Runtime,
@@ -605,8 +665,8 @@ fn run_container(
         tokio::select! {
             accepted = listener.accept() => Ok(accepted?.0),
             _ = stopped.next() => Err(DockerError::NoPid(
-                "its entrypoint stopped before reaching Moat (images need a glibc at least \
-                 as new as the host's)".into(),
+                "its entrypoint stopped before reaching Moat (see the container's \
+                 output above)".into(),
             )),
             _ = tokio::time::sleep(GO_TIMEOUT) => Err(DockerError::NoPid(
                 "its entrypoint did not reach Moat in time".into(),
@@ -954,6 +1014,35 @@ fn supervise(child: Pid, set: &SigSet, tty: bool, ctl: &std::os::unix::net::Unix
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn shared_objects_come_from_the_maps_once_each() {
+        let maps = "\
+55d0c0000000-55d0c0001000 r--p 00000000 fd:01 123 /usr/local/bin/moat
+7f0000000000-7f0000001000 r--p 00000000 fd:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000001000-7f0000002000 r-xp 00001000 fd:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000003000-7f0000004000 r--p 00000000 fd:01 2 /usr/lib/x86_64-linux-gnu/libgcc_s.so.1
+7f0000005000-7f0000006000 r--p 00000000 fd:01 3 /tmp/gone.so.1 (deleted)
+7f0000007000-7f0000008000 rw-p 00000000 00:00 0 [heap]
+7f0000009000-7f000000a000 r--p 00000000 fd:01 4 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]
+";
+        let libs = shared_objects(maps);
+        assert_eq!(
+            libs,
+            [
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            ]
+            .map(PathBuf::from)
+        );
+        assert!(is_loader(&libs[2]) && !is_loader(&libs[0]));
+        // This very process: a loader and a libc at least.
+        let here = loaded_libraries().unwrap();
+        assert!(here.iter().any(|p| is_loader(p)), "{here:?}");
+    }
+
     use super::*;
 
     #[test]
