@@ -236,27 +236,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     let loaded = super::proxy::load(&store, &registry, &grant_names, &mcp)?;
     let grants = loaded.grants;
 
-    // The host's loopback services named in network.host, as
-    // host.moat.internal:PORT; nothing else of the host is reachable.
-    let mut resolve = args.resolve.clone();
-    let mut policy = Policy {
-        network: config.network.policy.clone(),
-        ..Policy::default()
-    };
-    policy
-        .network
-        .reserved
-        .push(HostPattern::parse(HOST_ALIAS)?);
-    for port in &config.network.host_ports {
-        resolve.push(format!("{HOST_ALIAS}:{port}=127.0.0.1:{port}"));
-        let pattern = HostPattern::parse(&format!("{HOST_ALIAS}:{port}"))?;
-        policy.allow_restricted.push(pattern.clone());
-        policy.network.rules.push(HostRule {
-            host: pattern,
-            routes: Vec::new(),
-        });
-    }
+    let (resolve, policy) = host_services(&config, &args.resolve)?;
     let upstream = super::proxy::upstream_from(&resolve, args.upstream_ca.as_deref())?;
+    // Secrets are fetched before anything is created: a failing one leaves no run behind.
+    let env_extra = extra_env(&grants, &config, &args.env)?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
 
     // A fresh run directory, or the one `moat run -d` made for this run.
@@ -274,15 +257,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         .with_context(|| format!("creating {}", events_path.display()))?;
     home.chown(&events_path)?;
 
-    // Trust inside: system roots + the Moat CA, as PEM and for Java.
-    let bundle = trust::merged_bundle(&trust::system_bundle(), ca.cert_pem());
-    let truststore = java_truststore_cached(&home, &bundle)?;
-    let bundle_path = dir.join("ca-bundle.pem");
-    let truststore_path = dir.join("java-truststore.p12");
-    for (path, bytes) in [(&bundle_path, &bundle), (&truststore_path, &truststore)] {
-        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        home.chown(path)?;
-    }
+    let (bundle_path, truststore_path) = write_trust_files(&home, &dir, &ca)?;
 
     // Placeholder config files (.npmrc, …) for the sandbox's fresh HOME.
     let mut home_files = Vec::new();
@@ -294,29 +269,6 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         std::fs::write(&host, &f.contents)
             .with_context(|| format!("writing {}", host.display()))?;
         home_files.push((host, f.rel_path));
-    }
-    let mut env_extra: Vec<(OsString, OsString)> = Vec::new();
-    for g in &grants {
-        if let (Some(var), Some(ph)) = (&g.provider.container_env, &g.placeholder) {
-            env_extra.push((var.into(), ph.into()));
-        }
-    }
-    for (k, v) in &config.env {
-        env_extra.push((k.into(), v.into()));
-    }
-    // moat.yaml secrets: (op://, ssm://, env://), fetched now (src/secrets).
-    for (k, r) in &config.secrets {
-        use secrecy::ExposeSecret as _;
-        let value = r
-            .resolve()
-            .with_context(|| format!("moat.yaml secrets: {k}"))?;
-        env_extra.push((k.into(), value.expose_secret().into()));
-    }
-    for kv in &args.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("-e expects KEY=VALUE, got '{kv}'")
-        };
-        env_extra.push((k.into(), v.into()));
     }
     let (rebuild, keep) = (args.rebuild, args.keep);
     let command = if !args.command.is_empty() {
@@ -379,6 +331,82 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
     }
     result
+}
+
+/// The policy from moat.yaml's `network:`, plus the host's loopback services
+/// named in `network.host`, reachable as host.moat.internal:PORT (nothing
+/// else of the host is); the `--resolve` entries that make them so.
+fn host_services(config: &Config, resolve: &[String]) -> Result<(Vec<String>, Policy)> {
+    let mut resolve = resolve.to_vec();
+    let mut policy = Policy {
+        network: config.network.policy.clone(),
+        ..Policy::default()
+    };
+    policy
+        .network
+        .reserved
+        .push(HostPattern::parse(HOST_ALIAS)?);
+    for port in &config.network.host_ports {
+        resolve.push(format!("{HOST_ALIAS}:{port}=127.0.0.1:{port}"));
+        let pattern = HostPattern::parse(&format!("{HOST_ALIAS}:{port}"))?;
+        policy.allow_restricted.push(pattern.clone());
+        policy.network.rules.push(HostRule {
+            host: pattern,
+            routes: Vec::new(),
+        });
+    }
+    Ok((resolve, policy))
+}
+
+/// Trust inside: system roots + the Moat CA, as PEM and as a Java truststore,
+/// written to the run's directory (owned by the caller); their paths.
+fn write_trust_files(
+    home: &crate::home::MoatHome,
+    dir: &std::path::Path,
+    ca: &MoatCa,
+) -> Result<(PathBuf, PathBuf)> {
+    let bundle = trust::merged_bundle(&trust::system_bundle(), ca.cert_pem());
+    let truststore = java_truststore_cached(home, &bundle)?;
+    let bundle_path = dir.join("ca-bundle.pem");
+    let truststore_path = dir.join("java-truststore.p12");
+    for (path, bytes) in [(&bundle_path, &bundle), (&truststore_path, &truststore)] {
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        home.chown(path)?;
+    }
+    Ok((bundle_path, truststore_path))
+}
+
+/// The variables a run adds to the base environment, later ones winning:
+/// each grant's placeholder, moat.yaml `env:`, moat.yaml `secrets:` (fetched
+/// now: op://, ssm://, env://), then `-e KEY=VALUE`.
+fn extra_env(
+    grants: &[crate::proxy::Grant],
+    config: &Config,
+    flags: &[String],
+) -> Result<Vec<(OsString, OsString)>> {
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    for g in grants {
+        if let (Some(var), Some(ph)) = (&g.provider.container_env, &g.placeholder) {
+            env.push((var.into(), ph.into()));
+        }
+    }
+    for (k, v) in &config.env {
+        env.push((k.into(), v.into()));
+    }
+    for (k, r) in &config.secrets {
+        use secrecy::ExposeSecret as _;
+        let value = r
+            .resolve()
+            .with_context(|| format!("moat.yaml secrets: {k}"))?;
+        env.push((k.into(), value.expose_secret().into()));
+    }
+    for kv in flags {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("-e expects KEY=VALUE, got '{kv}'")
+        };
+        env.push((k.into(), v.into()));
+    }
+    Ok(env)
 }
 
 /// The Java truststore for `bundle`, from `$MOAT_HOME/ca/` when one was
