@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use moat_testkit::{StubServer, TestCa, fake_github_accepting};
+use moat_testkit::{Registry, StubServer, TestCa, fake_github_accepting};
 
 const REAL: &str = "ghp_RealTokenInsideNothing0123456789abcd";
 const IMAGE: &str = "moat-test-base:latest";
@@ -381,24 +381,18 @@ fn docker_exit_codes_signals_and_keep() {
     ok(&docker(&["rm", "-f", left.trim()]));
 }
 
-#[test]
-fn docker_runs_images_without_glibc() {
-    let s = setup();
-    // An image holding only a static busybox: no C library at all.
-    let image = format!("moat-test-busybox-{}:latest", std::process::id());
-    let root = s.env.dir.path().join("busybox-root");
+/// A tar of a root filesystem holding only a static busybox (`/bin/busybox`,
+/// `/bin/sh`): no C library at all.
+fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("busybox-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    let busybox = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v busybox"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
+    let busybox = Command::new("sh")
+        .args(["-c", "command -v busybox"])
+        .output()
+        .unwrap();
+    std::fs::copy(stdout(&busybox).trim(), root.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
-    let tar = s.env.dir.path().join("busybox.tar");
+    let tar = dir.join("busybox.tar");
     assert!(
         Command::new("tar")
             .args([
@@ -412,6 +406,14 @@ fn docker_runs_images_without_glibc() {
             .unwrap()
             .success()
     );
+    tar
+}
+
+#[test]
+fn docker_runs_images_without_glibc() {
+    let s = setup();
+    let image = format!("moat-test-busybox-{}:latest", std::process::id());
+    let tar = busybox_rootfs_tar(s.env.dir.path());
     ok(&docker(&["import", tar.to_str().unwrap(), &image]));
     std::fs::write(
         s.workspace.join("moat.yaml"),
@@ -425,6 +427,44 @@ fn docker_runs_images_without_glibc() {
     let _ = docker(&["rmi", "-f", &image]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "ran-without-glibc", "{}", stderr(&out));
+    assert_eq!(s.containers_left(), "");
+}
+
+#[test]
+fn docker_pulls_an_image_it_does_not_have() {
+    let s = setup();
+    let tar = busybox_rootfs_tar(s.env.dir.path());
+    let repo = format!("moat-test/pulled-{}", std::process::id());
+    let registry = Registry::start(&repo, "1", std::fs::read(&tar).unwrap()).unwrap();
+    let image = registry.image();
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        format!("runtime: docker\nimage: {image}\n"),
+    )
+    .unwrap();
+    let first = s.run("echo pulled-and-ran");
+    let pulls_after_first = registry.requests();
+    let second = s.run("echo ran-again");
+    let pulls_after_second = registry.requests();
+    let _ = docker(&["rmi", "-f", &image]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(stdout(&first).trim(), "pulled-and-ran");
+    assert!(
+        stderr(&first).contains(&format!("pulling {image}")),
+        "{}",
+        stderr(&first)
+    );
+    assert!(
+        pulls_after_first.iter().any(|r| r.contains("/manifests/1"))
+            && pulls_after_first
+                .iter()
+                .any(|r| r.contains("/blobs/sha256:")),
+        "{pulls_after_first:?}"
+    );
+    // Present now: the second run does not ask the registry again.
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(stdout(&second).trim(), "ran-again");
+    assert_eq!(pulls_after_first, pulls_after_second);
     assert_eq!(s.containers_left(), "");
 }
 

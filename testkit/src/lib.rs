@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 
 mod git;
 pub use git::git_server;
+mod registry;
+pub use registry::Registry;
 
 /// A test certificate authority. Its PEM goes in `MOAT_UPSTREAM_CA`.
 pub struct TestCa {

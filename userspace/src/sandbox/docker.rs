@@ -227,6 +227,9 @@ async fn pull(docker: &Docker, name: &str) -> Result<(), DockerError> {
         tag: Some(tag.into()),
         ..Default::default()
     };
+    // On a terminal one line redrawn in place; in a log, each step once
+    // (no byte counts, no escape codes).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut progress = docker.create_image(Some(options), None, None);
     while let Some(item) = progress.next().await {
         match item {
@@ -235,13 +238,20 @@ async fn pull(docker: &Docker, name: &str) -> Result<(), DockerError> {
                     let id = info.id.map(|i| format!("{i}: ")).unwrap_or_default();
                     let bar = info
                         .progress_detail
-                        .and_then(|p| Some(format!("{}/{}", p.current?, p.total?)))
-                        .unwrap_or_default();
-                    eprint!("\r\x1b[2K  {id}{status} {bar}");
+                        .and_then(|p| Some(format!("{}/{}", p.current?, p.total?)));
+                    match (tty, bar) {
+                        (true, bar) => {
+                            eprint!("\r\x1b[2K  {id}{status} {}", bar.unwrap_or_default())
+                        }
+                        (false, None) => eprintln!("  {id}{status}"),
+                        (false, Some(_)) => {}
+                    }
                 }
             }
             Err(e) => {
-                eprintln!();
+                if tty {
+                    eprintln!();
+                }
                 return Err(DockerError::Pull {
                     image: name.into(),
                     message: e.to_string(),
@@ -249,7 +259,9 @@ async fn pull(docker: &Docker, name: &str) -> Result<(), DockerError> {
             }
         }
     }
-    eprintln!();
+    if tty {
+        eprintln!();
+    }
     Ok(())
 }
 
