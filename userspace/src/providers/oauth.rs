@@ -90,18 +90,24 @@ pub(crate) fn form_escape(s: &str) -> String {
 
 /// `grant_type=refresh_token` for `cred`.
 pub fn refresh_request(cred: &Credential) -> Result<Request, OauthError> {
-    let url = cred
-        .metadata
-        .get(TOKEN_URL)
-        .ok_or(OauthError::Missing("token URL"))?;
     let refresh = cred
         .secrets
         .get(REFRESH_TOKEN)
         .ok_or(OauthError::Missing("refresh token"))?;
-    let mut form = format!(
+    let form = format!(
         "grant_type=refresh_token&refresh_token={}",
         form_escape(refresh.expose_secret())
     );
+    token_request(cred, form)
+}
+
+/// A request to `cred`'s token URL: the grant's `form`, plus the client id
+/// (and secret when there is one).
+pub fn token_request(cred: &Credential, mut form: String) -> Result<Request, OauthError> {
+    let url = cred
+        .metadata
+        .get(TOKEN_URL)
+        .ok_or(OauthError::Missing("token URL"))?;
     if let Some(id) = cred.metadata.get(CLIENT_ID) {
         form.push_str(&format!("&client_id={}", form_escape(id)));
     }

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::oauth::{CLIENT_ID, CLIENT_SECRET, OauthError, Request, TOKEN_URL, form_escape};
+use super::oauth::{OauthError, Request, form_escape, token_request};
 use crate::store::Credential;
 
 /// Path of the loopback redirect URI (`http://127.0.0.1:PORT/callback`).
@@ -167,34 +167,19 @@ pub fn code_request(
     attempt: &Attempt,
     redirect_uri: &str,
 ) -> Result<Request, OauthError> {
-    let url = cred
-        .metadata
-        .get(TOKEN_URL)
-        .ok_or(OauthError::Missing("token URL"))?;
-    let mut form = format!(
+    let form = format!(
         "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
         form_escape(code.expose_secret()),
         form_escape(redirect_uri),
         form_escape(attempt.verifier()),
     );
-    if let Some(id) = cred.metadata.get(CLIENT_ID) {
-        form.push_str(&format!("&client_id={}", form_escape(id)));
-    }
-    if let Some(secret) = cred.secrets.get(CLIENT_SECRET) {
-        form.push_str(&format!(
-            "&client_secret={}",
-            form_escape(secret.expose_secret())
-        ));
-    }
-    Ok(Request {
-        url: url.clone(),
-        form: zeroize::Zeroizing::new(form),
-    })
+    token_request(cred, form)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::oauth::{CLIENT_ID, TOKEN_URL};
 
     fn attempt() -> Attempt {
         Attempt::from_random([7; 32], [9; 16])
