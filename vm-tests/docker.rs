@@ -123,10 +123,16 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn cmd(&self, extra: &[&str], script: &str) -> Command {
+    /// `moat` (clean environment) talking to the test engine.
+    fn moat(&self) -> Command {
         let mut cmd = self.env.cmd();
-        cmd.env("DOCKER_HOST", docker_host())
-            .args(["run", self.workspace.to_str().unwrap(), "--grant", "github"])
+        cmd.env("DOCKER_HOST", docker_host());
+        cmd
+    }
+
+    fn cmd(&self, extra: &[&str], script: &str) -> Command {
+        let mut cmd = self.moat();
+        cmd.args(["run", self.workspace.to_str().unwrap(), "--grant", "github"])
             .args(["--runtime", "docker"])
             .args(["--resolve", &self.server.resolve_entry("api.github.com")])
             .args(["--upstream-ca", self.ca_file.to_str().unwrap()])
@@ -319,9 +325,7 @@ fn docker_exit_codes_signals_and_keep() {
     assert_eq!(s.run("exit 7").status.code(), Some(7));
     assert_eq!(s.run("kill -9 $$").status.code(), Some(137));
     let out = s
-        .env
-        .cmd()
-        .env("DOCKER_HOST", docker_host())
+        .moat()
         .args([
             "run",
             s.workspace.to_str().unwrap(),
@@ -496,13 +500,7 @@ fn docker_detached_stop_destroy_and_clean() {
     wait_for(10, "the container's output never reached the log", || {
         stdout(ok(&s.env.run(&["logs", &id], &[]))).contains("container-out")
     });
-    let out = s
-        .env
-        .cmd()
-        .env("DOCKER_HOST", docker_host())
-        .args(["stop", &id])
-        .output()
-        .unwrap();
+    let out = s.moat().args(["stop", &id]).output().unwrap();
     assert_eq!(stdout(ok(&out)).trim(), format!("{id} stopped 3"));
     assert!(stdout(ok(&s.env.run(&["logs", &id], &[]))).contains("got-term"));
     wait_for(5, "the stopped run's container is still there", || {
@@ -522,9 +520,7 @@ fn docker_detached_stop_destroy_and_clean() {
         s.workspace.join("stubborn.txt").exists()
     });
     let out = s
-        .env
-        .cmd()
-        .env("DOCKER_HOST", docker_host())
+        .moat()
         .args(["stop", "--time", "1", &stubborn])
         .output()
         .unwrap();
@@ -544,13 +540,7 @@ fn docker_detached_stop_destroy_and_clean() {
     let kept: Vec<String> = s.env.run_ids().difference(&before).cloned().collect();
     let kept = kept[0].clone();
     assert_eq!(containers_of(&kept).len(), 1);
-    let out = s
-        .env
-        .cmd()
-        .env("DOCKER_HOST", docker_host())
-        .args(["destroy", &kept])
-        .output()
-        .unwrap();
+    let out = s.moat().args(["destroy", &kept]).output().unwrap();
     assert!(stdout(ok(&out)).contains(&format!("removed container moat-{kept}")));
     assert!(containers_of(&kept).is_empty());
     assert!(!s.env.home().join("runs").join(&kept).exists());
@@ -574,13 +564,7 @@ fn docker_detached_stop_destroy_and_clean() {
         1,
         "another home's clean took it"
     );
-    let out = s
-        .env
-        .cmd()
-        .env("DOCKER_HOST", docker_host())
-        .arg("clean")
-        .output()
-        .unwrap();
+    let out = s.moat().arg("clean").output().unwrap();
     assert!(
         stdout(ok(&out)).contains(&format!("removed container moat-{left}")),
         "{}",
@@ -635,13 +619,7 @@ fn docker_kill_9_of_moat_takes_the_container_with_it() {
         stdout(&out).trim().is_empty()
     });
     assert_eq!(containers_of(&id).len(), 1, "kept, stopped");
-    let out = s
-        .env
-        .cmd()
-        .env("DOCKER_HOST", docker_host())
-        .arg("clean")
-        .output()
-        .unwrap();
+    let out = s.moat().arg("clean").output().unwrap();
     assert!(
         stdout(ok(&out)).contains("removed container"),
         "{}",
