@@ -583,6 +583,7 @@ fn detached_runs_logs_stop_list_and_destroy() {
     let sleeping = || {
         Command::new("pgrep")
             .args(["-f", "sleep 3019"])
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap()
             .success()
@@ -592,6 +593,34 @@ fn detached_runs_logs_stop_list_and_destroy() {
     });
     ok(&s.env.run(&["destroy", &id], &[]));
     assert!(s.env.run_info(&id).is_null());
+}
+
+/// `moat stop` right after `moat run -d` printed the id: the signal may
+/// reach Moat before the command exists. It still ends the command (143, as
+/// a SIGTERM does) and leaves no process behind, every time.
+#[test]
+fn a_run_stopped_the_moment_it_starts_ends_and_leaves_nothing() {
+    let s = setup();
+    for i in 0..6 {
+        let marker = format!("sleep 40{i}3");
+        let out = s.cmd(&["-d"], &format!("exec {marker}")).output().unwrap();
+        let id = stdout(ok(&out)).trim().to_owned();
+        let out = s.env.run(&["stop", "--time", "20", &id], &[]);
+        assert_eq!(
+            stdout(ok(&out)).trim(),
+            format!("{id} stopped 143"),
+            "attempt {i}: {}",
+            stderr(&out)
+        );
+        wait_for(5, &format!("attempt {i}: '{marker}' still running"), || {
+            !Command::new("pgrep")
+                .args(["-f", &marker])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        });
+    }
 }
 
 #[test]

@@ -693,6 +693,21 @@ fn run_container(
     // Release the entrypoint: the namespace is ready. The connection stays
     // open until the run ends (the entrypoint's lifeline) and brings back
     // the command's exit code.
+    // Signals to Moat are caught from before the go: `moat stop` may send
+    // one as soon as `started` has told it the id.
+    let signals: Vec<_> = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _rt = rt.enter();
+        [
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::hangup(), "SIGHUP"),
+            (SignalKind::interrupt(), "SIGINT"),
+            (SignalKind::window_change(), "SIGWINCH"),
+        ]
+        .into_iter()
+        .filter_map(|(kind, name)| Some((signal(kind).ok()?, name)))
+        .collect()
+    };
     rt.block_on(ctl.write_all(b"g"))?;
     crate::runs::started();
 
@@ -728,16 +743,8 @@ fn run_container(
         let docker = docker.clone();
         let name = name.to_owned();
         rt.spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let kinds = [
-                (SignalKind::terminate(), "SIGTERM"),
-                (SignalKind::hangup(), "SIGHUP"),
-                (SignalKind::interrupt(), "SIGINT"),
-                (SignalKind::window_change(), "SIGWINCH"),
-            ];
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            for (kind, sig) in kinds {
-                let Ok(mut s) = signal(kind) else { continue };
+            for (mut s, sig) in signals {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     while s.recv().await.is_some() {
@@ -884,19 +891,8 @@ fn die(code: i32, msg: &str) -> ! {
 /// first (Moat died), kills everything and exits. Never returns.
 pub fn init_main(args: InitArgs) -> ! {
     use std::io::{Read, Write};
-    // Wait for the go (or give up: no redirect, no run).
-    let mut ctl = std::os::unix::net::UnixStream::connect(CTL_INSIDE)
-        .unwrap_or_else(|e| die(125, &format!("connecting to Moat at {CTL_INSIDE}: {e}")));
-    let _ = ctl.set_read_timeout(Some(GO_TIMEOUT));
-    let mut b = [0u8; 1];
-    if ctl.read_exact(&mut b).is_err() || b[0] != b'g' {
-        die(125, "the sandbox was not set up (Moat is gone?)");
-    }
-    let _ = ctl.set_read_timeout(None);
-    if let Err(e) = fill_home() {
-        die(125, &format!("preparing HOME {HOME_INSIDE}: {e}"));
-    }
-
+    // Blocked from the start: as PID 1 this process would drop a signal it
+    // neither handles nor blocks, and Moat forwards from before the go.
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -911,6 +907,19 @@ pub fn init_main(args: InitArgs) -> ! {
         set.add(s);
     }
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    // Wait for the go (or give up: no redirect, no run).
+    let mut ctl = std::os::unix::net::UnixStream::connect(CTL_INSIDE)
+        .unwrap_or_else(|e| die(125, &format!("connecting to Moat at {CTL_INSIDE}: {e}")));
+    let _ = ctl.set_read_timeout(Some(GO_TIMEOUT));
+    let mut b = [0u8; 1];
+    if ctl.read_exact(&mut b).is_err() || b[0] != b'g' {
+        die(125, "the sandbox was not set up (Moat is gone?)");
+    }
+    let _ = ctl.set_read_timeout(None);
+    if let Err(e) = fill_home() {
+        die(125, &format!("preparing HOME {HOME_INSIDE}: {e}"));
+    }
+
     let argv: Vec<CString> = args
         .command
         .iter()

@@ -99,12 +99,12 @@ pub fn run(spec: EnvRunSpec) -> anyhow::Result<i32> {
         }
     };
 
-    crate::runs::started();
-
     // Ctrl-C reaches the command from the terminal; Moat stays up until the
-    // command exits. Signals other processes send to Moat are passed on.
+    // command exits. Signals other processes send to Moat are passed on,
+    // from before `started` lets `moat stop` know the run.
     #[cfg(unix)]
     super::signals::forward_to(child.id() as i32)?;
+    crate::runs::started();
     let status = child.wait()?;
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     #[cfg(unix)]

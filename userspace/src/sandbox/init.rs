@@ -99,16 +99,31 @@ pub fn main(args: InitArgs) -> ! {
     if let Err(e) = shape_filesystem(&args) {
         die(&e);
     }
+    // Blocked before the go: Moat forwards signals to this process from
+    // then on, and one that arrives before PID 1 exists must wait for it
+    // (supervise passes it on) rather than end this process half-way.
+    let forwarded = blocked_signals();
     let mut go = [0u8; 1];
     if sync.read_exact(&mut go).is_err() || go[0] != b'g' {
         die("moat went away before the network was ready");
     }
     drop(sync);
-    let forwarded = blocked_signals();
+    // Only this process holds the write end: PID 1 sees the pipe close if
+    // this process died before PID 1 asked to die with it (see `pid1`).
+    let (alive, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .unwrap_or_else(|e| die(&format!("pipe: {e}")));
     // SAFETY: single-threaded here (no runtime was started in this process).
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => pid1(&args, &forwarded),
-        Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, &forwarded)),
+        Ok(ForkResult::Child) => {
+            drop(alive_w);
+            pid1(&args, &forwarded, alive)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(alive);
+            let code = supervise(child, &forwarded);
+            drop(alive_w);
+            std::process::exit(code)
+        }
         Err(e) => die(&format!("fork: {e}")),
     }
 }
@@ -443,13 +458,16 @@ fn wait_signal(set: &SigSet) -> (Option<Signal>, bool) {
 }
 
 /// PID 1 of the new PID namespace: fresh /proc, then the command.
-fn pid1(args: &InitArgs, set: &SigSet) -> ! {
+fn pid1(args: &InitArgs, set: &SigSet, parent_alive: OwnedFd) -> ! {
     // When the sandbox init dies, PID 1 dies, and the kernel ends every
     // process of this PID namespace.
-    // (getppid() is 0 here, the parent being outside the namespace, so a
-    // parent that died before this line cannot be detected; the window is
-    // a few instructions after fork.)
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // A parent that died between fork and the line above sent nothing, and
+    // getppid() cannot tell (it is 0 here, the parent being outside the
+    // namespace): the pipe only the parent writes to has closed then.
+    if parent_gone(parent_alive) {
+        std::process::exit(128 + Signal::SIGKILL as i32);
+    }
     let none: Option<&str> = None;
     if let Err(e) = mount(
         Some("proc"),
@@ -472,6 +490,15 @@ fn pid1(args: &InitArgs, set: &SigSet) -> ! {
         Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, set)),
         Err(e) => die(&format!("fork: {e}")),
     }
+}
+
+/// Whether the only writer of the pipe `read_end` is gone (closes it).
+fn parent_gone(read_end: OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
+    // Nothing is ever written: any event is the hang-up.
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// The command: no privileges over the sandbox, then exec.
@@ -562,4 +589,18 @@ fn drop_privileges(run_as: Option<(u32, u32)>, rootless: bool) -> Result<(), Str
     }
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parent_is_gone_once_the_pipes_only_writer_closed() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (r2, _w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        drop(w);
+        assert!(parent_gone(r));
+        assert!(!parent_gone(r2));
+    }
 }

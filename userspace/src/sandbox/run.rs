@@ -126,6 +126,7 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     let dial_fd = dial
         .as_ref()
         .map(|(_, theirs)| std::os::fd::AsRawFd::as_raw_fd(theirs));
+    let moat = nix::unistd::getpid();
     // SAFETY: fcntl and dup2 are async-signal-safe; they put the sync socket
     // on SYNC_FD (and the dial socket on DIAL_FD).
     unsafe {
@@ -148,8 +149,12 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
                 return Err(std::io::Error::last_os_error());
             }
             // If Moat dies (even kill -9), the sandbox dies with it: no
-            // command left running without its proxy.
+            // command left running without its proxy. (Had it died since
+            // the fork, the signal would not come: the parent changed.)
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != moat {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
             Ok(())
         });
     }
@@ -299,14 +304,15 @@ fn serve(
         }
     };
     serve_sandbox(&rt, engine, net, dst, &spec.events)?;
+    // Ctrl-C reaches the command straight from the terminal; signals other
+    // processes send to Moat are passed on (see `signals`). From before the
+    // go: `moat stop` may signal as soon as `started` has told it the id.
+    super::signals::forward_to(child.id() as i32)?;
     ours.write_all(b"g")?;
     tracing::debug!("command released");
     crate::runs::started(); // tells a waiting `moat run -d` (runs.rs)
     drop(ours);
 
-    // Ctrl-C reaches the command straight from the terminal; signals other
-    // processes send to Moat are passed on (see `signals`).
-    super::signals::forward_to(child.id() as i32)?;
     let status = child.wait()?;
     tracing::debug!("command ended");
     drop(published);
