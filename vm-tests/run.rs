@@ -152,6 +152,7 @@ fn clients_get_injected_credentials_they_never_see() {
     std::fs::write(s.workspace.join("Main.java"), JAVA_CLIENT).unwrap();
     for redirect in REDIRECTS {
         let before = host_state();
+        let mounts = host_mounts();
         let out = s.run_with(
             &["--redirect", redirect],
             r#"set -e
@@ -204,6 +205,11 @@ cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' > "$PWD/proc-environ.txt"
             host_state(),
             before,
             "{redirect}: the host namespace changed"
+        );
+        assert_eq!(
+            host_mounts(),
+            mounts,
+            "{redirect}: the host's mounts changed"
         );
     }
     // No file the command could read holds the token: the workspace, and

@@ -271,6 +271,12 @@ pub fn host_state() -> (String, String, String) {
     )
 }
 
+/// The host's mount table (this process's mount namespace), propagation
+/// included: a run must neither add a mount here nor change one's sharing.
+pub fn host_mounts() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
 /// `curl` `url` until it answers with a body (at most `secs` seconds); the body.
 pub fn get_until_answered(url: &str, secs: u64) -> String {
     let start = std::time::Instant::now();

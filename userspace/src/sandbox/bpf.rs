@@ -147,15 +147,79 @@ pub fn is_built() -> bool {
     !OBJECT.is_empty()
 }
 
-/// An aya loader being prepared on a background thread: creating one parses
-/// the kernel's BTF (/sys/kernel/btf/vmlinux, megabytes; tens of ms), which
-/// `moat run` overlaps with the rest of its start-up.
-pub struct Loader(std::thread::JoinHandle<EbpfLoader<'static>>);
+/// The embedded programs being loaded on a background thread (maps created,
+/// programs through the verifier): `moat run` overlaps this with the rest
+/// of its start-up; [`Redirector::attach_with`] only configures and attaches.
+pub struct Loader(std::thread::JoinHandle<Result<Ebpf, BpfError>>);
 
 impl Loader {
     pub fn start() -> Self {
-        Self(std::thread::spawn(EbpfLoader::new))
+        Self(std::thread::spawn(load))
     }
+}
+
+/// Where aya looks for the kernel's BTF.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+fn load() -> Result<Ebpf, BpfError> {
+    if OBJECT.is_empty() {
+        return Err(BpfError::NotBuilt);
+    }
+    let t0 = std::time::Instant::now();
+    let mut ebpf = loader_without_kernel_btf()
+        .load(OBJECT)
+        .map_err(|e| BpfError::Load(Box::new(e)))?;
+    let prog_err = |what, name: &str| {
+        let name = name.to_owned();
+        move |e| BpfError::Program {
+            what,
+            name,
+            source: Box::new(e),
+        }
+    };
+    let sockops: &mut SockOps = ebpf
+        .program_mut(SOCKOPS_PROGRAM)
+        .ok_or(BpfError::Missing("program record_orig (sockops)"))?
+        .try_into()
+        .map_err(prog_err("wrong type for", SOCKOPS_PROGRAM))?;
+    sockops
+        .load()
+        .map_err(prog_err("the kernel rejected", SOCKOPS_PROGRAM))?;
+    for name in SOCK_ADDR_PROGRAMS {
+        let sock_addr: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::Missing(name))?
+            .try_into()
+            .map_err(prog_err("wrong type for", name))?;
+        sock_addr
+            .load()
+            .map_err(prog_err("the kernel rejected", name))?;
+    }
+    tracing::debug!("eBPF programs loaded after {:?}", t0.elapsed());
+    Ok(ebpf)
+}
+
+/// aya's `EbpfLoader::new()` reads and parses all of the kernel's BTF
+/// ([`KERNEL_BTF`], megabytes: most of an eBPF run's start-up) for CO-RE
+/// relocations, which these programs do not use (plain UAPI context fields,
+/// no vmlinux.h), and has no way to skip it (aya-rs/aya#1172; `.btf(None)`
+/// comes after the parse). So this thread gets a mount namespace of its own
+/// in which that file is /dev/null: aya finds no kernel BTF and relocates
+/// nothing. The object's own BTF (for its maps) is loaded as before. Other
+/// threads and the host's mounts are untouched; without the privilege for
+/// it, the loader parses as usual.
+fn loader_without_kernel_btf() -> EbpfLoader<'static> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    let none: Option<&str> = None;
+    let hidden = unshare(CloneFlags::CLONE_NEWNS)
+        // Nothing mounted here may propagate to the host's namespace.
+        .and_then(|()| mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none))
+        .and_then(|()| mount(Some("/dev/null"), KERNEL_BTF, none, MsFlags::MS_BIND, none));
+    if let Err(e) = hidden {
+        tracing::debug!("kernel BTF left visible to aya ({e}): it parses it");
+    }
+    EbpfLoader::new()
 }
 
 impl Redirector {
@@ -171,16 +235,10 @@ impl Redirector {
         cgroup: &RunCgroup,
         config: RedirectConfig,
     ) -> Result<Redirector, BpfError> {
-        if OBJECT.is_empty() {
-            return Err(BpfError::NotBuilt);
-        }
         if config.proxy.port() == 0 || config.dns_port == 0 {
             return Err(BpfError::BadConfig(config));
         }
-        let mut loader = loader.0.join().unwrap_or_else(|_| EbpfLoader::new());
-        let mut ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| BpfError::Load(Box::new(e)))?;
+        let mut ebpf = loader.0.join().unwrap_or_else(|_| load())?;
 
         // Configure before anything is attached: unconfigured programs refuse.
         let map_err = |name| {
@@ -227,28 +285,20 @@ impl Redirector {
 
         // sockops first, connect4 last: by the time a connection can be
         // rewritten, its original destination can be recorded.
-        {
-            let program = ebpf
-                .program_mut(SOCKOPS_PROGRAM)
-                .ok_or(BpfError::Missing("program record_orig (sockops)"))?;
-            let sockops: &mut SockOps = program
-                .try_into()
-                .map_err(prog_err("wrong type for", SOCKOPS_PROGRAM))?;
-            sockops
-                .load()
-                .map_err(prog_err("the kernel rejected", SOCKOPS_PROGRAM))?;
-            sockops
-                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .map_err(attach_err("sockops".into()))?;
-        }
+        let sockops: &mut SockOps = ebpf
+            .program_mut(SOCKOPS_PROGRAM)
+            .ok_or(BpfError::Missing("program record_orig (sockops)"))?
+            .try_into()
+            .map_err(prog_err("wrong type for", SOCKOPS_PROGRAM))?;
+        sockops
+            .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+            .map_err(attach_err("sockops".into()))?;
         for name in SOCK_ADDR_PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
-            let sock_addr: &mut CgroupSockAddr = program
+            let sock_addr: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing(name))?
                 .try_into()
                 .map_err(prog_err("wrong type for", name))?;
-            sock_addr
-                .load()
-                .map_err(prog_err("the kernel rejected", name))?;
             sock_addr
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                 .map_err(attach_err(format!("cgroup/{name}")))?;
