@@ -301,6 +301,53 @@ fn kill_9_of_rootless_moat_ends_the_sandbox() {
     assert_eq!(host_state(), before, "the host namespace changed");
 }
 
+/// `moat run -d`, `logs` and `stop` as nobody: the command gets the SIGTERM
+/// and exits its own way; the one it ignores is killed after --time; no
+/// process of either run is left.
+#[test]
+fn rootless_detached_runs_stop() {
+    let s = setup();
+    let started = |script: &str| {
+        let args = s.run_args(&["-d"], script);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = s.nobody_output(&args, "");
+        let id = stdout(ok(&out)).trim().to_owned();
+        assert_eq!(id.len(), 8, "{id:?}");
+        id
+    };
+    let running = |marker: &str| {
+        Command::new("pgrep")
+            .args(["-f", marker])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let id =
+        started("trap 'echo got-term; exit 3' TERM; echo up; while :; do sleep 0.1; done # 3031");
+    wait_for(10, "the log never showed the output", || {
+        stdout(&s.nobody_output(&["logs", &id], "")).contains("up")
+    });
+    let out = s.nobody_output(&["stop", &id], "");
+    assert_eq!(stdout(ok(&out)).trim(), format!("{id} stopped 3"));
+    assert!(stdout(&s.nobody_output(&["logs", &id], "")).contains("got-term"));
+    wait_for(5, "the stopped command is still running", || {
+        !running("# 3031")
+    });
+
+    let id = started("trap '' TERM; while :; do sleep 0.1; done # 3032");
+    let out = s.nobody_output(&["stop", "--time", "1", &id], "");
+    assert_eq!(
+        stdout(ok(&out)).trim(),
+        format!("{id} stopped 137"),
+        "{}",
+        stderr(&out)
+    );
+    wait_for(5, "the killed command is still running", || {
+        !running("# 3032")
+    });
+}
+
 #[test]
 fn rootless_refuses_what_needs_root_and_says_so() {
     let s = setup();
