@@ -245,6 +245,55 @@ impl Tripwire {
     }
 }
 
+/// The first line of `text` that starts with `key` ("" if none).
+pub fn line(text: &str, key: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A shell snippet for inside a sandbox: python3 tries the escapes every
+/// sandbox must stop, aimed at `trip` (UDP to 127.0.0.1, TCP to `[::1]`, a
+/// raw socket), then runs `more` (further Python, same `socket` and `time`
+/// imports). Prints `udp:`, `ipv6:` and `raw:` lines for
+/// [`assert_escapes_fail`].
+pub fn escape_probe(trip: &Tripwire, more: &str) -> String {
+    format!(
+        r#"python3 - <<'PY'
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"x", ("127.0.0.1", {udp})); print("udp: sent")
+except OSError as e:
+    print("udp: blocked", e.errno)
+t = time.time()
+try:
+    socket.create_connection(("::1", {tcp6}), timeout=3); print("ipv6: connected")
+except OSError:
+    print("ipv6: failed %.2f" % (time.time() - t))
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw: opened")
+except OSError:
+    print("raw: refused")
+{more}
+PY
+"#,
+        udp = trip.udp_port(),
+        tcp6 = trip.tcp6_port(),
+    )
+}
+
+/// What [`escape_probe`] printed shows every escape failed: UDP refused,
+/// IPv6 failing fast (unroutable, not a timeout), no raw socket.
+pub fn assert_escapes_fail(text: &str) {
+    assert!(line(text, "udp:").starts_with("udp: blocked"), "{text}");
+    let v6 = line(text, "ipv6:");
+    let secs: f64 = v6.rsplit(' ').next().unwrap().parse().unwrap_or(99.0);
+    assert!(v6.starts_with("ipv6: failed") && secs < 1.0, "{text}");
+    assert_eq!(line(text, "raw:"), "raw: refused", "{text}");
+}
+
 /// Is this test process root? (vm-tests assert it up front.)
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
