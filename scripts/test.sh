@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked --features moat/vm-tests -- -D warnings
+./scripts/check-macos.sh
 if [ "$(id -u)" -eq 0 ]; then
   # Root (as in CI): the privileged end-to-end tests in vm-tests/ run too.
   # vm-tests/docker.rs gets a private engine (no bridge, no iptables, its own

@@ -68,6 +68,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 }
 
 fn keychain(ctx: &Ctx) -> Check {
+    #[cfg(target_os = "linux")]
     use crate::store::keys::KeyBackend as _;
     let home = match ctx.home() {
         Ok(h) => h,

@@ -143,7 +143,9 @@ const CA_VARS: &[&str] = &[
     "CARGO_HTTP_CAINFO",
 ];
 
-/// Everything a run needs, prepared the same way for every mode.
+/// Everything a run needs, prepared the same way for every mode. (Env mode,
+/// all macOS has, uses neither `id`, `home_files` nor `dir`.)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Prepared {
     id: String,
     /// (host copy, path relative to the sandbox HOME).

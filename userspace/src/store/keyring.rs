@@ -7,15 +7,20 @@
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
 use super::crypto::{BackendKind, Key};
 use super::keys::{KeyBackend, KeyError, decode_key, encode_key};
 use crate::home::Owner;
 
+#[cfg(target_os = "linux")]
 const SERVICE: &str = "moat";
+#[cfg(target_os = "linux")]
 const ACCOUNT: &str = "encryption-key";
+#[cfg(target_os = "linux")]
 const LABEL: &str = "Moat credential encryption key";
+#[cfg(target_os = "linux")]
 const TIMEOUT: Duration = Duration::from_secs(5);
 const NAME: &str = "the system keychain (Secret Service)";
 
