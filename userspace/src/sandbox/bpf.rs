@@ -169,34 +169,42 @@ fn load() -> Result<Ebpf, BpfError> {
     let mut ebpf = loader_without_kernel_btf()
         .load(OBJECT)
         .map_err(|e| BpfError::Load(Box::new(e)))?;
-    let prog_err = |what, name: &str| {
-        let name = name.to_owned();
-        move |e| BpfError::Program {
-            what,
-            name,
-            source: Box::new(e),
-        }
-    };
-    let sockops: &mut SockOps = ebpf
-        .program_mut(SOCKOPS_PROGRAM)
-        .ok_or(BpfError::Missing("program record_orig (sockops)"))?
-        .try_into()
-        .map_err(prog_err("wrong type for", SOCKOPS_PROGRAM))?;
-    sockops
+    sockops(&mut ebpf)?
         .load()
         .map_err(prog_err("the kernel rejected", SOCKOPS_PROGRAM))?;
     for name in SOCK_ADDR_PROGRAMS {
-        let sock_addr: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(BpfError::Missing(name))?
-            .try_into()
-            .map_err(prog_err("wrong type for", name))?;
-        sock_addr
+        sock_addr(&mut ebpf, name)?
             .load()
             .map_err(prog_err("the kernel rejected", name))?;
     }
     tracing::debug!("eBPF programs loaded after {:?}", t0.elapsed());
     Ok(ebpf)
+}
+
+fn prog_err(what: &'static str, name: &str) -> impl FnOnce(ProgramError) -> BpfError {
+    let name = name.to_owned();
+    move |e| BpfError::Program {
+        what,
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn sockops(ebpf: &mut Ebpf) -> Result<&mut SockOps, BpfError> {
+    ebpf.program_mut(SOCKOPS_PROGRAM)
+        .ok_or(BpfError::Missing("program record_orig (sockops)"))?
+        .try_into()
+        .map_err(prog_err("wrong type for", SOCKOPS_PROGRAM))
+}
+
+fn sock_addr<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, BpfError> {
+    ebpf.program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(prog_err("wrong type for", name))
 }
 
 /// aya's `EbpfLoader::new()` reads and parses all of the kernel's BTF
@@ -274,32 +282,13 @@ impl Redirector {
                 }
             }
         };
-        let prog_err = |what, name: &str| {
-            let name = name.to_owned();
-            move |e| BpfError::Program {
-                what,
-                name,
-                source: Box::new(e),
-            }
-        };
-
         // sockops first, connect4 last: by the time a connection can be
         // rewritten, its original destination can be recorded.
-        let sockops: &mut SockOps = ebpf
-            .program_mut(SOCKOPS_PROGRAM)
-            .ok_or(BpfError::Missing("program record_orig (sockops)"))?
-            .try_into()
-            .map_err(prog_err("wrong type for", SOCKOPS_PROGRAM))?;
-        sockops
+        sockops(&mut ebpf)?
             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
             .map_err(attach_err("sockops".into()))?;
         for name in SOCK_ADDR_PROGRAMS {
-            let sock_addr: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(BpfError::Missing(name))?
-                .try_into()
-                .map_err(prog_err("wrong type for", name))?;
-            sock_addr
+            sock_addr(&mut ebpf, name)?
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                 .map_err(attach_err(format!("cgroup/{name}")))?;
         }
