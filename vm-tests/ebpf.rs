@@ -13,19 +13,20 @@
 
 #![cfg(target_os = "linux")]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use common::NetnsHolder;
 use moat::proxy::OriginalDst;
 use moat::sandbox::bpf::{RedirectConfig, Redirector};
 use moat::sandbox::cgroup::{self, RunCgroup};
-use nix::sched::{CloneFlags, setns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn assert_root() {
@@ -34,62 +35,6 @@ fn assert_root() {
         "vm-tests run as root (they create cgroups and attach BPF programs); \
          CI does; locally: sudo ./scripts/test.sh"
     );
-}
-
-/// A process alone in a new network namespace; killed and reaped on drop.
-struct Holder {
-    child: Child,
-    ns_path: String,
-}
-
-impl Holder {
-    fn spawn() -> Holder {
-        let child = Command::new("unshare")
-            .args(["--net", "sleep", "300"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("run `unshare --net sleep 300` (util-linux)");
-        let holder = Holder {
-            ns_path: format!("/proc/{}/ns/net", child.id()),
-            child,
-        };
-        let host = ns_inode("/proc/self/ns/net");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while ns_inode(&holder.ns_path) == host {
-            assert!(
-                Instant::now() < deadline,
-                "holder never left the host netns"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        holder
-    }
-
-    /// Runs `f` on a thread that has entered the namespace.
-    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::fs::File::open(&self.ns_path).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns into the test netns");
-                f()
-            })
-            .join()
-            .expect("netns thread panicked")
-        })
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ns_inode(path: &str) -> u64 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .ino()
 }
 
 fn text(b: &[u8]) -> String {
@@ -119,7 +64,13 @@ const DROPPED_CAPS: &str = "-net_admin,-sys_admin,-bpf,-net_raw,-sys_ptrace,-sys
 /// read-only in a mount namespace of its own, without
 /// CAP_NET_ADMIN/SYS_ADMIN/BPF, with no_new_privs, still uid 0 (what a
 /// root-run command would have in `moat run`).
-fn sandboxed(holder: &Holder, cg: &Path, restricted: bool, script: &str, args: &[&str]) -> Output {
+fn sandboxed(
+    holder: &NetnsHolder,
+    cg: &Path,
+    restricted: bool,
+    script: &str,
+    args: &[&str],
+) -> Output {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(r#"echo $$ > "$1/cgroup.procs" || exit 99; shift; exec "$@""#)
@@ -263,7 +214,7 @@ fn attached(cg: &Path) -> Vec<(String, u64)> {
 fn redirects_refuses_resists_and_leaves_nothing() {
     assert_root();
     let before = host_state();
-    let holder = Holder::spawn();
+    let holder = NetnsHolder::spawn();
     assert!(
         Command::new("nsenter")
             .args([

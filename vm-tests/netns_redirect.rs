@@ -10,15 +10,17 @@
 
 #![cfg(target_os = "linux")]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::fs::File;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{NetnsHolder, ns_inode};
 use moat::proxy::{OriginalDst, SoOriginalDst};
 use moat::sandbox::dns::{self, SyntheticDns};
 use moat::sandbox::{netns, nft};
@@ -30,73 +32,6 @@ fn assert_root() {
         "vm-tests run as root (they create network namespaces and load nftables rules); \
          CI does; locally: sudo ./scripts/test.sh"
     );
-}
-
-/// A process alone in a new network namespace; killed and reaped on drop,
-/// which (with every handle and socket closed) ends the namespace.
-struct Holder {
-    child: Child,
-    ns_path: String,
-}
-
-impl Holder {
-    fn spawn() -> Holder {
-        let child = Command::new("unshare")
-            .args(["--net", "sleep", "300"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("run `unshare --net sleep 300` (util-linux)");
-        let holder = Holder {
-            ns_path: format!("/proc/{}/ns/net", child.id()),
-            child,
-        };
-        // unshare(2) happens before exec: wait until the namespace differs.
-        let host = ns_inode("/proc/self/ns/net");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while ns_inode(&holder.ns_path) == host {
-            assert!(
-                Instant::now() < deadline,
-                "holder never left the host netns"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        holder
-    }
-
-    /// `nsenter --net=<ns> -- args…` (stdin: `input`).
-    fn run(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns_path))
-            .arg("--")
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run nsenter (util-linux)");
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ns_inode(path: &str) -> u64 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .ino()
 }
 
 fn text(b: &[u8]) -> String {
@@ -150,7 +85,7 @@ fn ruleset_passes_nft_check_inside_a_throwaway_namespace() {
     assert_root();
     let before = host_state();
     {
-        let holder = Holder::spawn();
+        let holder = NetnsHolder::spawn();
         let o = holder.run(&["nft", "-c", "-f", "-"], Some(&nft::ruleset(41000, 42000)));
         assert!(o.status.success(), "nft -c: {}", text(&o.stderr));
         // -c loads nothing.
@@ -238,7 +173,7 @@ fn sandbox_traffic_lands_on_host_served_sockets() {
     assert_root();
     let before = host_state();
     let host_ns = ns_inode("/proc/self/ns/net");
-    let holder = Holder::spawn();
+    let holder = NetnsHolder::spawn();
     let sandbox_ino = ns_inode(&holder.ns_path);
     assert_ne!(sandbox_ino, host_ns);
 

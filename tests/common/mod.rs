@@ -390,3 +390,91 @@ pub fn in_pty(cmd: &Command) -> Output {
         .output()
         .expect("util-linux script")
 }
+
+/// A process alone in a new network namespace (`unshare --net sleep 300`),
+/// for tests that plumb or load into a namespace of their own; killed and
+/// reaped on drop, which (with every handle and socket closed) ends the
+/// namespace.
+pub struct NetnsHolder {
+    child: std::process::Child,
+    pub ns_path: String,
+}
+
+impl NetnsHolder {
+    pub fn spawn() -> Self {
+        let child = Command::new("unshare")
+            .args(["--net", "sleep", "300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run `unshare --net sleep 300` (util-linux)");
+        let holder = Self {
+            ns_path: format!("/proc/{}/ns/net", child.id()),
+            child,
+        };
+        // unshare(2) happens before exec: wait until the namespace differs.
+        let host = ns_inode("/proc/self/ns/net");
+        let t = std::time::Instant::now();
+        while ns_inode(&holder.ns_path) == host {
+            assert!(
+                t.elapsed().as_secs() < 5,
+                "holder never left the host netns"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        holder
+    }
+
+    /// Runs `f` on a thread that has entered the namespace.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsFd;
+        let ns = std::fs::File::open(&self.ns_path).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("setns into the test netns");
+                f()
+            })
+            .join()
+            .expect("netns thread panicked")
+        })
+    }
+
+    /// `nsenter --net=<ns> -- args…` (stdin: `input`).
+    pub fn run(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path))
+            .arg("--")
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nsenter (util-linux)");
+        if let Some(input) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for NetnsHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The inode of a namespace file (`/proc/PID/ns/net`): equal means the same
+/// namespace.
+pub fn ns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .ino()
+}
