@@ -242,29 +242,15 @@ fn kill_9_of_rootless_moat_ends_the_sandbox() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while !s.workspace.join("up.txt").exists() {
-        assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(10, "sandbox did not start", || {
+        s.workspace.join("up.txt").exists()
+    });
     // setpriv execs moat: this pid is moat's. SIGKILL: no cleanup code runs.
     moat.kill().unwrap();
     moat.wait().unwrap();
-    let gone = || {
-        !Command::new("pgrep")
-            .args(["-f", "sleep 3023"])
-            .status()
-            .unwrap()
-            .success()
-    };
-    let start = std::time::Instant::now();
-    while !gone() {
-        assert!(
-            start.elapsed().as_secs() < 5,
-            "the sandboxed command outlived moat"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for(5, "the sandboxed command outlived moat", || {
+        !running("sleep 3023")
+    });
     assert_eq!(host_state(), before, "the host namespace changed");
 }
 
@@ -281,14 +267,6 @@ fn rootless_detached_runs_stop() {
         let id = stdout(ok(&out)).trim().to_owned();
         assert_eq!(id.len(), 8, "{id:?}");
         id
-    };
-    let running = |marker: &str| {
-        Command::new("pgrep")
-            .args(["-f", marker])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
     };
     let id =
         started("trap 'echo got-term; exit 3' TERM; echo up; while :; do sleep 0.1; done # 3031");

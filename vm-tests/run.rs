@@ -332,11 +332,9 @@ fn exit_codes_and_signals_propagate() {
             .stdin(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let start = std::time::Instant::now();
-        while !s.workspace.join("up.txt").exists() {
-            assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for(10, "sandbox did not start", || {
+            s.workspace.join("up.txt").exists()
+        });
         assert!(
             Command::new("kill")
                 .args([&format!("-{sig}"), &child.id().to_string()])
@@ -377,30 +375,18 @@ fn kill_9_of_moat_ends_the_sandbox_and_clean_removes_the_rest() {
             .cmd(&["--redirect", redirect], "touch up.txt; exec sleep 3017")
             .spawn()
             .unwrap();
-        let start = std::time::Instant::now();
-        while !s.workspace.join("up.txt").exists() {
-            assert!(start.elapsed().as_secs() < 10, "sandbox did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for(10, "sandbox did not start", || {
+            s.workspace.join("up.txt").exists()
+        });
         let list = stdout(ok(&s.env.run(&["list"], &[])));
         assert!(list.contains("running"), "{list}");
         moat.kill().unwrap(); // SIGKILL: no cleanup code runs
         moat.wait().unwrap();
-        let gone = || {
-            !Command::new("pgrep")
-                .args(["-f", "sleep 3017"])
-                .status()
-                .unwrap()
-                .success()
-        };
-        let start = std::time::Instant::now();
-        while !gone() {
-            assert!(
-                start.elapsed().as_secs() < 5,
-                "{redirect}: the sandboxed command outlived moat"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_for(
+            5,
+            &format!("{redirect}: the sandboxed command outlived moat"),
+            || !running("sleep 3017"),
+        );
         assert_eq!(
             host_state(),
             before,
@@ -558,16 +544,8 @@ fn detached_runs_logs_stop_list_and_destroy() {
     );
     ok(&s.env.run(&["destroy", "--force", &busy], &[]));
     assert!(!s.env.home().join("runs").join(&busy).exists());
-    let sleeping = || {
-        Command::new("pgrep")
-            .args(["-f", "sleep 3019"])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    };
     wait_for(5, "destroy --force left the command running", || {
-        !sleeping()
+        !running("sleep 3019")
     });
     ok(&s.env.run(&["destroy", &id], &[]));
     assert!(s.env.run_info(&id).is_null());
@@ -591,12 +569,7 @@ fn a_run_stopped_the_moment_it_starts_ends_and_leaves_nothing() {
             stderr(&out)
         );
         wait_for(5, &format!("attempt {i}: '{marker}' still running"), || {
-            !Command::new("pgrep")
-                .args(["-f", &marker])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap()
-                .success()
+            !running(&marker)
         });
     }
 }

@@ -346,6 +346,16 @@ pub fn get_until_answered(url: &str, secs: u64) -> String {
     }
 }
 
+/// Whether a process whose command line contains `pattern` runs (`pgrep -f`).
+pub fn running(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", pattern])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
 /// `child`'s exit status, or a panic naming `what` if it has not exited
 /// within `secs` (the child is killed first, so a failing test never hangs).
 pub fn wait_within(
