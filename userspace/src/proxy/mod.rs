@@ -163,6 +163,22 @@ impl Engine {
         &self.ca
     }
 
+    /// The network policy's word on a connection to `host:port`: `None` to
+    /// allow, or the reason it is denied (recorded as a `deny` event).
+    fn denied(&self, host: &str, port: u16) -> Option<String> {
+        let granted = self.table.covers(host, port);
+        match self.policy.network.connection(host, port, granted) {
+            rules::Verdict::Allow => None,
+            rules::Verdict::Deny(reason) => {
+                self.emit(
+                    "deny",
+                    serde_json::json!({"host": host, "port": port, "reason": reason}),
+                );
+                Some(reason)
+            }
+        }
+    }
+
     /// Intercept (terminate TLS) for this destination?
     fn intercepts(&self, host: &str, port: u16) -> bool {
         (self.policy.inspect_all

@@ -26,7 +26,6 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Engine;
 use super::http::{Target, forward, moat_response};
 use super::peek::{self, Peeked};
-use super::rules::Verdict;
 use super::upstream::ProxyBody;
 
 /// How long a client may take to send its first bytes before the
@@ -157,17 +156,7 @@ impl Engine {
             Peeked::Tls { sni: Some(sni), .. } => sni.clone(),
             _ => host,
         };
-        let granted = self.table.covers(&host, port);
-        let deny = match self.policy.network.connection(&host, port, granted) {
-            Verdict::Allow => None,
-            Verdict::Deny(reason) => {
-                self.emit(
-                    "deny",
-                    json!({"host": host, "port": port, "reason": reason}),
-                );
-                Some(reason)
-            }
-        };
+        let deny = self.denied(&host, port);
         let tls = matches!(peeked, Peeked::Tls { .. });
         let http = matches!(peeked, Peeked::Http { .. });
         let action = match () {
@@ -403,17 +392,7 @@ impl Engine {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         let port = authority.port_u16().unwrap_or(80);
-        let granted = self.table.covers(&host, port);
-        let deny = match self.policy.network.connection(&host, port, granted) {
-            Verdict::Allow => None,
-            Verdict::Deny(reason) => {
-                self.emit(
-                    "deny",
-                    json!({"host": host, "port": port, "reason": reason}),
-                );
-                Some(reason)
-            }
-        };
+        let deny = self.denied(&host, port);
         let target = self.target(host, port, false, deny);
         forward(self, target, req).await
     }
