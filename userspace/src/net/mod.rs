@@ -129,10 +129,12 @@ impl Upstream {
 
     /// A TCP stream to `host:port`: the `MOAT_RESOLVE` address if one is set
     /// (the user's explicit choice, never proxied), else through the host's
-    /// proxy if it applies, else direct.
+    /// proxy if it applies, else direct. Nagle is off: Moat forwards what it
+    /// was sent as soon as it has it, and a request's last small segment must
+    /// not wait for the upstream's delayed ACK.
     pub async fn connect(&self, host: &str, port: u16, tls: bool) -> Result<TcpStream, NetError> {
         let fut = self.connect_inner(host, port, tls);
-        tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, fut)
             .await
             .unwrap_or_else(|_| {
                 Err(NetError::Timeout {
@@ -140,7 +142,9 @@ impl Upstream {
                     port,
                     secs: CONNECT_TIMEOUT.as_secs(),
                 })
-            })
+            })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
     }
 
     async fn connect_inner(&self, host: &str, port: u16, tls: bool) -> Result<TcpStream, NetError> {
@@ -357,4 +361,19 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = inner.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upstream_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let resolve = Resolve::parse(&format!("up.test:{port}=127.0.0.1:{port}"), "test").unwrap();
+        let up = Upstream::new(resolve, None, Matcher::builder().build()).unwrap();
+        let tcp = up.connect("up.test", port, false).await.unwrap();
+        assert!(tcp.nodelay().unwrap());
+    }
 }
