@@ -686,16 +686,20 @@ fn npm_token_env_needs_a_known_default_registry() {
     assert_eq!(w.env.reveal("npm", &[]).unwrap(), "env-token");
 }
 
-#[test]
-fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requests() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let calls = Arc::new(AtomicUsize::new(0));
-    let w = World::new(
+fn oauth_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
+    World::new(
         &["auth.corp.test", "api.corp.test"],
-        moat_testkit::apis::fake_oauth_endpoint(calls.clone()),
-    );
-    let args = [
+        moat_testkit::apis::fake_oauth_endpoint(calls),
+    )
+}
+
+/// The stand-in's authorize endpoint, for `--auth-url`.
+const CORP_AUTH_URL: &str = "https://auth.corp.test/authorize";
+
+/// `moat grant` arguments for `oauth corp` against the stand-in: its token
+/// endpoint, client `moat-test` and host `api.corp.test`, then `extra`.
+fn corp_oauth<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "oauth",
         "corp",
         "--token-url",
@@ -704,8 +708,18 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
         "moat-test",
         "--host",
         "api.corp.test",
-        "--token-stdin",
     ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requests() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = oauth_world(calls.clone());
+    let args = corp_oauth(&["--token-stdin"]);
     // A refused refresh token: nothing saved, the token not echoed.
     let err = fails(&w.grant_stdin(&args, "rt-bad-0123456789"));
     assert!(
@@ -1156,23 +1170,12 @@ struct Login {
 impl Login {
     fn start(w: &World, extra: &[&str]) -> Login {
         let mut cmd = w.env.cmd();
-        cmd.args([
-            "grant",
-            "oauth",
-            "corp",
-            "--auth-url",
-            "https://auth.corp.test/authorize",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-        ])
-        .args(extra)
-        .envs(w.net(&[]))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.arg("grant")
+            .args(corp_oauth(&["--auth-url", CORP_AUTH_URL]))
+            .args(extra)
+            .envs(w.net(&[]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let err = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -1249,13 +1252,6 @@ fn browse(w: &World, url: &str, follow: bool) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_owned())
 }
 
-fn oauth_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
-    World::new(
-        &["auth.corp.test", "api.corp.test"],
-        moat_testkit::apis::fake_oauth_endpoint(calls),
-    )
-}
-
 #[test]
 fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes() {
     use std::sync::Arc;
@@ -1320,10 +1316,7 @@ fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes(
     let v = w.show("oauth-corp");
     assert_eq!(v["kind"], "oauth");
     assert_eq!(v["source"], "oauth-authorization-code");
-    assert_eq!(
-        v["metadata"]["auth_url"],
-        "https://auth.corp.test/authorize"
-    );
+    assert_eq!(v["metadata"]["auth_url"], CORP_AUTH_URL);
     assert_eq!(v["metadata"]["scope"], "openid offline_access");
     assert_eq!(v["metadata"]["hosts"], "api.corp.test");
     assert_eq!(v["secrets"], serde_json::json!(["refresh_token"]));
@@ -1410,25 +1403,10 @@ fn oauth_browser_login_failures_save_nothing() {
     // A redirect port that is taken: a clear error before any URL is shown.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = w.env.run(
-        &[
-            "grant",
-            "oauth",
-            "corp",
-            "--auth-url",
-            "https://auth.corp.test/authorize",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-            "--redirect-port",
-            &port,
-        ],
-        &w.net(&[]),
-    );
-    let err = fails(&out);
+    let err = fails(&w.grant(
+        &corp_oauth(&["--auth-url", CORP_AUTH_URL, "--redirect-port", &port]),
+        &[],
+    ));
     assert!(
         err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
             && err.contains("--redirect-port"),
@@ -1448,13 +1426,13 @@ fn oauth_browser_login_failures_save_nothing() {
     assert!(!w.stored("oauth-corp"));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
-    // The flags say what is missing.
+    // The flags say what is missing (here --client-id).
     let err = fails(&w.grant(
         &[
             "oauth",
             "corp",
             "--auth-url",
-            "https://auth.corp.test/authorize",
+            CORP_AUTH_URL,
             "--token-url",
             "https://auth.corp.test/token",
             "--host",
@@ -1467,18 +1445,7 @@ fn oauth_browser_login_failures_save_nothing() {
         "{err}"
     );
     let err = fails(&w.grant(
-        &[
-            "oauth",
-            "corp",
-            "--auth-url",
-            "http://auth.corp.test/authorize",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-        ],
+        &corp_oauth(&["--auth-url", "http://auth.corp.test/authorize"]),
         &[],
     ));
     assert!(err.contains("--auth-url must be an https:// URL"), "{err}");
@@ -1497,16 +1464,7 @@ fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
     );
     // From OAUTH_REFRESH_TOKEN, with a client secret from OAUTH_CLIENT_SECRET.
     let out = ok(&w.grant(
-        &[
-            "oauth",
-            "corp",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-        ],
+        &corp_oauth(&[]),
         &[
             ("OAUTH_REFRESH_TOKEN", "rt-env-0123456789"),
             ("OAUTH_CLIENT_SECRET", "cs-env-0123456789"),
