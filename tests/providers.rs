@@ -7,6 +7,8 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::*;
 use moat_testkit::{StubServer, TestCa};
@@ -67,11 +69,8 @@ impl World {
     }
 
     fn show(&self, name: &str) -> serde_json::Value {
-        let out = ok(&self
-            .env
-            .run(&["grant", "show", name, "--json"], &self.net(&[])))
-        .clone();
-        serde_json::from_slice(&out.stdout).unwrap()
+        let out = self.grant(&["show", name, "--json"], &[]);
+        serde_json::from_slice(&ok(&out).stdout).unwrap()
     }
 
     /// `moat grant PROVIDER --token-stdin --no-validate`: `token` saved unchecked.
@@ -229,9 +228,13 @@ fn ai_world() -> World {
 fn anthropic_api_key_sources_and_validation() {
     let w = ai_world();
     // From ANTHROPIC_API_KEY, validated (no terminal: no question asked).
-    let out = ok(&w.grant(&["anthropic"], &[("ANTHROPIC_API_KEY", ANTHROPIC_KEY)])).clone();
-    assert!(stderr(&out).contains("Using token from ANTHROPIC_API_KEY"));
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    let out = w.grant(&["anthropic"], &[("ANTHROPIC_API_KEY", ANTHROPIC_KEY)]);
+    let text = stderr(ok(&out));
+    assert!(
+        text.contains("Using token from ANTHROPIC_API_KEY"),
+        "{text}"
+    );
+    assert!(text.contains("Token is valid."), "{text}");
     assert_eq!(w.last_header("x-api-key"), [ANTHROPIC_KEY]);
     assert_eq!(w.last_header("anthropic-version"), ["2023-06-01"]);
     assert_eq!(w.show("anthropic")["source"], "env:ANTHROPIC_API_KEY");
@@ -285,8 +288,9 @@ fn ms_from_now(secs: i64) -> u128 {
 fn claude_oauth_token_sources_and_validation() {
     let w = ai_world();
     // --token-stdin, validated with Bearer + the OAuth beta flag.
-    let out = ok(&w.grant_stdin(&["claude", "--token-stdin"], CLAUDE_TOKEN)).clone();
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    let out = w.grant_stdin(&["claude", "--token-stdin"], CLAUDE_TOKEN);
+    let text = stderr(ok(&out));
+    assert!(text.contains("Token is valid."), "{text}");
     assert_eq!(
         w.last_header("authorization"),
         [format!("Bearer {CLAUDE_TOKEN}")]
@@ -338,8 +342,8 @@ fn claude_imports_claude_code_credentials() {
     assert!(!w.stored("claude"));
 
     write_claude_credentials(&home, CLAUDE_TOKEN, ms_from_now(7200));
-    let out = ok(&w.grant(&["claude", "--import"], &[])).clone();
-    let text = stderr(&out);
+    let out = w.grant(&["claude", "--import"], &[]);
+    let text = stderr(ok(&out));
     assert!(text.contains("Found Claude Code credentials."), "{text}");
     assert!(text.contains("Subscription: max"), "{text}");
     assert!(text.contains("Expires: 20"), "{text}");
@@ -413,8 +417,8 @@ fn claude_menu_on_a_terminal_runs_setup_token() {
 #[test]
 fn openai_and_graphite_sources_and_validation() {
     let w = ai_world();
-    let out = ok(&w.grant(&["openai"], &[("OPENAI_API_KEY", OPENAI_KEY)])).clone();
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    let text = stderr(ok(&w.grant(&["openai"], &[("OPENAI_API_KEY", OPENAI_KEY)])));
+    assert!(text.contains("Token is valid."), "{text}");
     assert_eq!(
         w.last_header("authorization"),
         [format!("Bearer {OPENAI_KEY}")]
@@ -428,9 +432,9 @@ fn openai_and_graphite_sources_and_validation() {
     let err = fails(&w.grant_stdin(&["openai", "--token-stdin"], "sk-bad-stdin-key"));
     assert!(err.contains("Incorrect API key provided"), "{err}");
     assert_eq!(w.show("openai")["source"], "env:OPENAI_API_KEY");
-    let out =
-        ok(&w.grant_stdin(&["openai", "--token-stdin"], "sk-proj-FromStdin0123456789")).clone();
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    let out = w.grant_stdin(&["openai", "--token-stdin"], "sk-proj-FromStdin0123456789");
+    let text = stderr(ok(&out));
+    assert!(text.contains("Token is valid."), "{text}");
     assert_eq!(
         w.last_header("authorization"),
         ["Bearer sk-proj-FromStdin0123456789"]
@@ -441,12 +445,11 @@ fn openai_and_graphite_sources_and_validation() {
     // is no documented endpoint to check a token against (docs/providers.md),
     // so no request is made and nothing claims the token was checked.
     let seen_before = w.server.seen().len();
-    let out = ok(&w.grant(
+    let text = stderr(ok(&w.grant(
         &["graphite"],
         &[("GT_TOKEN", "from-gt"), ("GRAPHITE_TOKEN", GRAPHITE_TOKEN)],
-    ))
-    .clone();
-    assert!(!stderr(&out).contains("alidat"), "{}", stderr(&out));
+    )));
+    assert!(!text.contains("alidat"), "{text}");
     assert_eq!(w.server.seen().len(), seen_before);
     assert_eq!(w.show("graphite")["source"], "env:GRAPHITE_TOKEN");
     ok(&w.grant(&["graphite"], &[("GT_TOKEN", "from-gt")]));
@@ -519,14 +522,14 @@ fn proxy_injects_the_exact_header_per_host() {
 #[test]
 fn grant_providers_lists_every_builtin() {
     let env = Env::new();
-    let out = ok(&env.run(&["grant", "providers", "--json"], &[])).clone();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
+    let out = env.run(&["grant", "providers", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&ok(&out).stdout).unwrap();
+    let providers = v.as_array().unwrap();
+    let names: Vec<&str> = providers
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
+    let entry = |n: &str| providers.iter().find(|p| p["name"] == n).unwrap();
     for n in [
         "github",
         "claude",
@@ -540,22 +543,11 @@ fn grant_providers_lists_every_builtin() {
         "oauth",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
-        let p = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap();
+        let p = entry(n);
         assert_eq!(p["origin"], "built-in", "{n}");
         assert_eq!(p["available"], true, "{n}");
     }
-    let claude = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "claude")
-        .unwrap();
-    assert_eq!(claude["available"], true);
+    assert_eq!(entry("claude")["available"], true);
     let table = stdout(ok(&env.run(&["grant", "providers"], &[])));
     assert!(
         table.contains("api.graphite.com, *.graphite.com"),
@@ -563,15 +555,7 @@ fn grant_providers_lists_every_builtin() {
     );
     assert!(table.contains("given at grant time"), "{table}");
     // Which built-ins make a validation request at grant time.
-    let validates = |n: &str| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap()["validates"]
-            .as_bool()
-            .unwrap()
-    };
+    let validates = |n: &str| entry(n)["validates"].as_bool().unwrap();
     for n in [
         "github",
         "claude",
@@ -605,8 +589,7 @@ fn npm_registries_from_npmrc_env_and_host_merge_into_one_credential() {
         "registry=https://npm.corp.test/\n@myorg:registry=https://npm.corp.test/\n@other:registry=https://pkgs.other.test/api/npm/\n//npm.corp.test/:_authToken=corp-token\n//pkgs.other.test/api/npm/:_authToken=${OTHER_TOKEN}\n",
     )
     .unwrap();
-    let out = ok(&w.grant(&["npm"], &[("OTHER_TOKEN", "other-token")])).clone();
-    let text = stderr(&out);
+    let text = stderr(ok(&w.grant(&["npm"], &[("OTHER_TOKEN", "other-token")])));
     assert!(
         text.contains(
             "Found registries: npm.corp.test (default, @myorg), pkgs.other.test (@other)"
@@ -703,7 +686,7 @@ fn npm_token_env_needs_a_known_default_registry() {
     assert_eq!(w.env.reveal("npm", &[]).unwrap(), "env-token");
 }
 
-fn oauth_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
+fn oauth_world(calls: Arc<AtomicUsize>) -> World {
     World::new(
         &["auth.corp.test", "api.corp.test"],
         moat_testkit::apis::fake_oauth_endpoint(calls),
@@ -732,8 +715,6 @@ fn corp_oauth<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requests() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = oauth_world(calls.clone());
     let args = corp_oauth(&["--token-stdin"]);
@@ -747,12 +728,8 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
     assert!(!w.stored("oauth-corp"));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
-    let out = ok(&w.grant_stdin(&args, "rt-good-0123456789")).clone();
-    assert!(
-        stderr(&out).contains("Refresh token is valid."),
-        "{}",
-        stderr(&out)
-    );
+    let text = stderr(ok(&w.grant_stdin(&args, "rt-good-0123456789")));
+    assert!(text.contains("Refresh token is valid."), "{text}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let form = w.last_body("/token");
     assert!(
@@ -784,7 +761,7 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
 
 #[test]
 fn github_enterprise_host_is_its_own_credential() {
-    let handler: moat_testkit::Handler = std::sync::Arc::new(|s: &moat_testkit::Seen| {
+    let handler: moat_testkit::Handler = Arc::new(|s: &moat_testkit::Seen| {
         let auth = s
             .header("authorization")
             .first()
@@ -808,21 +785,13 @@ fn github_enterprise_host_is_its_own_credential() {
         "ghe-bad-0123456789",
     ));
     assert!(err.contains("rejected the token"), "{err}");
-    let out = ok(&w.grant_stdin(
+    let out = w.grant_stdin(
         &["github", "--host", "ghe.corp.test", "--token-stdin"],
         "ghe-token-0123456789",
-    ))
-    .clone();
-    assert!(
-        stderr(&out).contains("Authenticated as: ent-user"),
-        "{}",
-        stderr(&out)
     );
-    assert!(
-        stdout(&out).contains("GitHub Enterprise (ghe.corp.test)"),
-        "{}",
-        stdout(&out)
-    );
+    let (text, said) = (stderr(ok(&out)), stdout(&out));
+    assert!(text.contains("Authenticated as: ent-user"), "{text}");
+    assert!(said.contains("GitHub Enterprise (ghe.corp.test)"), "{said}");
     assert_eq!(
         w.show("github:ghe.corp.test")["metadata"]["enterprise_host"],
         "ghe.corp.test"
@@ -844,16 +813,14 @@ fn github_enterprise_host_is_its_own_credential() {
 fn mcp_grant_stores_mcp_name() {
     let env = Env::new();
     let file = [("MOAT_KEY_BACKEND", "file")];
-    let out = ok(&env.run_stdin(
+    let said = stdout(ok(&env.run_stdin(
         &["grant", "mcp", "context7", "--token-stdin"],
         &file,
         "c7-key-0123",
-    ))
-    .clone();
+    )));
     assert!(
-        stdout(&out).contains("MCP credential 'mcp-context7' saved"),
-        "{}",
-        stdout(&out)
+        said.contains("MCP credential 'mcp-context7' saved"),
+        "{said}"
     );
     assert_eq!(env.reveal("mcp-context7", &file).unwrap(), "c7-key-0123");
     let err = fails(&env.run(&["grant", "mcp"], &file));
@@ -874,7 +841,7 @@ fn write_gemini_credentials(home: &Path, refresh: &str, expiry_ms: u128) {
     .unwrap();
 }
 
-fn google_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
+fn google_world(calls: Arc<AtomicUsize>) -> World {
     World::new(
         &[
             "oauth2.googleapis.com",
@@ -887,8 +854,6 @@ fn google_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World 
 
 #[test]
 fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = google_world(calls.clone());
     // Nothing to import.
@@ -934,19 +899,13 @@ fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
 
 #[test]
 fn gemini_oauth_is_injected_refreshed_and_the_cli_refresh_answered_with_placeholders() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = google_world(calls.clone());
     // The CLI's token has expired: the import refreshes it.
     write_gemini_credentials(&w.env.user_home(), GEMINI_REFRESH, ms_from_now(-60));
-    let out = ok(&w.grant(&["gemini", "--import"], &[])).clone();
-    assert!(stderr(&out).contains("Found Gemini CLI credentials."));
-    assert!(
-        stderr(&out).contains("Refresh token is valid."),
-        "{}",
-        stderr(&out)
-    );
+    let text = stderr(ok(&w.grant(&["gemini", "--import"], &[])));
+    assert!(text.contains("Found Gemini CLI credentials."), "{text}");
+    assert!(text.contains("Refresh token is valid."), "{text}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let form = String::from_utf8_lossy(&w.server.seen().last().unwrap().body).into_owned();
     assert!(
@@ -1028,8 +987,6 @@ fn gemini_oauth_is_injected_refreshed_and_the_cli_refresh_answered_with_placehol
 
 #[test]
 fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let exchanges = Arc::new(AtomicUsize::new(0));
     let w = World::new(
         &["graph.facebook.com", "graph.instagram.com"],
@@ -1063,7 +1020,7 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
     assert_eq!(exchanges.load(Ordering::SeqCst), 0);
 
     // Good: validated on META_API_VERSION, exchanged for a long-lived token.
-    let out = ok(&w.grant(
+    let text = stderr(ok(&w.grant(
         &["meta"],
         &[
             ("META_ACCESS_TOKEN", "EAAshort-token"),
@@ -1071,14 +1028,12 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
             ("META_APP_SECRET", "app-secret"),
             ("META_API_VERSION", "v26.0"),
         ],
-    ))
-    .clone();
+    )));
+    assert!(text.contains("Authenticated as: Jane Developer"), "{text}");
     assert!(
-        stderr(&out).contains("Authenticated as: Jane Developer"),
-        "{}",
-        stderr(&out)
+        text.contains("Found META_APP_ID and META_APP_SECRET"),
+        "{text}"
     );
-    assert!(stderr(&out).contains("Found META_APP_ID and META_APP_SECRET"));
     let seen = w.server.seen();
     assert_eq!(seen[seen.len() - 2].path, "/v26.0/me?fields=id,name");
     assert_eq!(
@@ -1118,12 +1073,9 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
         &["graph.facebook.com"],
         moat_testkit::apis::fake_graph_api(exchanges.clone()),
     );
-    let out = ok(&w2.grant(&["meta"], &[("META_ACCESS_TOKEN", "EAAsystem-user")])).clone();
-    assert!(
-        stderr(&out).contains("No app credentials"),
-        "{}",
-        stderr(&out)
-    );
+    let out = w2.grant(&["meta"], &[("META_ACCESS_TOKEN", "EAAsystem-user")]);
+    let text = stderr(ok(&out));
+    assert!(text.contains("No app credentials"), "{text}");
     assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAsystem-user");
     assert_eq!(
         w2.server.seen().last().unwrap().path,
@@ -1135,12 +1087,9 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
     let err = fails(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAbad-stdin-0123"));
     assert!(err.contains("Invalid OAuth access token"), "{err}");
     assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAsystem-user");
-    let out = ok(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAfrom-stdin")).clone();
-    assert!(
-        stderr(&out).contains("Authenticated as: Jane Developer"),
-        "{}",
-        stderr(&out)
-    );
+    let out = w2.grant_stdin(&["meta", "--token-stdin"], "EAAfrom-stdin");
+    let text = stderr(ok(&out));
+    assert!(text.contains("Authenticated as: Jane Developer"), "{text}");
     assert_eq!(w2.last_header("authorization"), ["Bearer EAAfrom-stdin"]);
     assert_eq!(w2.show("meta")["source"], "stdin");
     assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAfrom-stdin");
@@ -1241,8 +1190,6 @@ fn browse(w: &World, url: &str, follow: bool) -> (u16, String) {
 
 #[test]
 fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = oauth_world(calls.clone());
     let login = Login::start(&w, &["--scope", "openid", "--scope", "offline_access"]);
@@ -1321,8 +1268,6 @@ fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes(
 
 #[test]
 fn oauth_browser_login_failures_save_nothing() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = oauth_world(calls.clone());
 
@@ -1431,8 +1376,6 @@ fn oauth_browser_login_failures_save_nothing() {
 
 #[test]
 fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let revoked = Arc::new(AtomicBool::new(false));
     let w = World::new(
@@ -1440,19 +1383,14 @@ fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
         moat_testkit::apis::fake_oauth_endpoint_revocable(calls.clone(), revoked.clone()),
     );
     // From OAUTH_REFRESH_TOKEN, with a client secret from OAUTH_CLIENT_SECRET.
-    let out = ok(&w.grant(
+    let text = stderr(ok(&w.grant(
         &corp_oauth(&[]),
         &[
             ("OAUTH_REFRESH_TOKEN", "rt-env-0123456789"),
             ("OAUTH_CLIENT_SECRET", "cs-env-0123456789"),
         ],
-    ))
-    .clone();
-    assert!(
-        stderr(&out).contains("Using OAUTH_REFRESH_TOKEN"),
-        "{}",
-        stderr(&out)
-    );
+    )));
+    assert!(text.contains("Using OAUTH_REFRESH_TOKEN"), "{text}");
     let form = String::from_utf8_lossy(&w.seen_at("/token")[0].body).into_owned();
     assert!(
         form.contains("refresh_token=rt-env-0123456789")
