@@ -151,11 +151,13 @@ struct Proxy<'w> {
 }
 
 impl Proxy<'_> {
-    /// curl through the proxy, trusting the Moat CA; the response body.
-    fn get(&self, url: &str, headers: &[&str]) -> String {
+    /// curl `url` through the proxy, trusting the Moat CA, with the client's
+    /// `headers` and further curl `args`; curl's output (panics if curl fails).
+    fn curl(&self, url: &str, headers: &[&str], args: &[&str]) -> String {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "30", "-x", &self.url, "--cacert"])
-            .arg(&self.ca);
+            .arg(&self.ca)
+            .args(args);
         for h in headers {
             cmd.args(["-H", h]);
         }
@@ -169,25 +171,15 @@ impl Proxy<'_> {
         stdout(&out)
     }
 
-    /// curl -X POST through the proxy; (HTTP status, body).
+    /// GET through the proxy; the response body.
+    fn get(&self, url: &str, headers: &[&str]) -> String {
+        self.curl(url, headers, &[])
+    }
+
+    /// POST `data` through the proxy; (HTTP status, body).
     fn post(&self, url: &str, headers: &[&str], data: &str) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "30", "-x", &self.url, "--cacert"])
-            .arg(&self.ca)
-            .args(["-w", "\n%{http_code}", "--data-raw", data]);
-        for h in headers {
-            cmd.args(["-H", h]);
-        }
-        let out = cmd.arg(url).output().expect("curl");
-        assert!(
-            out.status.success(),
-            "curl {url}: {}\n{}",
-            stderr(&out),
-            self.log_text()
-        );
-        let text = stdout(&out);
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.trim().parse().unwrap(), body.to_owned())
+        let text = self.curl(url, headers, &[WITH_STATUS, &["--data-raw", data]].concat());
+        status_and_body(&text)
     }
 
     /// GET `url` through the proxy with the client's `headers`; the
@@ -207,6 +199,15 @@ impl Drop for Proxy<'_> {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// curl arguments that add the HTTP status on a line after the body.
+const WITH_STATUS: &[&str] = &["-w", "\n%{http_code}"];
+
+/// What curl printed with [`WITH_STATUS`]: (HTTP status, body).
+fn status_and_body(text: &str) -> (u16, String) {
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
 }
 
 fn ai_world() -> World {
@@ -1165,27 +1166,20 @@ impl Login {
 /// to it, following redirects when `follow`; (HTTP status, body).
 fn browse(w: &World, url: &str, follow: bool) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "30",
-        "-w",
-        "\n%{http_code}",
-        "--cacert",
-    ])
-    .arg(&w.ca_file)
-    .args([
-        "--connect-to",
-        &format!("auth.corp.test:443:{}", w.server.addr),
-    ]);
+    cmd.args(["-sS", "--max-time", "30"])
+        .args(WITH_STATUS)
+        .arg("--cacert")
+        .arg(&w.ca_file)
+        .args([
+            "--connect-to",
+            &format!("auth.corp.test:443:{}", w.server.addr),
+        ]);
     if follow {
         cmd.arg("-L");
     }
     let out = cmd.arg(url).output().expect("curl");
     assert!(out.status.success(), "curl {url}: {}", stderr(&out));
-    let text = stdout(&out);
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_owned())
+    status_and_body(&stdout(&out))
 }
 
 #[test]
