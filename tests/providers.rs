@@ -141,7 +141,7 @@ impl World {
     }
 }
 
-/// A running `moat proxy`, and the stand-in it forwards to.
+/// A running `moat proxy`, and the [`World`] whose stand-in it forwards to.
 struct Proxy<'w> {
     world: &'w World,
     child: Child,
