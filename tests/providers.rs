@@ -189,6 +189,20 @@ impl Proxy<'_> {
         self.world.last_header("authorization")
     }
 
+    /// For each `(url, authorization)`: a GET of `url` through the proxy,
+    /// without client headers, reaches the stand-in with exactly that
+    /// Authorization header.
+    #[track_caller]
+    fn assert_injects(&self, cases: &[(&str, &str)]) {
+        for (url, authorization) in cases {
+            assert_eq!(
+                self.upstream_authorization(url, &[]),
+                [*authorization],
+                "{url}"
+            );
+        }
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -800,14 +814,13 @@ fn github_enterprise_host_is_its_own_credential() {
     w.save_unvalidated("github", "ghp_dotcom0123456789");
 
     let p = w.proxy(&["github:ghe.corp.test", "github"]);
-    assert_eq!(
-        p.upstream_authorization("https://ghe.corp.test/api/v3/repos/o/r", &[]),
-        ["Bearer ghe-token-0123456789"]
-    );
-    assert_eq!(
-        p.upstream_authorization("https://api.github.com/user", &[]),
-        ["Bearer ghp_dotcom0123456789"]
-    );
+    p.assert_injects(&[
+        (
+            "https://ghe.corp.test/api/v3/repos/o/r",
+            "Bearer ghe-token-0123456789",
+        ),
+        ("https://api.github.com/user", "Bearer ghp_dotcom0123456789"),
+    ]);
 }
 
 #[test]
@@ -1058,14 +1071,10 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
 
     // Bearer on both Graph hosts; exchanged today, so not again.
     let p = w.proxy(&["meta"]);
-    assert_eq!(
-        p.upstream_authorization("https://graph.facebook.com/v26.0/me", &[]),
-        ["Bearer EAAlong-1"]
-    );
-    assert_eq!(
-        p.upstream_authorization("https://graph.instagram.com/me", &[]),
-        ["Bearer EAAlong-1"]
-    );
+    p.assert_injects(&[
+        ("https://graph.facebook.com/v26.0/me", "Bearer EAAlong-1"),
+        ("https://graph.instagram.com/me", "Bearer EAAlong-1"),
+    ]);
     assert_eq!(exchanges.load(Ordering::SeqCst), 1);
     assert!(!p.log_text().contains("app-secret"));
 
@@ -1248,10 +1257,7 @@ fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes(
     // at-code-1 expires within 5 minutes: the proxy refreshes it with the
     // refresh token from the code exchange, then injects.
     let p = w.proxy(&["oauth-corp"]);
-    assert_eq!(
-        p.upstream_authorization("https://api.corp.test/v1/things", &[]),
-        ["Bearer at-2"]
-    );
+    p.assert_injects(&[("https://api.corp.test/v1/things", "Bearer at-2")]);
     let form = w.last_body("/token");
     assert!(
         form.contains("grant_type=refresh_token") && form.contains("refresh_token=rt-code-1"),
@@ -1403,10 +1409,7 @@ fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
     // revoked: the proxy keeps injecting at-1 and says why in its log.
     revoked.store(true, Ordering::SeqCst);
     let p = w.proxy(&["oauth-corp"]);
-    assert_eq!(
-        p.upstream_authorization("https://api.corp.test/v1/things", &[]),
-        ["Bearer at-1"]
-    );
+    p.assert_injects(&[("https://api.corp.test/v1/things", "Bearer at-1")]);
     assert_eq!(w.seen_at("/token").len(), 2, "{}", p.log_text());
     let log = p.log_text();
     assert!(
@@ -1419,10 +1422,7 @@ fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
         assert!(!log.contains(secret), "{secret} in the log: {log}");
     }
     // No retry storm: the next request within a minute does not ask again.
-    assert_eq!(
-        p.upstream_authorization("https://api.corp.test/v1/things", &[]),
-        ["Bearer at-1"]
-    );
+    p.assert_injects(&[("https://api.corp.test/v1/things", "Bearer at-1")]);
     assert_eq!(w.seen_at("/token").len(), 2);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     drop(p);
