@@ -7,6 +7,8 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::*;
 use moat_testkit::{StubServer, TestCa};
@@ -67,11 +69,13 @@ impl World {
     }
 
     fn show(&self, name: &str) -> serde_json::Value {
-        let out = ok(&self
-            .env
-            .run(&["grant", "show", name, "--json"], &self.net(&[])))
-        .clone();
-        serde_json::from_slice(&out.stdout).unwrap()
+        let out = self.grant(&["show", name, "--json"], &[]);
+        serde_json::from_slice(&ok(&out).stdout).unwrap()
+    }
+
+    /// `moat grant PROVIDER --token-stdin --no-validate`: `token` saved unchecked.
+    fn save_unvalidated(&self, provider: &str, token: &str) {
+        ok(&self.grant_stdin(&[provider, "--token-stdin", "--no-validate"], token));
     }
 
     fn stored(&self, name: &str) -> bool {
@@ -81,8 +85,31 @@ impl World {
             .exists()
     }
 
+    /// The values of header `name` on the last request the stand-in received.
+    fn last_header(&self, name: &str) -> Vec<String> {
+        let seen = self.server.seen();
+        let last = seen.last().expect("the stand-in saw no request");
+        last.header(name).iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The requests the stand-in received for `path`, oldest first.
+    fn seen_at(&self, path: &str) -> Vec<moat_testkit::Seen> {
+        let mut seen = self.server.seen();
+        seen.retain(|s| s.path == path);
+        seen
+    }
+
+    /// The body (a form, say) of the last request the stand-in received for `path`.
+    fn last_body(&self, path: &str) -> String {
+        let seen = self.seen_at(path);
+        let last = seen
+            .last()
+            .unwrap_or_else(|| panic!("no request for {path}"));
+        String::from_utf8_lossy(&last.body).into_owned()
+    }
+
     /// `moat proxy --grant …` against the stand-in.
-    fn proxy(&self, grants: &[&str]) -> Proxy {
+    fn proxy(&self, grants: &[&str]) -> Proxy<'_> {
         let mut cmd = self.env.cmd();
         cmd.arg("-vv").arg("proxy");
         for g in grants {
@@ -105,6 +132,7 @@ impl World {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         Proxy {
+            world: self,
             child,
             url: line.trim().to_owned(),
             ca: self.env.home().join("ca/ca.crt"),
@@ -113,19 +141,23 @@ impl World {
     }
 }
 
-struct Proxy {
+/// A running `moat proxy`, and the [`World`] whose stand-in it forwards to.
+struct Proxy<'w> {
+    world: &'w World,
     child: Child,
     url: String,
     ca: PathBuf,
     log: PathBuf,
 }
 
-impl Proxy {
-    /// curl through the proxy, trusting the Moat CA; the response body.
-    fn get(&self, url: &str, headers: &[&str]) -> String {
+impl Proxy<'_> {
+    /// curl `url` through the proxy, trusting the Moat CA, with the client's
+    /// `headers` and further curl `args`; curl's output (panics if curl fails).
+    fn curl(&self, url: &str, headers: &[&str], args: &[&str]) -> String {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "30", "-x", &self.url, "--cacert"])
-            .arg(&self.ca);
+            .arg(&self.ca)
+            .args(args);
         for h in headers {
             cmd.args(["-H", h]);
         }
@@ -139,25 +171,36 @@ impl Proxy {
         stdout(&out)
     }
 
-    /// curl -X POST through the proxy; (HTTP status, body).
+    /// GET through the proxy; the response body.
+    fn get(&self, url: &str, headers: &[&str]) -> String {
+        self.curl(url, headers, &[])
+    }
+
+    /// POST `data` through the proxy; (HTTP status, body).
     fn post(&self, url: &str, headers: &[&str], data: &str) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "30", "-x", &self.url, "--cacert"])
-            .arg(&self.ca)
-            .args(["-w", "\n%{http_code}", "--data-raw", data]);
-        for h in headers {
-            cmd.args(["-H", h]);
+        let text = self.curl(url, headers, &[WITH_STATUS, &["--data-raw", data]].concat());
+        status_and_body(&text)
+    }
+
+    /// GET `url` through the proxy with the client's `headers`; the
+    /// Authorization header the stand-in received (what Moat injected).
+    fn upstream_authorization(&self, url: &str, headers: &[&str]) -> Vec<String> {
+        self.get(url, headers);
+        self.world.last_header("authorization")
+    }
+
+    /// For each `(url, authorization)`: a GET of `url` through the proxy,
+    /// without client headers, reaches the stand-in with exactly that
+    /// Authorization header.
+    #[track_caller]
+    fn assert_injects(&self, cases: &[(&str, &str)]) {
+        for (url, authorization) in cases {
+            assert_eq!(
+                self.upstream_authorization(url, &[]),
+                [*authorization],
+                "{url}"
+            );
         }
-        let out = cmd.arg(url).output().expect("curl");
-        assert!(
-            out.status.success(),
-            "curl {url}: {}\n{}",
-            stderr(&out),
-            self.log_text()
-        );
-        let text = stdout(&out);
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.trim().parse().unwrap(), body.to_owned())
     }
 
     fn log_text(&self) -> String {
@@ -165,18 +208,20 @@ impl Proxy {
     }
 }
 
-impl Drop for Proxy {
+impl Drop for Proxy<'_> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// The headers the stand-in received on its last request.
-fn last_header(server: &StubServer, name: &str) -> Vec<String> {
-    let seen = server.seen();
-    let last = seen.last().expect("the stand-in saw no request");
-    last.header(name).iter().map(|s| s.to_string()).collect()
+/// curl arguments that add the HTTP status on a line after the body.
+const WITH_STATUS: &[&str] = &["-w", "\n%{http_code}"];
+
+/// What curl printed with [`WITH_STATUS`]: (HTTP status, body).
+fn status_and_body(text: &str) -> (u16, String) {
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
 }
 
 fn ai_world() -> World {
@@ -198,11 +243,15 @@ fn ai_world() -> World {
 fn anthropic_api_key_sources_and_validation() {
     let w = ai_world();
     // From ANTHROPIC_API_KEY, validated (no terminal: no question asked).
-    let out = ok(&w.grant(&["anthropic"], &[("ANTHROPIC_API_KEY", ANTHROPIC_KEY)])).clone();
-    assert!(stderr(&out).contains("Using token from ANTHROPIC_API_KEY"));
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
-    assert_eq!(last_header(&w.server, "x-api-key"), [ANTHROPIC_KEY]);
-    assert_eq!(last_header(&w.server, "anthropic-version"), ["2023-06-01"]);
+    let out = w.grant(&["anthropic"], &[("ANTHROPIC_API_KEY", ANTHROPIC_KEY)]);
+    let text = stderr(ok(&out));
+    assert!(
+        text.contains("Using token from ANTHROPIC_API_KEY"),
+        "{text}"
+    );
+    assert!(text.contains("Token is valid."), "{text}");
+    assert_eq!(w.last_header("x-api-key"), [ANTHROPIC_KEY]);
+    assert_eq!(w.last_header("anthropic-version"), ["2023-06-01"]);
     assert_eq!(w.show("anthropic")["source"], "env:ANTHROPIC_API_KEY");
     assert_eq!(w.env.reveal("anthropic", &[]).unwrap(), ANTHROPIC_KEY);
 
@@ -254,16 +303,14 @@ fn ms_from_now(secs: i64) -> u128 {
 fn claude_oauth_token_sources_and_validation() {
     let w = ai_world();
     // --token-stdin, validated with Bearer + the OAuth beta flag.
-    let out = ok(&w.grant_stdin(&["claude", "--token-stdin"], CLAUDE_TOKEN)).clone();
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    let out = w.grant_stdin(&["claude", "--token-stdin"], CLAUDE_TOKEN);
+    let text = stderr(ok(&out));
+    assert!(text.contains("Token is valid."), "{text}");
     assert_eq!(
-        last_header(&w.server, "authorization"),
+        w.last_header("authorization"),
         [format!("Bearer {CLAUDE_TOKEN}")]
     );
-    assert_eq!(
-        last_header(&w.server, "anthropic-beta"),
-        ["oauth-2025-04-20"]
-    );
+    assert_eq!(w.last_header("anthropic-beta"), ["oauth-2025-04-20"]);
     assert_eq!(w.show("claude")["source"], "stdin");
 
     // A rejected token saves nothing.
@@ -310,8 +357,8 @@ fn claude_imports_claude_code_credentials() {
     assert!(!w.stored("claude"));
 
     write_claude_credentials(&home, CLAUDE_TOKEN, ms_from_now(7200));
-    let out = ok(&w.grant(&["claude", "--import"], &[])).clone();
-    let text = stderr(&out);
+    let out = w.grant(&["claude", "--import"], &[]);
+    let text = stderr(ok(&out));
     assert!(text.contains("Found Claude Code credentials."), "{text}");
     assert!(text.contains("Subscription: max"), "{text}");
     assert!(text.contains("Expires: 20"), "{text}");
@@ -385,10 +432,10 @@ fn claude_menu_on_a_terminal_runs_setup_token() {
 #[test]
 fn openai_and_graphite_sources_and_validation() {
     let w = ai_world();
-    let out = ok(&w.grant(&["openai"], &[("OPENAI_API_KEY", OPENAI_KEY)])).clone();
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    let text = stderr(ok(&w.grant(&["openai"], &[("OPENAI_API_KEY", OPENAI_KEY)])));
+    assert!(text.contains("Token is valid."), "{text}");
     assert_eq!(
-        last_header(&w.server, "authorization"),
+        w.last_header("authorization"),
         [format!("Bearer {OPENAI_KEY}")]
     );
     let err = fails(&w.grant(&["openai"], &[("OPENAI_API_KEY", "sk-bad-openai-key")]));
@@ -400,11 +447,11 @@ fn openai_and_graphite_sources_and_validation() {
     let err = fails(&w.grant_stdin(&["openai", "--token-stdin"], "sk-bad-stdin-key"));
     assert!(err.contains("Incorrect API key provided"), "{err}");
     assert_eq!(w.show("openai")["source"], "env:OPENAI_API_KEY");
-    let out =
-        ok(&w.grant_stdin(&["openai", "--token-stdin"], "sk-proj-FromStdin0123456789")).clone();
-    assert!(stderr(&out).contains("Token is valid."), "{}", stderr(&out));
+    let out = w.grant_stdin(&["openai", "--token-stdin"], "sk-proj-FromStdin0123456789");
+    let text = stderr(ok(&out));
+    assert!(text.contains("Token is valid."), "{text}");
     assert_eq!(
-        last_header(&w.server, "authorization"),
+        w.last_header("authorization"),
         ["Bearer sk-proj-FromStdin0123456789"]
     );
     assert_eq!(w.show("openai")["source"], "stdin");
@@ -413,12 +460,11 @@ fn openai_and_graphite_sources_and_validation() {
     // is no documented endpoint to check a token against (docs/providers.md),
     // so no request is made and nothing claims the token was checked.
     let seen_before = w.server.seen().len();
-    let out = ok(&w.grant(
+    let text = stderr(ok(&w.grant(
         &["graphite"],
         &[("GT_TOKEN", "from-gt"), ("GRAPHITE_TOKEN", GRAPHITE_TOKEN)],
-    ))
-    .clone();
-    assert!(!stderr(&out).contains("alidat"), "{}", stderr(&out));
+    )));
+    assert!(!text.contains("alidat"), "{text}");
     assert_eq!(w.server.seen().len(), seen_before);
     assert_eq!(w.show("graphite")["source"], "env:GRAPHITE_TOKEN");
     ok(&w.grant(&["graphite"], &[("GT_TOKEN", "from-gt")]));
@@ -430,16 +476,15 @@ fn openai_and_graphite_sources_and_validation() {
 #[test]
 fn proxy_injects_the_exact_header_per_host() {
     let w = ai_world();
-    ok(&w.grant_stdin(&["claude", "--token-stdin", "--no-validate"], CLAUDE_TOKEN));
-    ok(&w.grant_stdin(
-        &["anthropic", "--token-stdin", "--no-validate"],
-        ANTHROPIC_KEY,
-    ));
-    ok(&w.grant_stdin(&["openai", "--token-stdin", "--no-validate"], OPENAI_KEY));
-    ok(&w.grant_stdin(
-        &["graphite", "--token-stdin", "--no-validate"],
-        GRAPHITE_TOKEN,
-    ));
+    let grants = [
+        ("claude", CLAUDE_TOKEN),
+        ("anthropic", ANTHROPIC_KEY),
+        ("openai", OPENAI_KEY),
+        ("graphite", GRAPHITE_TOKEN),
+    ];
+    for (provider, token) in grants {
+        w.save_unvalidated(provider, token);
+    }
 
     // Placeholders: format-valid, never the token.
     let ph = |n: &str| w.show(n)["placeholder"].as_str().unwrap().to_owned();
@@ -461,37 +506,30 @@ fn proxy_injects_the_exact_header_per_host() {
         ],
     );
     assert_eq!(
-        last_header(&w.server, "authorization"),
+        w.last_header("authorization"),
         [format!("Bearer {CLAUDE_TOKEN}")]
     );
-    assert_eq!(
-        last_header(&w.server, "anthropic-beta"),
-        ["oauth-2025-04-20"]
-    );
-    assert_eq!(last_header(&w.server, "x-api-key"), [ANTHROPIC_KEY]);
+    assert_eq!(w.last_header("anthropic-beta"), ["oauth-2025-04-20"]);
+    assert_eq!(w.last_header("x-api-key"), [ANTHROPIC_KEY]);
 
+    let openai_auth = format!("Authorization: Bearer {openai_ph}");
     for host in ["api.openai.com", "chatgpt.com", "files.openai.com"] {
-        p.get(
-            &format!("https://{host}/v1/x"),
-            &[&format!("Authorization: Bearer {openai_ph}")],
-        );
         assert_eq!(
-            last_header(&w.server, "authorization"),
+            p.upstream_authorization(&format!("https://{host}/v1/x"), &[&openai_auth]),
             [format!("Bearer {OPENAI_KEY}")],
             "{host}"
         );
     }
     for host in ["api.graphite.com", "app.graphite.com"] {
-        p.get(&format!("https://{host}/v1/x"), &[]);
         assert_eq!(
-            last_header(&w.server, "authorization"),
+            p.upstream_authorization(&format!("https://{host}/v1/x"), &[]),
             [format!("token {GRAPHITE_TOKEN}")],
             "{host}"
         );
     }
     // Nothing leaks into the log.
     let log = p.log_text();
-    for secret in [CLAUDE_TOKEN, ANTHROPIC_KEY, OPENAI_KEY, GRAPHITE_TOKEN] {
+    for (_, secret) in grants {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
@@ -499,14 +537,14 @@ fn proxy_injects_the_exact_header_per_host() {
 #[test]
 fn grant_providers_lists_every_builtin() {
     let env = Env::new();
-    let out = ok(&env.run(&["grant", "providers", "--json"], &[])).clone();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
+    let out = env.run(&["grant", "providers", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&ok(&out).stdout).unwrap();
+    let providers = v.as_array().unwrap();
+    let names: Vec<&str> = providers
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
+    let entry = |n: &str| providers.iter().find(|p| p["name"] == n).unwrap();
     for n in [
         "github",
         "claude",
@@ -520,22 +558,11 @@ fn grant_providers_lists_every_builtin() {
         "oauth",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
-        let p = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap();
+        let p = entry(n);
         assert_eq!(p["origin"], "built-in", "{n}");
         assert_eq!(p["available"], true, "{n}");
     }
-    let claude = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "claude")
-        .unwrap();
-    assert_eq!(claude["available"], true);
+    assert_eq!(entry("claude")["available"], true);
     let table = stdout(ok(&env.run(&["grant", "providers"], &[])));
     assert!(
         table.contains("api.graphite.com, *.graphite.com"),
@@ -543,15 +570,7 @@ fn grant_providers_lists_every_builtin() {
     );
     assert!(table.contains("given at grant time"), "{table}");
     // Which built-ins make a validation request at grant time.
-    let validates = |n: &str| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap()["validates"]
-            .as_bool()
-            .unwrap()
-    };
+    let validates = |n: &str| entry(n)["validates"].as_bool().unwrap();
     for n in [
         "github",
         "claude",
@@ -585,8 +604,7 @@ fn npm_registries_from_npmrc_env_and_host_merge_into_one_credential() {
         "registry=https://npm.corp.test/\n@myorg:registry=https://npm.corp.test/\n@other:registry=https://pkgs.other.test/api/npm/\n//npm.corp.test/:_authToken=corp-token\n//pkgs.other.test/api/npm/:_authToken=${OTHER_TOKEN}\n",
     )
     .unwrap();
-    let out = ok(&w.grant(&["npm"], &[("OTHER_TOKEN", "other-token")])).clone();
-    let text = stderr(&out);
+    let text = stderr(ok(&w.grant(&["npm"], &[("OTHER_TOKEN", "other-token")])));
     assert!(
         text.contains(
             "Found registries: npm.corp.test (default, @myorg), pkgs.other.test (@other)"
@@ -638,17 +656,14 @@ fn npm_registries_from_npmrc_env_and_host_merge_into_one_credential() {
 
     // Each registry host gets its own Bearer token through the proxy.
     let p = w.proxy(&["npm"]);
+    let placeholder = ["Authorization: Bearer npm_moatProxyInjected00000000"];
     for (host, token) in [
         ("npm.corp.test", "corp-token"),
         ("pkgs.other.test", "other-token"),
         ("extra.corp.test", "extra-token"),
     ] {
-        p.get(
-            &format!("https://{host}/@myorg%2fpkg"),
-            &["Authorization: Bearer npm_moatProxyInjected00000000"],
-        );
         assert_eq!(
-            last_header(&w.server, "authorization"),
+            p.upstream_authorization(&format!("https://{host}/@myorg%2fpkg"), &placeholder),
             [format!("Bearer {token}")],
             "{host}"
         );
@@ -686,16 +701,20 @@ fn npm_token_env_needs_a_known_default_registry() {
     assert_eq!(w.env.reveal("npm", &[]).unwrap(), "env-token");
 }
 
-#[test]
-fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requests() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let calls = Arc::new(AtomicUsize::new(0));
-    let w = World::new(
+fn oauth_world(calls: Arc<AtomicUsize>) -> World {
+    World::new(
         &["auth.corp.test", "api.corp.test"],
-        moat_testkit::apis::fake_oauth_endpoint(calls.clone()),
-    );
-    let args = [
+        moat_testkit::apis::fake_oauth_endpoint(calls),
+    )
+}
+
+/// The stand-in's authorize endpoint, for `--auth-url`.
+const CORP_AUTH_URL: &str = "https://auth.corp.test/authorize";
+
+/// `moat grant` arguments for `oauth corp` against the stand-in: its token
+/// endpoint, client `moat-test` and host `api.corp.test`, then `extra`.
+fn corp_oauth<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "oauth",
         "corp",
         "--token-url",
@@ -704,8 +723,16 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
         "moat-test",
         "--host",
         "api.corp.test",
-        "--token-stdin",
     ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requests() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = oauth_world(calls.clone());
+    let args = corp_oauth(&["--token-stdin"]);
     // A refused refresh token: nothing saved, the token not echoed.
     let err = fails(&w.grant_stdin(&args, "rt-bad-0123456789"));
     assert!(
@@ -716,20 +743,10 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
     assert!(!w.stored("oauth-corp"));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
-    let out = ok(&w.grant_stdin(&args, "rt-good-0123456789")).clone();
-    assert!(
-        stderr(&out).contains("Refresh token is valid."),
-        "{}",
-        stderr(&out)
-    );
+    let text = stderr(ok(&w.grant_stdin(&args, "rt-good-0123456789")));
+    assert!(text.contains("Refresh token is valid."), "{text}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let token_call = w
-        .server
-        .seen()
-        .into_iter()
-        .rfind(|s| s.path == "/token")
-        .unwrap();
-    let form = String::from_utf8_lossy(&token_call.body).into_owned();
+    let form = w.last_body("/token");
     assert!(
         form.contains("client_id=moat-test") && form.contains("refresh_token=rt-good"),
         "{form}"
@@ -748,12 +765,7 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
         }
     });
     assert_eq!(calls.load(Ordering::SeqCst), 2, "{}", p.log_text());
-    let api: Vec<_> = w
-        .server
-        .seen()
-        .into_iter()
-        .filter(|s| s.path == "/v1/things")
-        .collect();
+    let api = w.seen_at("/v1/things");
     assert_eq!(api.len(), 8);
     for s in &api {
         assert_eq!(s.header("authorization"), ["Bearer at-2"]);
@@ -764,7 +776,7 @@ fn oauth_grant_validates_by_refresh_and_proxy_refreshes_once_for_concurrent_requ
 
 #[test]
 fn github_enterprise_host_is_its_own_credential() {
-    let handler: moat_testkit::Handler = std::sync::Arc::new(|s: &moat_testkit::Seen| {
+    let handler: moat_testkit::Handler = Arc::new(|s: &moat_testkit::Seen| {
         let auth = s
             .header("authorization")
             .first()
@@ -788,57 +800,41 @@ fn github_enterprise_host_is_its_own_credential() {
         "ghe-bad-0123456789",
     ));
     assert!(err.contains("rejected the token"), "{err}");
-    let out = ok(&w.grant_stdin(
+    let out = w.grant_stdin(
         &["github", "--host", "ghe.corp.test", "--token-stdin"],
         "ghe-token-0123456789",
-    ))
-    .clone();
-    assert!(
-        stderr(&out).contains("Authenticated as: ent-user"),
-        "{}",
-        stderr(&out)
     );
-    assert!(
-        stdout(&out).contains("GitHub Enterprise (ghe.corp.test)"),
-        "{}",
-        stdout(&out)
-    );
+    let (text, said) = (stderr(ok(&out)), stdout(&out));
+    assert!(text.contains("Authenticated as: ent-user"), "{text}");
+    assert!(said.contains("GitHub Enterprise (ghe.corp.test)"), "{said}");
     assert_eq!(
         w.show("github:ghe.corp.test")["metadata"]["enterprise_host"],
         "ghe.corp.test"
     );
-    ok(&w.grant_stdin(
-        &["github", "--token-stdin", "--no-validate"],
-        "ghp_dotcom0123456789",
-    ));
+    w.save_unvalidated("github", "ghp_dotcom0123456789");
 
     let p = w.proxy(&["github:ghe.corp.test", "github"]);
-    p.get("https://ghe.corp.test/api/v3/repos/o/r", &[]);
-    assert_eq!(
-        last_header(&w.server, "authorization"),
-        ["Bearer ghe-token-0123456789"]
-    );
-    p.get("https://api.github.com/user", &[]);
-    assert_eq!(
-        last_header(&w.server, "authorization"),
-        ["Bearer ghp_dotcom0123456789"]
-    );
+    p.assert_injects(&[
+        (
+            "https://ghe.corp.test/api/v3/repos/o/r",
+            "Bearer ghe-token-0123456789",
+        ),
+        ("https://api.github.com/user", "Bearer ghp_dotcom0123456789"),
+    ]);
 }
 
 #[test]
 fn mcp_grant_stores_mcp_name() {
     let env = Env::new();
     let file = [("MOAT_KEY_BACKEND", "file")];
-    let out = ok(&env.run_stdin(
+    let said = stdout(ok(&env.run_stdin(
         &["grant", "mcp", "context7", "--token-stdin"],
         &file,
         "c7-key-0123",
-    ))
-    .clone();
+    )));
     assert!(
-        stdout(&out).contains("MCP credential 'mcp-context7' saved"),
-        "{}",
-        stdout(&out)
+        said.contains("MCP credential 'mcp-context7' saved"),
+        "{said}"
     );
     assert_eq!(env.reveal("mcp-context7", &file).unwrap(), "c7-key-0123");
     let err = fails(&env.run(&["grant", "mcp"], &file));
@@ -859,7 +855,7 @@ fn write_gemini_credentials(home: &Path, refresh: &str, expiry_ms: u128) {
     .unwrap();
 }
 
-fn google_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
+fn google_world(calls: Arc<AtomicUsize>) -> World {
     World::new(
         &[
             "oauth2.googleapis.com",
@@ -872,8 +868,6 @@ fn google_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World 
 
 #[test]
 fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = google_world(calls.clone());
     // Nothing to import.
@@ -904,10 +898,7 @@ fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
         "https://generativelanguage.googleapis.com/v1beta/models",
         &[],
     );
-    assert_eq!(
-        last_header(&w.server, "x-goog-api-key"),
-        ["AIzaRealKey0123456789"]
-    );
+    assert_eq!(w.last_header("x-goog-api-key"), ["AIzaRealKey0123456789"]);
     drop(p);
     // --token-stdin gives an API key too.
     ok(&w.grant_stdin(&["gemini", "--token-stdin"], "AIzaFromStdin0123456789"));
@@ -922,19 +913,13 @@ fn gemini_oauth_import_validates_by_refresh_and_fails_cleanly() {
 
 #[test]
 fn gemini_oauth_is_injected_refreshed_and_the_cli_refresh_answered_with_placeholders() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = google_world(calls.clone());
     // The CLI's token has expired: the import refreshes it.
     write_gemini_credentials(&w.env.user_home(), GEMINI_REFRESH, ms_from_now(-60));
-    let out = ok(&w.grant(&["gemini", "--import"], &[])).clone();
-    assert!(stderr(&out).contains("Found Gemini CLI credentials."));
-    assert!(
-        stderr(&out).contains("Refresh token is valid."),
-        "{}",
-        stderr(&out)
-    );
+    let text = stderr(ok(&w.grant(&["gemini", "--import"], &[])));
+    assert!(text.contains("Found Gemini CLI credentials."), "{text}");
+    assert!(text.contains("Refresh token is valid."), "{text}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let form = String::from_utf8_lossy(&w.server.seen().last().unwrap().body).into_owned();
     assert!(
@@ -959,10 +944,7 @@ fn gemini_oauth_is_injected_refreshed_and_the_cli_refresh_answered_with_placehol
         &[&format!("Authorization: Bearer {access_ph}")],
     );
     assert_eq!(body, r#"{"ok":true}"#);
-    assert_eq!(
-        last_header(&w.server, "authorization"),
-        ["Bearer ya29.real-2"]
-    );
+    assert_eq!(w.last_header("authorization"), ["Bearer ya29.real-2"]);
     assert_eq!(calls.load(Ordering::SeqCst), 2, "{}", p.log_text());
 
     // The CLI's own refresh, with the placeholder refresh token: answered by
@@ -1002,13 +984,10 @@ fn gemini_oauth_is_injected_refreshed_and_the_cli_refresh_answered_with_placehol
         body.contains(&access_ph) && !body.contains("ya29.real"),
         "{body}"
     );
-    assert_eq!(
-        last_header(&w.server, "authorization"),
-        ["Bearer ya29.real-2"]
-    );
+    assert_eq!(w.last_header("authorization"), ["Bearer ya29.real-2"]);
 
     // Google's token endpoint saw only the real refresh token.
-    for s in w.server.seen().iter().filter(|s| s.path == "/token") {
+    for s in w.seen_at("/token") {
         let form = String::from_utf8_lossy(&s.body);
         assert!(
             form.contains("refresh_token=1%2F%2F0real-refresh-token"),
@@ -1022,8 +1001,6 @@ fn gemini_oauth_is_injected_refreshed_and_the_cli_refresh_answered_with_placehol
 
 #[test]
 fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let exchanges = Arc::new(AtomicUsize::new(0));
     let w = World::new(
         &["graph.facebook.com", "graph.instagram.com"],
@@ -1057,7 +1034,7 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
     assert_eq!(exchanges.load(Ordering::SeqCst), 0);
 
     // Good: validated on META_API_VERSION, exchanged for a long-lived token.
-    let out = ok(&w.grant(
+    let text = stderr(ok(&w.grant(
         &["meta"],
         &[
             ("META_ACCESS_TOKEN", "EAAshort-token"),
@@ -1065,14 +1042,12 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
             ("META_APP_SECRET", "app-secret"),
             ("META_API_VERSION", "v26.0"),
         ],
-    ))
-    .clone();
+    )));
+    assert!(text.contains("Authenticated as: Jane Developer"), "{text}");
     assert!(
-        stderr(&out).contains("Authenticated as: Jane Developer"),
-        "{}",
-        stderr(&out)
+        text.contains("Found META_APP_ID and META_APP_SECRET"),
+        "{text}"
     );
-    assert!(stderr(&out).contains("Found META_APP_ID and META_APP_SECRET"));
     let seen = w.server.seen();
     assert_eq!(seen[seen.len() - 2].path, "/v26.0/me?fields=id,name");
     assert_eq!(
@@ -1096,16 +1071,10 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
 
     // Bearer on both Graph hosts; exchanged today, so not again.
     let p = w.proxy(&["meta"]);
-    p.get("https://graph.facebook.com/v26.0/me", &[]);
-    assert_eq!(
-        last_header(&w.server, "authorization"),
-        ["Bearer EAAlong-1"]
-    );
-    p.get("https://graph.instagram.com/me", &[]);
-    assert_eq!(
-        last_header(&w.server, "authorization"),
-        ["Bearer EAAlong-1"]
-    );
+    p.assert_injects(&[
+        ("https://graph.facebook.com/v26.0/me", "Bearer EAAlong-1"),
+        ("https://graph.instagram.com/me", "Bearer EAAlong-1"),
+    ]);
     assert_eq!(exchanges.load(Ordering::SeqCst), 1);
     assert!(!p.log_text().contains("app-secret"));
 
@@ -1114,12 +1083,9 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
         &["graph.facebook.com"],
         moat_testkit::apis::fake_graph_api(exchanges.clone()),
     );
-    let out = ok(&w2.grant(&["meta"], &[("META_ACCESS_TOKEN", "EAAsystem-user")])).clone();
-    assert!(
-        stderr(&out).contains("No app credentials"),
-        "{}",
-        stderr(&out)
-    );
+    let out = w2.grant(&["meta"], &[("META_ACCESS_TOKEN", "EAAsystem-user")]);
+    let text = stderr(ok(&out));
+    assert!(text.contains("No app credentials"), "{text}");
     assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAsystem-user");
     assert_eq!(
         w2.server.seen().last().unwrap().path,
@@ -1131,16 +1097,10 @@ fn meta_token_is_validated_exchanged_with_app_credentials_and_injected() {
     let err = fails(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAbad-stdin-0123"));
     assert!(err.contains("Invalid OAuth access token"), "{err}");
     assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAsystem-user");
-    let out = ok(&w2.grant_stdin(&["meta", "--token-stdin"], "EAAfrom-stdin")).clone();
-    assert!(
-        stderr(&out).contains("Authenticated as: Jane Developer"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(
-        w2.server.seen().last().unwrap().header("authorization"),
-        ["Bearer EAAfrom-stdin"]
-    );
+    let out = w2.grant_stdin(&["meta", "--token-stdin"], "EAAfrom-stdin");
+    let text = stderr(ok(&out));
+    assert!(text.contains("Authenticated as: Jane Developer"), "{text}");
+    assert_eq!(w2.last_header("authorization"), ["Bearer EAAfrom-stdin"]);
     assert_eq!(w2.show("meta")["source"], "stdin");
     assert_eq!(w2.env.reveal("meta", &[]).unwrap(), "EAAfrom-stdin");
 }
@@ -1156,23 +1116,12 @@ struct Login {
 impl Login {
     fn start(w: &World, extra: &[&str]) -> Login {
         let mut cmd = w.env.cmd();
-        cmd.args([
-            "grant",
-            "oauth",
-            "corp",
-            "--auth-url",
-            "https://auth.corp.test/authorize",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-        ])
-        .args(extra)
-        .envs(w.net(&[]))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.arg("grant")
+            .args(corp_oauth(&["--auth-url", CORP_AUTH_URL]))
+            .args(extra)
+            .envs(w.net(&[]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let err = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -1226,40 +1175,24 @@ impl Login {
 /// to it, following redirects when `follow`; (HTTP status, body).
 fn browse(w: &World, url: &str, follow: bool) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "30",
-        "-w",
-        "\n%{http_code}",
-        "--cacert",
-    ])
-    .arg(&w.ca_file)
-    .args([
-        "--connect-to",
-        &format!("auth.corp.test:443:{}", w.server.addr),
-    ]);
+    cmd.args(["-sS", "--max-time", "30"])
+        .args(WITH_STATUS)
+        .arg("--cacert")
+        .arg(&w.ca_file)
+        .args([
+            "--connect-to",
+            &format!("auth.corp.test:443:{}", w.server.addr),
+        ]);
     if follow {
         cmd.arg("-L");
     }
     let out = cmd.arg(url).output().expect("curl");
     assert!(out.status.success(), "curl {url}: {}", stderr(&out));
-    let text = stdout(&out);
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_owned())
-}
-
-fn oauth_world(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> World {
-    World::new(
-        &["auth.corp.test", "api.corp.test"],
-        moat_testkit::apis::fake_oauth_endpoint(calls),
-    )
+    status_and_body(&stdout(&out))
 }
 
 #[test]
 fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = oauth_world(calls.clone());
     let login = Login::start(&w, &["--scope", "openid", "--scope", "offline_access"]);
@@ -1301,13 +1234,7 @@ fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes(
 
     // The token endpoint got the code, the verifier and the same redirect
     // URI (the stand-in checked SHA-256(verifier) against the challenge).
-    let exchange = w
-        .server
-        .seen()
-        .into_iter()
-        .rfind(|s| s.path == "/token")
-        .unwrap();
-    let form = String::from_utf8_lossy(&exchange.body).into_owned();
+    let form = w.last_body("/token");
     for part in [
         "grant_type=authorization_code",
         "code=code-1",
@@ -1320,10 +1247,7 @@ fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes(
     let v = w.show("oauth-corp");
     assert_eq!(v["kind"], "oauth");
     assert_eq!(v["source"], "oauth-authorization-code");
-    assert_eq!(
-        v["metadata"]["auth_url"],
-        "https://auth.corp.test/authorize"
-    );
+    assert_eq!(v["metadata"]["auth_url"], CORP_AUTH_URL);
     assert_eq!(v["metadata"]["scope"], "openid offline_access");
     assert_eq!(v["metadata"]["hosts"], "api.corp.test");
     assert_eq!(v["secrets"], serde_json::json!(["refresh_token"]));
@@ -1333,15 +1257,8 @@ fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes(
     // at-code-1 expires within 5 minutes: the proxy refreshes it with the
     // refresh token from the code exchange, then injects.
     let p = w.proxy(&["oauth-corp"]);
-    p.get("https://api.corp.test/v1/things", &[]);
-    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-2"]);
-    let refresh = w
-        .server
-        .seen()
-        .into_iter()
-        .rfind(|s| s.path == "/token")
-        .unwrap();
-    let form = String::from_utf8_lossy(&refresh.body).into_owned();
+    p.assert_injects(&[("https://api.corp.test/v1/things", "Bearer at-2")]);
+    let form = w.last_body("/token");
     assert!(
         form.contains("grant_type=refresh_token") && form.contains("refresh_token=rt-code-1"),
         "{form}"
@@ -1351,8 +1268,6 @@ fn oauth_browser_login_with_pkce_stores_a_credential_that_injects_and_refreshes(
 
 #[test]
 fn oauth_browser_login_failures_save_nothing() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let w = oauth_world(calls.clone());
 
@@ -1410,25 +1325,10 @@ fn oauth_browser_login_failures_save_nothing() {
     // A redirect port that is taken: a clear error before any URL is shown.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = w.env.run(
-        &[
-            "grant",
-            "oauth",
-            "corp",
-            "--auth-url",
-            "https://auth.corp.test/authorize",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-            "--redirect-port",
-            &port,
-        ],
-        &w.net(&[]),
-    );
-    let err = fails(&out);
+    let err = fails(&w.grant(
+        &corp_oauth(&["--auth-url", CORP_AUTH_URL, "--redirect-port", &port]),
+        &[],
+    ));
     assert!(
         err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
             && err.contains("--redirect-port"),
@@ -1448,13 +1348,13 @@ fn oauth_browser_login_failures_save_nothing() {
     assert!(!w.stored("oauth-corp"));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
-    // The flags say what is missing.
+    // The flags say what is missing (here --client-id).
     let err = fails(&w.grant(
         &[
             "oauth",
             "corp",
             "--auth-url",
-            "https://auth.corp.test/authorize",
+            CORP_AUTH_URL,
             "--token-url",
             "https://auth.corp.test/token",
             "--host",
@@ -1467,18 +1367,7 @@ fn oauth_browser_login_failures_save_nothing() {
         "{err}"
     );
     let err = fails(&w.grant(
-        &[
-            "oauth",
-            "corp",
-            "--auth-url",
-            "http://auth.corp.test/authorize",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-        ],
+        &corp_oauth(&["--auth-url", "http://auth.corp.test/authorize"]),
         &[],
     ));
     assert!(err.contains("--auth-url must be an https:// URL"), "{err}");
@@ -1487,8 +1376,6 @@ fn oauth_browser_login_failures_save_nothing() {
 
 #[test]
 fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let revoked = Arc::new(AtomicBool::new(false));
     let w = World::new(
@@ -1496,36 +1383,15 @@ fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
         moat_testkit::apis::fake_oauth_endpoint_revocable(calls.clone(), revoked.clone()),
     );
     // From OAUTH_REFRESH_TOKEN, with a client secret from OAUTH_CLIENT_SECRET.
-    let out = ok(&w.grant(
-        &[
-            "oauth",
-            "corp",
-            "--token-url",
-            "https://auth.corp.test/token",
-            "--client-id",
-            "moat-test",
-            "--host",
-            "api.corp.test",
-        ],
+    let text = stderr(ok(&w.grant(
+        &corp_oauth(&[]),
         &[
             ("OAUTH_REFRESH_TOKEN", "rt-env-0123456789"),
             ("OAUTH_CLIENT_SECRET", "cs-env-0123456789"),
         ],
-    ))
-    .clone();
-    assert!(
-        stderr(&out).contains("Using OAUTH_REFRESH_TOKEN"),
-        "{}",
-        stderr(&out)
-    );
-    let token_calls = || {
-        w.server
-            .seen()
-            .into_iter()
-            .filter(|s| s.path == "/token")
-            .collect::<Vec<_>>()
-    };
-    let form = String::from_utf8_lossy(&token_calls()[0].body).into_owned();
+    )));
+    assert!(text.contains("Using OAUTH_REFRESH_TOKEN"), "{text}");
+    let form = String::from_utf8_lossy(&w.seen_at("/token")[0].body).into_owned();
     assert!(
         form.contains("refresh_token=rt-env-0123456789")
             && form.contains("client_secret=cs-env-0123456789"),
@@ -1543,9 +1409,8 @@ fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
     // revoked: the proxy keeps injecting at-1 and says why in its log.
     revoked.store(true, Ordering::SeqCst);
     let p = w.proxy(&["oauth-corp"]);
-    p.get("https://api.corp.test/v1/things", &[]);
-    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-1"]);
-    assert_eq!(token_calls().len(), 2, "{}", p.log_text());
+    p.assert_injects(&[("https://api.corp.test/v1/things", "Bearer at-1")]);
+    assert_eq!(w.seen_at("/token").len(), 2, "{}", p.log_text());
     let log = p.log_text();
     assert!(
         log.contains("refresh failed, still using the current token")
@@ -1557,9 +1422,8 @@ fn oauth_refresh_failure_in_the_proxy_keeps_the_old_token_and_reports_it() {
         assert!(!log.contains(secret), "{secret} in the log: {log}");
     }
     // No retry storm: the next request within a minute does not ask again.
-    p.get("https://api.corp.test/v1/things", &[]);
-    assert_eq!(last_header(&w.server, "authorization"), ["Bearer at-1"]);
-    assert_eq!(token_calls().len(), 2);
+    p.assert_injects(&[("https://api.corp.test/v1/things", "Bearer at-1")]);
+    assert_eq!(w.seen_at("/token").len(), 2);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     drop(p);
     assert_eq!(w.env.reveal("oauth-corp", &[]).unwrap(), "at-1");
