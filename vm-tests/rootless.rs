@@ -280,7 +280,10 @@ fn rootless_detached_runs_stop() {
         !running("# 3031")
     });
 
-    let id = started("trap '' TERM; while :; do sleep 0.1; done # 3032");
+    let id = started("trap '' TERM; touch stubborn.txt; while :; do sleep 0.1; done # 3032");
+    wait_for(10, "the command never set its trap", || {
+        s.workspace.join("stubborn.txt").exists()
+    });
     let out = s.nobody_output(&["stop", "--time", "1", &id], "");
     assert_eq!(
         stdout(ok(&out)).trim(),
