@@ -122,19 +122,11 @@ impl World {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("http://moat:"),
-            "proxy did not start: {line:?}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let url = proxy_url(&mut child, &log);
         Proxy {
             world: self,
             child,
-            url: line.trim().to_owned(),
+            url,
             ca: self.env.home().join("ca/ca.crt"),
             log,
         }

@@ -94,22 +94,7 @@ impl Rig {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("http://moat:")
-                && line
-                    .trim_end()
-                    .rsplit(':')
-                    .next()
-                    .unwrap()
-                    .parse::<u16>()
-                    .is_ok(),
-            "{line:?}"
-        );
-        self.url = line.trim().to_owned();
+        self.url = proxy_url(&mut child, &self.log);
         self.proxy = Some(child);
     }
 

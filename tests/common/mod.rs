@@ -346,6 +346,24 @@ pub fn get_until_answered(url: &str, secs: u64) -> String {
     }
 }
 
+/// The URL `moat proxy` (spawned with stdout piped) prints first,
+/// `http://moat:<password>@127.0.0.1:<port>`; a panic with the proxy's log
+/// (`log`) if it printed something else.
+pub fn proxy_url(proxy: &mut std::process::Child, log: &Path) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(proxy.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim_end().rsplit(':').next().unwrap_or_default();
+    assert!(
+        line.starts_with("http://moat:") && port.parse::<u16>().is_ok(),
+        "moat proxy did not start: {line:?}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    line.trim().to_owned()
+}
+
 /// Whether a process whose command line contains `pattern` runs (`pgrep -f`).
 pub fn running(pattern: &str) -> bool {
     Command::new("pgrep")
