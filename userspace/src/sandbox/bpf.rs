@@ -246,7 +246,12 @@ impl Redirector {
         if config.proxy.port() == 0 || config.dns_port == 0 {
             return Err(BpfError::BadConfig(config));
         }
-        let mut ebpf = loader.0.join().unwrap_or_else(|_| load())?;
+        // A panic on the loader thread is this thread's panic: loading again
+        // here would put this thread in the loader's private mount namespace.
+        let mut ebpf = loader
+            .0
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
 
         // Configure before anything is attached: unconfigured programs refuse.
         let map_err = |name| {

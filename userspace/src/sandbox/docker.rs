@@ -690,9 +690,6 @@ fn run_container(
     if tty {
         resize(rt, docker, name);
     }
-    // Release the entrypoint: the namespace is ready. The connection stays
-    // open until the run ends (the entrypoint's lifeline) and brings back
-    // the command's exit code.
     // Signals to Moat are caught from before the go: `moat stop` may send
     // one as soon as `started` has told it the id.
     let signals: Vec<_> = {
@@ -708,6 +705,9 @@ fn run_container(
         .filter_map(|(kind, name)| Some((signal(kind).ok()?, name)))
         .collect()
     };
+    // Release the entrypoint: the namespace is ready. The connection stays
+    // open until the run ends (the entrypoint's lifeline) and brings back
+    // the command's exit code.
     rt.block_on(ctl.write_all(b"g"))?;
     crate::runs::started();
 
