@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::NetnsHolder;
+use common::{NetnsHolder, host_cmd, host_state, stderr, stdout};
 use moat::proxy::OriginalDst;
 use moat::sandbox::bpf::{RedirectConfig, Redirector};
 use moat::sandbox::cgroup::{self, RunCgroup};
@@ -35,24 +35,6 @@ fn assert_root() {
         "vm-tests run as root (they create cgroups and attach BPF programs); \
          CI does; locally: sudo ./scripts/test.sh"
     );
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn host_cmd(args: &[&str]) -> String {
-    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
-    text(&o.stdout)
-}
-
-/// What must not change in the host namespace.
-fn host_state() -> (String, String) {
-    (
-        host_cmd(&["nft", "list", "ruleset"]),
-        host_cmd(&["ip", "-o", "link"]),
-    )
 }
 
 /// Capabilities the sandboxed command loses in `moat run`.
@@ -109,7 +91,7 @@ fn sandboxed(
         .output()
         .expect("run sh");
     assert_ne!(o.status.code(), Some(99), "could not join the cgroup");
-    assert_ne!(o.status.code(), Some(98), "remount: {}", text(&o.stderr));
+    assert_ne!(o.status.code(), Some(98), "remount: {}", stderr(&o));
     o
 }
 
@@ -320,12 +302,7 @@ fn redirects_refuses_resists_and_leaves_nothing() {
     // The sandboxed client: the first connect() after exec is redirected,
     // getpeername() shows the original, UDP is DNS only, no IPv6.
     let o = sandboxed(&holder, &cg_path, false, CLIENT, &[]);
-    assert_eq!(
-        text(&o.stdout),
-        CLIENT_EXPECTED,
-        "stderr: {}",
-        text(&o.stderr)
-    );
+    assert_eq!(stdout(&o), CLIENT_EXPECTED, "stderr: {}", stderr(&o));
 
     // A uid-0 command without the capabilities cannot undo it.
     let connect4 = programs
@@ -345,8 +322,8 @@ fn redirects_refuses_resists_and_leaves_nothing() {
             &connect4,
         ],
     );
-    let out = text(&o.stdout);
-    eprintln!("escape attempt: {out}{}", text(&o.stderr));
+    let out = stdout(&o);
+    eprintln!("escape attempt: {out}{}", stderr(&o));
     assert!(!out.contains("MOVED"), "left the cgroup: {out}");
     assert_eq!(out.matches("STAYED").count(), 2, "{out}");
     assert!(out.contains("DETACH FAILED"), "{out}");

@@ -15,12 +15,11 @@ mod common;
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{NetnsHolder, ns_inode};
+use common::{NetnsHolder, host_cmd, ns_inode, stderr, stdout};
 use moat::proxy::{OriginalDst, SoOriginalDst};
 use moat::sandbox::dns::{self, SyntheticDns};
 use moat::sandbox::{netns, nft};
@@ -32,16 +31,6 @@ fn assert_root() {
         "vm-tests run as root (they create network namespaces and load nftables rules); \
          CI does; locally: sudo ./scripts/test.sh"
     );
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn host_cmd(args: &[&str]) -> String {
-    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
-    text(&o.stdout)
 }
 
 /// What must not change in the host namespace.
@@ -87,11 +76,11 @@ fn ruleset_passes_nft_check_inside_a_throwaway_namespace() {
     {
         let holder = NetnsHolder::spawn();
         let o = holder.run(&["nft", "-c", "-f", "-"], Some(&nft::ruleset(41000, 42000)));
-        assert!(o.status.success(), "nft -c: {}", text(&o.stderr));
+        assert!(o.status.success(), "nft -c: {}", stderr(&o));
         // -c loads nothing.
         let o = holder.run(&["nft", "list", "ruleset"], None);
-        assert!(o.status.success(), "{}", text(&o.stderr));
-        assert!(!text(&o.stdout).contains("moat"), "{}", text(&o.stdout));
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stdout(&o).contains("moat"), "{}", stdout(&o));
     }
     assert_eq!(host_state(), before, "host namespace changed");
 }
@@ -231,14 +220,14 @@ fn sandbox_traffic_lands_on_host_served_sockets() {
 
     // (f) rules and route are in the sandbox namespace.
     let o = holder.run(&["nft", "list", "ruleset"], None);
-    let rules = text(&o.stdout);
+    let rules = stdout(&o);
     assert!(rules.contains("table ip moat {"), "{rules}");
     assert!(rules.contains("table ip6 moat6 {"), "{rules}");
     assert!(
         rules.contains(&format!("redirect to :{}", net.proxy_port)),
         "{rules}"
     );
-    let routes = text(&holder.run(&["ip", "route"], None).stdout);
+    let routes = stdout(&holder.run(&["ip", "route"], None));
     assert!(
         routes.contains("default dev lo") && routes.contains("src 127.0.0.1"),
         "{routes}"
@@ -256,19 +245,14 @@ fn sandbox_traffic_lands_on_host_served_sockets() {
         ],
         None,
     );
-    assert_eq!(
-        text(&o.stdout),
-        "ORIG 10.253.0.1:8080\n",
-        "curl: {}",
-        text(&o.stderr)
-    );
+    assert_eq!(stdout(&o), "ORIG 10.253.0.1:8080\n", "curl: {}", stderr(&o));
 
     // (b) DNS to any resolver is answered by Moat, over UDP and TCP; the
     // synthetic address then names the host of the next connection.
     let o = holder.run(&["python3", "-c", DNS_CLIENT], None);
-    let out = text(&o.stdout);
+    let out = stdout(&o);
     eprintln!("DNS client: {out}");
-    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(o.status.success(), "{out}{}", stderr(&o));
     let lines: Vec<&str> = out.lines().collect();
     let udp: Vec<&str> = lines[0].split(' ').collect();
     assert_eq!(udp[0], "UDP", "{out}");
@@ -292,28 +276,28 @@ fn sandbox_traffic_lands_on_host_served_sockets() {
         questions.load(Ordering::SeqCst),
     );
     let o = holder.run(&["python3", "-c", UDP_CLIENT], None);
-    let out = text(&o.stdout);
+    let out = stdout(&o);
     eprintln!("UDP out: {out}");
-    assert!(out.starts_with("BLOCKED"), "{out}{}", text(&o.stderr));
+    assert!(out.starts_with("BLOCKED"), "{out}{}", stderr(&o));
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(accepted.load(Ordering::SeqCst), conns);
     assert_eq!(questions.load(Ordering::SeqCst), asked);
 
     // (d) IPv6 out of loopback fails fast.
     let o = holder.run(&["python3", "-c", V6_CLIENT], None);
-    let out = text(&o.stdout);
+    let out = stdout(&o);
     eprintln!("IPv6 out: {out}");
     let secs: f64 = out
         .strip_prefix("FAILED ")
         .and_then(|r| r.split(' ').next())
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("IPv6 connect should fail: {out}{}", text(&o.stderr)));
+        .unwrap_or_else(|| panic!("IPv6 connect should fail: {out}{}", stderr(&o)));
     assert!(secs < 1.0, "IPv6 failure took {secs} s: {out}");
 
     // (e) no ICMP out.
     let o = holder.run(&["ping", "-c1", "-W1", "10.253.0.1"], None);
-    eprintln!("ping: {}{}", text(&o.stdout), text(&o.stderr));
-    assert!(!o.status.success(), "ping got through: {}", text(&o.stdout));
+    eprintln!("ping: {}{}", stdout(&o), stderr(&o));
+    assert!(!o.status.success(), "ping got through: {}", stdout(&o));
     assert_eq!(accepted.load(Ordering::SeqCst), conns);
 
     // (g) close everything: nothing refers to the namespace any more.

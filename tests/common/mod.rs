@@ -303,21 +303,18 @@ pub fn is_root() -> bool {
 /// The host namespace's nft ruleset, links and routes: a run must leave
 /// all three exactly as it found them.
 pub fn host_state() -> (String, String, String) {
-    let out = |args: &[&str]| {
-        String::from_utf8_lossy(
-            &Command::new(args[0])
-                .args(&args[1..])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned()
-    };
     (
-        out(&["nft", "list", "ruleset"]),
-        out(&["ip", "-o", "link"]),
-        out(&["ip", "route"]),
+        host_cmd(&["nft", "list", "ruleset"]),
+        host_cmd(&["ip", "-o", "link"]),
+        host_cmd(&["ip", "route"]),
     )
+}
+
+/// `args` run on the host; its stdout (a panic with its stderr if it fails).
+pub fn host_cmd(args: &[&str]) -> String {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    stdout(&o)
 }
 
 /// The host's mount table (this process's mount namespace), propagation
