@@ -15,6 +15,7 @@ pub mod local;
 pub mod peek;
 pub mod refresh;
 pub mod rules;
+pub mod runtime;
 pub mod server;
 pub mod substitute;
 pub mod upstream;
@@ -24,6 +25,7 @@ use std::sync::{Arc, RwLock};
 pub use ca::MoatCa;
 pub use guard::Guard;
 pub use inject::{Grant, InjectionTable};
+pub use runtime::ProxyRuntime;
 pub use server::{OriginalDst, SoOriginalDst};
 
 use crate::events::Events;
@@ -192,24 +194,7 @@ impl Engine {
     }
 }
 
-/// The runtime the proxy is served on, from its own worker threads (callers
-/// block on the command meanwhile). `MOAT_PROXY_THREADS=N` sets how many; by
-/// default half the CPUs, at least 1 and at most 4: the sandboxed command and
-/// the servers it talks to need the rest, and on a 2-CPU machine one worker
-/// serves keep-alive traffic ~25 % faster than two that steal each other's
-/// tasks (docs/performance.md).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = std::env::var("MOAT_PROXY_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| (n.get() / 2).clamp(1, 4))
-                .unwrap_or(1)
-        });
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
+/// The runtime the proxy is served on (see [`runtime`](mod@runtime)).
+pub fn runtime() -> std::io::Result<ProxyRuntime> {
+    ProxyRuntime::new()
 }

@@ -638,7 +638,7 @@ fn is_loader(path: &Path) -> bool {
 
 /// Attach, start, plumb, release the entrypoint, pump stdio, wait.
 fn run_container(
-    rt: &tokio::runtime::Runtime,
+    rt: &crate::proxy::ProxyRuntime,
     docker: &Docker,
     spec: &DockerSpec,
     engine: Arc<Engine>,
@@ -816,7 +816,7 @@ fn terminal_size() -> Option<(i32, i32)> {
     (r == 0 && ws.ws_col > 0).then_some((i32::from(ws.ws_col), i32::from(ws.ws_row)))
 }
 
-fn resize(rt: &tokio::runtime::Runtime, docker: &Docker, name: &str) {
+fn resize(rt: &crate::proxy::ProxyRuntime, docker: &Docker, name: &str) {
     if let Some((w, h)) = terminal_size() {
         let _ = rt.block_on(docker.resize_container_tty(name, ResizeContainerTTYOptions { w, h }));
     }

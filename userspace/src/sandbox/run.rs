@@ -334,7 +334,7 @@ fn serve(
 /// with DNS answers and the engine's events going to `events`. Shared by the
 /// native and docker runtimes.
 pub(crate) fn serve_sandbox(
-    rt: &tokio::runtime::Runtime,
+    rt: &crate::proxy::ProxyRuntime,
     engine: Arc<Engine>,
     net: netns::SandboxNet,
     dst: Arc<dyn OriginalDst>,
@@ -364,7 +364,7 @@ pub(crate) fn serve_sandbox(
 /// [`publish`] for a sandbox whose network namespace this (root) process
 /// can enter: a container's.
 pub(crate) fn publish_in(
-    rt: &tokio::runtime::Runtime,
+    rt: &crate::proxy::ProxyRuntime,
     ns: &std::fs::File,
     ports: &[(u16, u16)],
 ) -> Result<Option<Dial>, RunError> {
@@ -378,7 +378,7 @@ pub(crate) fn publish_in(
 /// to the port inside the sandbox. Bound before the command starts, so a
 /// taken port fails the run up front.
 pub(crate) fn publish(
-    rt: &tokio::runtime::Runtime,
+    rt: &crate::proxy::ProxyRuntime,
     dial: Option<Dial>,
     ports: &[(u16, u16)],
 ) -> Result<Option<Dial>, RunError> {
