@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::json;
 
 /// Where events go. Cloning is cheap; [`Events::none`] discards them.
 #[derive(Clone, Default)]
@@ -67,17 +69,7 @@ impl Events {
     /// Record `event` with `fields` (a JSON object; other values are ignored).
     pub fn emit(&self, event: &str, fields: Value) {
         let Some(sink) = &self.0 else { return };
-        let mut line = Map::new();
-        line.insert(
-            "ts".into(),
-            json!(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
-        );
-        line.insert("event".into(), json!(event));
-        if let Value::Object(fields) = fields {
-            line.extend(fields);
-        }
-        let mut bytes = Value::Object(line).to_string().into_bytes();
-        bytes.push(b'\n');
+        let bytes = line(std::time::SystemTime::now(), event, &fields);
         let mut out = sink.out.lock().unwrap_or_else(|p| p.into_inner());
         let (writer, flushed) = &mut *out;
         let mut result = writer.write_all(&bytes);
@@ -93,6 +85,33 @@ impl Events {
             eprintln!("moat: cannot write the run's events: {e}");
         }
     }
+}
+
+/// `{"ts":…,"event":…,<fields>}` and a newline: time and name first, for
+/// people reading the file; a field named `ts` or `event` is left out.
+fn line(now: std::time::SystemTime, event: &str, fields: &Value) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut bytes = Vec::with_capacity(256);
+    // Writing to a Vec cannot fail, nor can serialising JSON values or strings.
+    let _ = write!(
+        bytes,
+        "{{\"ts\":\"{}\",\"event\":",
+        humantime::format_rfc3339_millis(now)
+    );
+    let _ = serde_json::to_writer(&mut bytes, event);
+    if let Value::Object(fields) = fields {
+        for (k, v) in fields
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "ts" | "event"))
+        {
+            bytes.push(b',');
+            let _ = serde_json::to_writer(&mut bytes, k);
+            bytes.push(b':');
+            let _ = serde_json::to_writer(&mut bytes, v);
+        }
+    }
+    bytes.extend_from_slice(b"}\n");
+    bytes
 }
 
 #[cfg(test)]
@@ -119,6 +138,28 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_led_by_time_and_name() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let fields = json!({"host": "a\"b", "grants": ["x"], "ts": "forged", "event": "forged"});
+        let text = String::from_utf8(line(t, "inject", &fields)).unwrap();
+        assert!(
+            text.starts_with(r#"{"ts":"2023-11-14T22:13:20.123Z","event":"inject","#),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n") && text.matches('\n').count() == 1);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["host"], "a\"b");
+        assert_eq!(v["grants"][0], "x");
+        assert_eq!(v["event"], "inject");
+        assert_eq!(v.as_object().unwrap().len(), 4);
+        let empty = String::from_utf8(line(t, "exit", &json!({}))).unwrap();
+        assert_eq!(
+            empty,
+            "{\"ts\":\"2023-11-14T22:13:20.123Z\",\"event\":\"exit\"}\n"
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub async fn forward(
     if let super::rules::Verdict::Deny(reason) = route {
         engine.emit(
             "deny",
-            serde_json::json!({"host": target.host, "port": target.port, "method": method, "path": req.uri().path(), "reason": reason}),
+            || serde_json::json!({"host": target.host, "port": target.port, "method": method, "path": req.uri().path(), "reason": reason}),
         );
         return moat_response(StatusCode::FORBIDDEN, &reason);
     }
@@ -163,7 +163,7 @@ pub async fn forward(
         tracing::info!(host = %target.host, grants = ?plan.grants, method = %parts.method, "injecting");
         engine.emit(
             "inject",
-            serde_json::json!({"host": target.host, "port": target.port, "grants": plan.grants.iter().map(|g| g.as_ref()).collect::<Vec<&str>>(), "method": parts.method.as_str(), "path": request_path}),
+            || serde_json::json!({"host": target.host, "port": target.port, "grants": plan.grants.iter().map(|g| g.as_ref()).collect::<Vec<&str>>(), "method": parts.method.as_str(), "path": request_path}),
         );
     }
 
@@ -282,6 +282,16 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// Hop-by-hop headers removed whatever `Connection` names (besides
+/// `Connection` and `Upgrade` themselves).
+const HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+];
+
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` and
 /// `Connection: upgrade` for an upgrade request and `TE: trailers`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -300,13 +310,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "transfer-encoding",
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if keep_upgrade {

@@ -175,7 +175,7 @@ async fn google_refresh(
 ) -> Response<ProxyBody> {
     engine.emit(
         "local",
-        serde_json::json!({"host": target.host, "port": target.port, "grants": [r.grant.as_ref()], "answer": "google oauth refresh"}),
+        || serde_json::json!({"host": target.host, "port": target.port, "grants": [r.grant.as_ref()], "answer": "google oauth refresh"}),
     );
     let (now, expires_at) = match &r.live {
         Some(live) => {
@@ -262,7 +262,7 @@ async fn forward_substituted(
     let url = format!("https://{}{port}{path}", target.host);
     engine.emit(
         "inject",
-        serde_json::json!({"host": target.host, "port": target.port, "grants": [r.grant.as_ref()], "method": parts.method.as_str(), "path": parts.uri.path()}),
+        || serde_json::json!({"host": target.host, "port": target.port, "grants": [r.grant.as_ref()], "method": parts.method.as_str(), "path": parts.uri.path()}),
     );
     match engine
         .upstream

@@ -155,9 +155,11 @@ impl Engine {
         let _ = self.events.set(events);
     }
 
-    fn emit(&self, event: &str, fields: serde_json::Value) {
-        if let Some(events) = self.events.get() {
-            events.emit(event, fields);
+    /// Record `event` in the run's events; `fields` is only built when the
+    /// run records events (`moat proxy` does not).
+    fn emit(&self, event: &str, fields: impl FnOnce() -> serde_json::Value) {
+        if let Some(events) = self.events.get().filter(|e| e.is_enabled()) {
+            events.emit(event, fields());
         }
     }
 
@@ -174,7 +176,7 @@ impl Engine {
             rules::Verdict::Deny(reason) => {
                 self.emit(
                     "deny",
-                    serde_json::json!({"host": host, "port": port, "reason": reason}),
+                    || serde_json::json!({"host": host, "port": port, "reason": reason}),
                 );
                 Some(reason)
             }

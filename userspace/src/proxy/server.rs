@@ -168,7 +168,7 @@ impl Engine {
         };
         self.emit(
             "connect",
-            json!({"host": host, "port": port, "action": action}),
+            || json!({"host": host, "port": port, "action": action}),
         );
         match action {
             // Raw TCP the policy refuses: closed at once.
