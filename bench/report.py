@@ -210,6 +210,45 @@ def startup_section(work: Path, meta: dict) -> list[str]:
     return out
 
 
+FLOORS = {
+    "floor-tcp": "TCP relay: copies bytes; the client's TLS goes end to end to nginx",
+    "floor-tls": "TLS relay: terminates the client's TLS, opens its own to nginx, copies the plaintext",
+}
+
+
+def floors_section(work: Path, cs: dict) -> list[str]:
+    """Keep-alive c=64 through the two relays of `moat-bench-relay`, next to direct and Moat."""
+    fs = {n: Contender(work, n) for n in FLOORS}
+    if all(f.unavailable is not None and not f.dir.exists() for f in fs.values()):
+        return []
+    d = cs["direct"]
+    vd = None if d.unavailable else d.rps("ka", 64)
+    out = ["## Floors: keep-alive, c=64\n"]
+    out.append("| in front of nginx | requests/s | ÷ direct |")
+    out.append("| --- | ---: | ---: |")
+    out.append(f"| nothing (direct) | {fmt(vd, 'rps')} | {ratio(vd, vd)} |")
+    for name, what in FLOORS.items():
+        f = fs[name]
+        v = None if f.unavailable else f.rps("ka", 64)
+        shown = fmt(v, "rps") if f.unavailable is None else f"n/a ({f.unavailable})"
+        out.append(f"| {what} | {shown} | {ratio(v, vd)} |")
+        cs[name] = f  # its notes join the warnings
+    for name, what in (("moat", "moat explicit"), ("transparent", "moat transparent")):
+        c = cs[name]
+        v = None if c.unavailable else c.rps("ka", 64)
+        out.append(f"| {what} | {fmt(v, 'rps') if c.unavailable is None else 'n/a'} | {ratio(v, vd)} |")
+    out.append("")
+    out.append(
+        "`moat-bench-relay` (testkit) runs both relays on one current-thread runtime, as Moat's proxy runs on a "
+        "2-CPU machine, measured in the same round as the c=64 row above. They are what a proxy doing none of "
+        "Moat's HTTP work reaches here: the TCP relay pays only the extra loopback hop (two more reads and "
+        "writes per request), the TLS relay adds both TLS sessions, which an intercepting proxy cannot avoid. "
+        "What Moat loses beyond the TLS relay is its HTTP work: parsing and rewriting each request, forwarding "
+        "it through the pooled upstream client, and relaying the response.\n"
+    )
+    return out
+
+
 def main() -> int:
     work = Path(sys.argv[1])
     meta = {}
@@ -350,6 +389,7 @@ def main() -> int:
     runs = [f"{c.name} {', '.join(f'{r:,.0f}' for r in c.big_runs())}" for c in cs.values() if c.big_runs()]
     if runs:
         out.append(f"Download runs, MB/s: {'; '.join(runs)}.\n")
+    out.extend(floors_section(work, cs))
     out.extend(startup_section(work, meta))
     notes = [f"{c.name}: {esc(n)}" for c in cs.values() for n in dict.fromkeys(c.notes)]
     if notes:

@@ -22,6 +22,7 @@
 #                        busybox/alpine/debian/ubuntu image, else the first one)
 #   BENCH_SKIP_BUILD=1   do not run cargo build (use target/release/moat as is)
 #   BENCH_MOAT=PATH      benchmark this binary as Moat (implies BENCH_SKIP_BUILD)
+#   BENCH_RELAY=PATH     the moat-bench-relay binary (default target/release/)
 #   BENCH_CPU_IDLE=poll  hold /dev/cpu_dma_latency at 0 while running (when
 #                        writable) so idle CPUs poll instead of halting; in a VM
 #                        a halted vCPU takes ~0.1 ms to wake, which swamps the
@@ -31,7 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 cmdline="./scripts/bench.sh${*:+ $*}"
-for v in BENCH_SECONDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE BENCH_STARTS BENCH_DOCKER_IMAGE; do
+for v in BENCH_RELAY BENCH_SECONDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE BENCH_STARTS BENCH_DOCKER_IMAGE; do
   [ -n "${!v:-}" ] && cmdline="$v='${!v}' $cmdline"
 done
 
@@ -141,8 +142,8 @@ moat=${BENCH_MOAT:-$root/target/release/moat}
 moat_reason=""
 if [[ " $only " == *" moat "* || " $only " == *" transparent "* ]] || ((starts > 0)); then
   if [ -z "${BENCH_SKIP_BUILD:-}${BENCH_MOAT:-}" ]; then
-    say "building moat (cargo build --release --locked -p moat)"
-    if ! cargo build --release --locked -p moat >"$work/build.log" 2>&1; then
+    say "building moat (cargo build --release --locked --bin moat --bin moat-bench-relay)"
+    if ! cargo build --release --locked --bin moat --bin moat-bench-relay >"$work/build.log" 2>&1; then
       tail -n 15 "$work/build.log" >&2
       moat_reason="cargo build failed"
     fi
@@ -391,6 +392,43 @@ for c in direct mitmproxy moat transparent; do
   fi
 done
 
+# Floors for the keep-alive c=64 point: moat-bench-relay's TCP and TLS relays
+# (testkit) in front of the same nginx, doing none of Moat's HTTP work.
+floors=()
+relay=${BENCH_RELAY:-$root/target/release/moat-bench-relay}
+if [ -x "$relay" ]; then
+  log_cmd "${relay#"$root"/}" --to "127.0.0.1:$nginx_port" --upstream-ca "$ca" --ca-out "$work/relay-ca.pem"
+  "$relay" --to "127.0.0.1:$nginx_port" --upstream-ca "$ca" --ca-out "$work/relay-ca.pem" \
+    >"$work/relay.out" 2>"$work/relay.err" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q '^ready' "$work/relay.out" 2>/dev/null && break
+    kill -0 "$!" 2>/dev/null || break
+    sleep 0.05
+  done
+  if grep -q '^ready' "$work/relay.out" 2>/dev/null; then
+    floors=(floor-tcp floor-tls)
+    relay_tcp=$(awk '$1 == "tcp" {print $2}' "$work/relay.out")
+    relay_tls=$(awk '$1 == "tls" {print $2}' "$work/relay.out")
+  else
+    unavailable floor-tcp "moat-bench-relay did not start: $(why "$work/relay.err")"
+    unavailable floor-tls "moat-bench-relay did not start: $(why "$work/relay.err")"
+  fi
+else
+  unavailable floor-tcp "$relay missing (cargo build --release --bin moat-bench-relay)"
+  unavailable floor-tls "$relay missing (cargo build --release --bin moat-bench-relay)"
+fi
+floor_oha() { # NAME: oha keep-alive c=64 through that relay
+  local addr=$relay_tcp trust=$ca
+  [ "$1" = floor-tls ] && addr=$relay_tls trust=$work/relay-ca.pem
+  mkdir -p "$res/$1"
+  say "$1: oha c=64 keep-alive ${secs}s"
+  log_cmd oha --no-tui -z "${secs}s" -c 64 --cacert "$trust" --connect-to "bench.test:443:$addr" \
+    --output-format json https://bench.test/small
+  "$oha" --no-tui -z "${secs}s" -c 64 --cacert "$trust" --connect-to "bench.test:443:$addr" \
+    --output-format json -o "$res/$1/oha-ka-c64.json" https://bench.test/small 2>"$res/$1/oha-ka-c64.err" || true
+}
+
 # ---------------------------------------------------------------- measurements
 ohanet=() curlnet=() holdnet=() runner=() ohabin=$oha ohadir=$res
 
@@ -450,6 +488,9 @@ for mode in ka new; do
         mv -f "$ohadir/oha-$mode-c$c.json" "$res/$name/"
       fi
     done
+    if [ "$mode$c" = ka64 ]; then
+      for f in "${floors[@]}"; do floor_oha "$f"; done
+    fi
   done
 done
 
