@@ -233,8 +233,16 @@ def floors_section(work: Path, cs: dict) -> list[str]:
         shown = fmt(v, "rps") if f.unavailable is None else f"n/a ({f.unavailable})"
         out.append(f"| {what} | {shown} | {ratio(v, vd)} |")
         cs[name] = f  # its notes join the warnings
-    for name, what in (("moat", "moat explicit"), ("transparent", "moat transparent")):
-        c = cs[name]
+    te = Contender(work, "transparent-ebpf")
+    if te.dir.exists():
+        cs["transparent-ebpf"] = te
+    for c, what in (
+        (cs["moat"], "moat explicit"),
+        (cs["transparent"], "moat transparent (`--redirect nft`, the default)"),
+        (te, "moat transparent, `--redirect ebpf`"),
+    ):
+        if c is te and not te.dir.exists():
+            continue
         v = None if c.unavailable else c.rps("ka", 64)
         out.append(f"| {what} | {fmt(v, 'rps') if c.unavailable is None else 'n/a'} | {ratio(v, vd)} |")
     out.append("")
@@ -244,7 +252,9 @@ def floors_section(work: Path, cs: dict) -> list[str]:
         "Moat's HTTP work reaches here: the TCP relay pays only the extra loopback hop (two more reads and "
         "writes per request), the TLS relay adds both TLS sessions, which an intercepting proxy cannot avoid. "
         "What Moat loses beyond the TLS relay is its HTTP work: parsing and rewriting each request, forwarding "
-        "it through the pooled upstream client, and relaying the response.\n"
+        "it through the pooled upstream client, and relaying the response. The eBPF row is the transparent "
+        "point again with `--redirect ebpf`: connections are redirected once, at connect(), where nft's NAT "
+        "rewrites every packet.\n"
     )
     return out
 

@@ -429,6 +429,18 @@ floor_oha() { # NAME: oha keep-alive c=64 through that relay
     --output-format json -o "$res/$1/oha-ka-c64.json" https://bench.test/small 2>"$res/$1/oha-ka-c64.err" || true
 }
 
+ebpf_oha() { # the transparent c=64 point again, with the eBPF redirector instead of nft
+  local out=$res/transparent-ebpf
+  mkdir -p "$out"
+  say "transparent-ebpf: oha c=64 keep-alive ${secs}s"
+  log_cmd "$moat" run "$ws" --grant bench --redirect ebpf -- "$ws/oha" --no-tui -z "${secs}s" -c 64 \
+    --cacert "$sandbox_trust" --output-format json -o "$ws/oha-ka-c64.json" https://bench.test/small
+  "$moat" run "$ws" --grant bench --redirect ebpf -- "$ws/oha" --no-tui -z "${secs}s" -c 64 \
+    --cacert "$sandbox_trust" --output-format json -o "$ws/oha-ka-c64.json" https://bench.test/small \
+    2>"$out/oha-ka-c64.err" >/dev/null || true
+  [ ! -e "$ws/oha-ka-c64.json" ] || mv -f "$ws/oha-ka-c64.json" "$out/"
+}
+
 # ---------------------------------------------------------------- measurements
 ohanet=() curlnet=() holdnet=() runner=() ohabin=$oha ohadir=$res
 
@@ -490,6 +502,7 @@ for mode in ka new; do
     done
     if [ "$mode$c" = ka64 ]; then
       for f in "${floors[@]}"; do floor_oha "$f"; done
+      [[ " ${ready[*]} " != *" transparent "* ]] || ebpf_oha
     fi
   done
 done
