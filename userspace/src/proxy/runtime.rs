@@ -4,7 +4,7 @@
 //! One worker is a current-thread runtime driven by a dedicated thread; more
 //! are a multi-thread runtime. On a small machine the proxy shares the CPUs
 //! with the command and the servers it talks to, and there a single
-//! current-thread worker serves keep-alive traffic 12–22 % faster than a
+//! current-thread worker serves keep-alive traffic 8–22 % faster than a
 //! one-worker multi-thread runtime (no work-stealing bookkeeping on every
 //! wake-up), which itself beat two workers (docs/performance.md).
 
