@@ -225,8 +225,9 @@ wait_port "$nginx_port" "$!" || {
 # Every contender is started first; then each measurement runs for all of them
 # back to back (interleaved), so a load spike from elsewhere hits all alike.
 # Per contender: P_PROXY (http://[user:pw@]host:port, empty for direct),
-# P_TRUST (the CA its clients trust), P_PID (whose RSS is read; empty for direct).
-declare -A P_PROXY=() P_TRUST=() P_PID=()
+# P_TRUST (the CA its clients trust), P_PID (whose RSS is read; empty for direct),
+# P_ADDR (where a client without a proxy connects; default nginx itself).
+declare -A P_PROXY=() P_TRUST=() P_PID=() P_ADDR=()
 ready=()
 
 unavailable() { # NAME REASON
@@ -362,8 +363,10 @@ start_transparent() {
 net() {
   local proxy=${P_PROXY[$1]} hostport cred
   runner=() ohabin=$oha ohadir=$res/$1
-  if [ "$1" = transparent ]; then
-    runner=("$moat" run "$ws" --grant bench --redirect nft --)
+  if [ "$1" = transparent ] || [ "$1" = transparent-ebpf ]; then
+    local redirect=nft
+    [ "$1" = transparent ] || redirect=ebpf
+    runner=("$moat" run "$ws" --grant bench --redirect "$redirect" --)
     ohabin=$ws/oha ohadir=$ws
     ohanet=() curlnet=() holdnet=()
   elif [ -n "$proxy" ]; then
@@ -378,9 +381,10 @@ net() {
     curlnet=(-x "$proxy")
     holdnet=(--proxy "$proxy")
   else
-    ohanet=(--connect-to "bench.test:443:127.0.0.1:$nginx_port")
-    curlnet=(--connect-to "bench.test:443:127.0.0.1:$nginx_port")
-    holdnet=(--connect "127.0.0.1:$nginx_port")
+    local addr=${P_ADDR[$1]:-127.0.0.1:$nginx_port}
+    ohanet=(--connect-to "bench.test:443:$addr")
+    curlnet=(--connect-to "bench.test:443:$addr")
+    holdnet=(--connect "$addr")
   fi
 }
 
@@ -408,8 +412,10 @@ if [ -x "$relay" ]; then
   done
   if grep -q '^ready' "$work/relay.out" 2>/dev/null; then
     floors=(floor-tcp floor-tls)
-    relay_tcp=$(awk '$1 == "tcp" {print $2}' "$work/relay.out")
-    relay_tls=$(awk '$1 == "tls" {print $2}' "$work/relay.out")
+    P_PROXY[floor-tcp]="" P_TRUST[floor-tcp]=$ca P_PID[floor-tcp]=""
+    P_ADDR[floor-tcp]=$(awk '$1 == "tcp" {print $2}' "$work/relay.out")
+    P_PROXY[floor-tls]="" P_TRUST[floor-tls]=$work/relay-ca.pem P_PID[floor-tls]=""
+    P_ADDR[floor-tls]=$(awk '$1 == "tls" {print $2}' "$work/relay.out")
   else
     unavailable floor-tcp "moat-bench-relay did not start: $(why "$work/relay.err")"
     unavailable floor-tls "moat-bench-relay did not start: $(why "$work/relay.err")"
@@ -418,27 +424,33 @@ else
   unavailable floor-tcp "$relay missing (cargo build --release --bin moat-bench-relay)"
   unavailable floor-tls "$relay missing (cargo build --release --bin moat-bench-relay)"
 fi
-floor_oha() { # NAME: oha keep-alive c=64 through that relay
-  local addr=$relay_tcp trust=$ca
-  [ "$1" = floor-tls ] && addr=$relay_tls trust=$work/relay-ca.pem
-  mkdir -p "$res/$1"
-  say "$1: oha c=64 keep-alive ${secs}s"
-  log_cmd oha --no-tui -z "${secs}s" -c 64 --cacert "$trust" --connect-to "bench.test:443:$addr" \
-    --output-format json https://bench.test/small
-  "$oha" --no-tui -z "${secs}s" -c 64 --cacert "$trust" --connect-to "bench.test:443:$addr" \
-    --output-format json -o "$res/$1/oha-ka-c64.json" https://bench.test/small 2>"$res/$1/oha-ka-c64.err" || true
-}
+# The transparent c=64 point again, with the eBPF redirector instead of nft.
+if [[ " ${ready[*]} " == *" transparent "* ]]; then
+  floors+=(transparent-ebpf)
+  P_PROXY[transparent-ebpf]="" P_TRUST[transparent-ebpf]=$sandbox_trust P_PID[transparent-ebpf]=""
+fi
 
-ebpf_oha() { # the transparent c=64 point again, with the eBPF redirector instead of nft
-  local out=$res/transparent-ebpf
-  mkdir -p "$out"
-  say "transparent-ebpf: oha c=64 keep-alive ${secs}s"
-  log_cmd "$moat" run "$ws" --grant bench --redirect ebpf -- "$ws/oha" --no-tui -z "${secs}s" -c 64 \
-    --cacert "$sandbox_trust" --output-format json -o "$ws/oha-ka-c64.json" https://bench.test/small
-  "$moat" run "$ws" --grant bench --redirect ebpf -- "$ws/oha" --no-tui -z "${secs}s" -c 64 \
-    --cacert "$sandbox_trust" --output-format json -o "$ws/oha-ka-c64.json" https://bench.test/small \
-    2>"$out/oha-ka-c64.err" >/dev/null || true
-  [ ! -e "$ws/oha-ka-c64.json" ] || mv -f "$ws/oha-ka-c64.json" "$out/"
+# oha_point NAME MODE C: one oha run (MODE ka: keep-alive, new: a new
+# connection per request) through that contender, into $res/NAME.
+oha_point() {
+  local name=$1 mode=$2 c=$3 ka=()
+  [ "$mode" = new ] && ka=(--disable-keepalive)
+  mkdir -p "$res/$name"
+  net "$name"
+  say "$name: oha c=$c $([ "$mode" = ka ] && echo keep-alive || echo 'new connection per request') ${secs}s"
+  if ((${#runner[@]})); then
+    log_cmd "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" \
+      "${ohanet[@]}" --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small
+  else
+    log_cmd oha --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
+      --output-format json https://bench.test/small
+  fi
+  "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
+    --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small \
+    2>"$res/$name/oha-$mode-c$c.err" || true
+  if [ "$ohadir" != "$res/$name" ] && [ -e "$ohadir/oha-$mode-c$c.json" ]; then
+    mv -f "$ohadir/oha-$mode-c$c.json" "$res/$name/"
+  fi
 }
 
 # ---------------------------------------------------------------- measurements
@@ -480,29 +492,10 @@ done
 sleep 1
 
 for mode in ka new; do
-  ka=()
-  [ "$mode" = new ] && ka=(--disable-keepalive)
   for c in 1 64; do
-    for name in "${ready[@]}"; do
-      net "$name"
-      say "$name: oha c=$c $([ "$mode" = ka ] && echo keep-alive || echo 'new connection per request') ${secs}s"
-      if ((${#runner[@]})); then
-        log_cmd "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" \
-          "${ohanet[@]}" --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small
-      else
-        log_cmd oha --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
-          --output-format json https://bench.test/small
-      fi
-      "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
-        --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small \
-        2>"$res/$name/oha-$mode-c$c.err" || true
-      if [ "$ohadir" != "$res/$name" ] && [ -e "$ohadir/oha-$mode-c$c.json" ]; then
-        mv -f "$ohadir/oha-$mode-c$c.json" "$res/$name/"
-      fi
-    done
+    for name in "${ready[@]}"; do oha_point "$name" "$mode" "$c"; done
     if [ "$mode$c" = ka64 ]; then
-      for f in "${floors[@]}"; do floor_oha "$f"; done
-      [[ " ${ready[*]} " != *" transparent "* ]] || ebpf_oha
+      for name in "${floors[@]}"; do oha_point "$name" ka 64; done
     fi
   done
 done
