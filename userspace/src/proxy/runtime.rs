@@ -35,7 +35,7 @@ enum Kind {
 
 /// Worker threads: `MOAT_PROXY_THREADS=N`, else half the CPUs, at least 1 and
 /// at most 4: the sandboxed command and the servers it talks to need the rest.
-pub fn threads() -> usize {
+fn threads() -> usize {
     std::env::var("MOAT_PROXY_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
@@ -82,10 +82,6 @@ impl ProxyRuntime {
                 thread: Some(thread),
             },
         })
-    }
-
-    pub fn handle(&self) -> &Handle {
-        &self.handle
     }
 
     /// Run `future` to completion on the calling thread; tasks it spawns,
