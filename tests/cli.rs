@@ -1063,11 +1063,9 @@ fn secrets_reach_the_command_from_env_op_and_ssm() {
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
             ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
         ];
-        let t = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(30, "moto did not start", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         let put = Command::new("aws")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -345,11 +345,9 @@ fn docker_exit_codes_signals_and_keep() {
         )
         .spawn()
         .unwrap();
-    let t = std::time::Instant::now();
-    while !s.workspace.join("up.txt").exists() {
-        assert!(t.elapsed().as_secs() < 30, "the command never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for(30, "the command never started", || {
+        s.workspace.join("up.txt").exists()
+    });
     nix_kill_term(child.id());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(3));
