@@ -374,6 +374,97 @@ fn server_sent_events_are_not_buffered() {
     }
 }
 
+/// An HTTP/2 client's streams share one client connection but must not
+/// share an HTTP/1.1 upstream connection: a request sent while an event
+/// stream is still open on the same client connection is answered at once.
+#[test]
+fn h2_streams_to_an_h1_upstream_do_not_wait_for_each_other() {
+    use http_body_util::BodyExt;
+    let rig = Rig::new(&[b"http/1.1"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tls = tunnel_tls(&rig, "api.github.com", b"h2").await;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let get = |path: &str| {
+            hyper::Request::get(format!("https://api.github.com{path}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        let sse = send.send_request(get("/sse")).await.unwrap();
+        let mut events = sse.into_body();
+        let first = events.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"data: one\n\n");
+        // The event stream is open (its upstream holds it up to 10 s).
+        let quick = tokio::time::timeout(Duration::from_secs(5), async {
+            let resp = send.send_request(get("/user")).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await
+        .expect("the second request waited for the open event stream");
+        assert!(!quick.is_empty());
+        rig.sink.release_sse();
+        let rest = events.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"data: two\n\n");
+    });
+}
+
+/// A TLS stream to `host` through the proxy's CONNECT, trusting the Moat CA,
+/// offering `alpn`.
+async fn tunnel_tls(
+    rig: &Rig,
+    host: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", rig.port()))
+        .await
+        .unwrap();
+    let password = rig
+        .url
+        .trim_start_matches("http://moat:")
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let auth = base64_encode(&format!("moat:{password}"));
+    tcp.write_all(
+        format!(
+            "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(rig.moat_ca()).unwrap();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(host.to_owned().try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
 #[test]
 fn websocket_upgrade_round_trip_with_injection() {
     let rig = Rig::new(&[b"http/1.1"]);
@@ -383,26 +474,7 @@ fn websocket_upgrade_round_trip_with_injection() {
         .unwrap();
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", rig.port())).await.unwrap();
-        let password = rig.url.trim_start_matches("http://moat:").split('@').next().unwrap().to_owned();
-        let auth = base64_encode(&format!("moat:{password}"));
-        tcp.write_all(format!("CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let head = read_head(&mut tcp).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(rig.moat_ca()).unwrap();
-        roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect("api.github.com".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
+        let mut tls = tunnel_tls(&rig, "api.github.com", b"http/1.1").await;
         tls.write_all(b"GET /ws HTTP/1.1\r\nHost: api.github.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
             .await
             .unwrap();

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::Engine;
 use super::inject::Plan;
 use super::substitute::{SubstBody, Substitutions};
-use super::upstream::{BoxError, ProxyBody};
+use super::upstream::{BoxError, ProxyBody, Slot, UpstreamError};
 
 /// Bodies up to this size are rewritten whole when a substitution changes
 /// their length, so Content-Length stays exact; larger ones stream chunked.
@@ -30,22 +31,9 @@ pub struct Target {
     pub plan: Plan,
     /// Refused by the network policy: every request gets a 403 saying why.
     pub deny: Option<String>,
-}
-
-impl Target {
-    fn authority(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
+    /// The upstream connection(s) used for it; `None` when host and port
+    /// make no valid authority.
+    pub upstream: Option<Slot>,
 }
 
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -105,30 +93,35 @@ pub async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let plan = &target.plan;
 
-    // For events: the path as the client sent it (placeholders, never a
-    // token), without the query.
-    let request_path = req.uri().path().to_owned();
+    let Some(slot) = &target.upstream else {
+        return moat_response(
+            StatusCode::BAD_REQUEST,
+            "the request target is not a valid URI",
+        );
+    };
+    // Origin-form from here on; the slot adds scheme and authority for HTTP/2.
     let path = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_owned();
-    let path = match &plan.request_subst {
-        Some(s) => s.apply_str(&path).unwrap_or(path),
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = match plan
+        .request_subst
+        .as_ref()
+        .and_then(|s| s.apply_str(path.as_str()))
+    {
         None => path,
+        Some(new) => match PathAndQuery::try_from(new) {
+            Ok(p) => p,
+            Err(_) => {
+                return moat_response(
+                    StatusCode::BAD_REQUEST,
+                    "the request target is not a valid URI",
+                );
+            }
+        },
     };
-    let scheme = if target.tls { "https" } else { "http" };
-    let uri: Uri = match format!("{scheme}://{}{path}", target.authority()).parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return moat_response(
-                StatusCode::BAD_REQUEST,
-                "the request target is not a valid URI",
-            );
-        }
-    };
-
+    let uri = Uri::from(path);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::HOST);
@@ -148,8 +141,10 @@ pub async fn forward(
         // The token must be findable in the response: ask for no compression.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
+    // For events: the path as the client sent it (placeholders, never a
+    // token), without the query.
+    let client_uri = std::mem::replace(&mut parts.uri, uri);
+    let request_path = client_uri.path();
     let body = match request_body(body, plan.request_subst.as_ref(), &mut parts.headers).await {
         Ok(b) => b,
         Err(e) => {
@@ -169,7 +164,7 @@ pub async fn forward(
 
     let sent = tokio::time::timeout(
         engine.limits.response_timeout,
-        engine.client.request(Request::from_parts(parts, body)),
+        slot.send(Request::from_parts(parts, body)),
     )
     .await;
     let mut resp = match sent {
@@ -329,29 +324,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// 502 or 504 saying which host and why (never a header value or URL).
-fn upstream_error(target: &Target, e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(net) = err.downcast_ref::<crate::net::NetError>() {
+/// 502, 503 or 504 saying which host and why (never a header value or URL).
+fn upstream_error(target: &Target, e: &UpstreamError) -> Response<ProxyBody> {
+    use crate::net::NetError;
+    match e {
+        UpstreamError::Connect(net) => {
             let status = match net {
-                crate::net::NetError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                crate::net::NetError::Denied { .. } => StatusCode::FORBIDDEN,
+                NetError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                NetError::Denied { .. } => StatusCode::FORBIDDEN,
                 _ => StatusCode::BAD_GATEWAY,
             };
             let msg = match net {
-                crate::net::NetError::Denied { .. } => format!("blocked by Moat policy: {net}"),
+                NetError::Denied { .. } => format!("blocked by Moat policy: {net}"),
                 _ => net.to_string(),
             };
-            return moat_response(status, &msg);
+            moat_response(status, &msg)
         }
-        source = err.source();
+        UpstreamError::Http(e) => moat_response(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "upstream {}:{} failed: {}",
+                target.host,
+                target.port,
+                crate::net::error_chain(e)
+            ),
+        ),
     }
-    let reason = crate::net::error_chain(e);
-    moat_response(
-        StatusCode::BAD_GATEWAY,
-        &format!("upstream {}:{} failed: {reason}", target.host, target.port),
-    )
 }
 
 #[cfg(test)]
@@ -389,23 +387,5 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn authority_omits_default_ports() {
-        let t = |host: &str, port, tls| {
-            Target {
-                host: host.into(),
-                port,
-                tls,
-                plan: Plan::default(),
-                deny: None,
-            }
-            .authority()
-        };
-        assert_eq!(t("api.x.test", 443, true), "api.x.test");
-        assert_eq!(t("api.x.test", 8443, true), "api.x.test:8443");
-        assert_eq!(t("api.x.test", 80, false), "api.x.test");
-        assert_eq!(t("::1", 443, true), "[::1]");
     }
 }

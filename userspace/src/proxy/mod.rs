@@ -104,7 +104,7 @@ pub struct Engine {
     policy: Policy,
     limits: Limits,
     upstream: Arc<Upstream>,
-    client: upstream::UpstreamClient,
+    pool: Arc<upstream::Pool>,
     guard: Arc<SharedGuard>,
     connections: Arc<tokio::sync::Semaphore>,
     events: std::sync::OnceLock<Events>,
@@ -125,7 +125,7 @@ impl Engine {
             policy.allow_restricted.clone(),
         ))));
         let upstream = Arc::new(upstream.with_guard(guard.clone()));
-        let client = upstream::client(upstream.clone(), limits.idle_timeout);
+        let pool = upstream::Pool::new(upstream.clone(), limits.idle_timeout);
         let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         Ok(Arc::new(Self {
             ca,
@@ -133,7 +133,7 @@ impl Engine {
             policy,
             limits,
             upstream,
-            client,
+            pool,
             guard,
             connections,
             events: std::sync::OnceLock::new(),

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Engine;
 use super::http::{Target, forward, moat_response};
 use super::peek::{self, Peeked};
-use super::upstream::ProxyBody;
+use super::upstream::{ProxyBody, Slot};
 
 /// How long a client may take to send its first bytes before the
 /// connection is treated as raw TCP (server-speaks-first protocols).
@@ -188,12 +188,15 @@ impl Engine {
         } else {
             Default::default()
         };
+        // None: not a valid authority (every request gets a 400).
+        let upstream = Slot::new(self.pool.clone(), &host, port, tls).ok();
         Arc::new(Target {
             host,
             port,
             tls,
             plan,
             deny,
+            upstream,
         })
     }
 

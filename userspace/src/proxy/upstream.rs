@@ -1,21 +1,31 @@
-//! The proxy's upstream side: a hyper client whose connector goes through
-//! [`crate::net::Upstream`] (`MOAT_RESOLVE`, `MOAT_UPSTREAM_CA`, the host's
-//! proxy, the safety guard). Connections are pooled per scheme and authority;
-//! HTTP/2 is used when the upstream offers it, HTTP/1.1 otherwise, whatever
-//! the client spoke.
+//! The proxy's upstream side: pooled HTTP/1.1 and HTTP/2 connections made
+//! through [`crate::net::Upstream`] (`MOAT_RESOLVE`, `MOAT_UPSTREAM_CA`, the
+//! host's proxy, the safety guard). HTTP/2 is used when the upstream offers
+//! it, HTTP/1.1 otherwise, whatever the client spoke.
+//!
+//! Each intercepted client connection has a [`Slot`]: the upstream connection
+//! its last request used, kept for its next one, so a keep-alive client costs
+//! no pool lookup per request. When the client connection ends, the slot's
+//! connection goes back to the [`Pool`], shared per host, port and scheme, for
+//! the next client connection to the same place. (hyper-util's pooled client
+//! did the same work per request: a hashed checkout and return, and a task
+//! spawned per response to wait for the connection to become idle.)
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::net::{Io, NetError, Upstream};
@@ -101,113 +111,298 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleTimeout<S> 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or returns.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<Connector, ProxyBody>;
 
-/// Builds pooled upstream connections.
-#[derive(Clone)]
-pub struct Connector {
+/// Idle connections kept per host, port and scheme.
+const MAX_IDLE_PER_KEY: usize = 256;
+/// A pooled connection unused for this long is not handed out again.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Where an upstream connection goes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub host: Arc<str>,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Why a request got no upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Connect(#[from] NetError),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Upstream connections not used by any client connection right now.
+pub struct Pool {
     upstream: Arc<Upstream>,
+    /// Reads on an upstream connection fail after this much silence.
     idle: Duration,
+    conns: Mutex<HashMap<Key, Vec<(Sender, Instant)>>>,
 }
 
-pub fn client(upstream: Arc<Upstream>, idle: Duration) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(Connector { upstream, idle })
-}
-
-/// A pooled connection: plain or TLS, and whether ALPN chose h2.
-pub struct UpstreamConn {
-    io: TokioIo<Box<dyn Io>>,
-    h2: bool,
-}
-
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = UpstreamConn;
-    type Error = NetError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamConn, NetError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let upstream = self.upstream.clone();
-        let idle = self.idle;
-        Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or(NetError::BadUrl("no host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let tls = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            if tls {
-                let stream = upstream.connect_tls_alpn(&host, port, true).await?;
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                Ok(UpstreamConn {
-                    io: TokioIo::new(Box::new(with_idle_timeout(stream, idle))),
-                    h2,
-                })
-            } else {
-                let stream = upstream.connect(&host, port, false).await?;
-                Ok(UpstreamConn {
-                    io: TokioIo::new(Box::new(with_idle_timeout(stream, idle))),
-                    h2: false,
-                })
-            }
+impl Pool {
+    pub fn new(upstream: Arc<Upstream>, idle: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            upstream,
+            idle,
+            conns: Mutex::default(),
         })
     }
-}
 
-impl Connection for UpstreamConn {
-    fn connected(&self) -> Connected {
-        let c = Connected::new();
-        if self.h2 { c.negotiated_h2() } else { c }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<(Sender, Instant)>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live pooled connection to `key`, if any. HTTP/2 connections are
+    /// shared, so they stay in the pool.
+    fn take(&self, key: &Key) -> Option<Sender> {
+        let mut conns = self.lock();
+        let list = conns.get_mut(key)?;
+        list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= POOL_IDLE);
+        // An HTTP/1.1 connection whose last response is still streaming is
+        // not ready; it stays for later.
+        let i = list.iter().rposition(|(s, _)| s.is_ready())?;
+        if let Sender::H2(h2) = &list[i].0 {
+            let shared = Sender::H2(h2.clone());
+            list[i].1 = Instant::now();
+            return Some(shared);
+        }
+        Some(list.swap_remove(i).0)
+    }
+
+    fn put(&self, key: &Key, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut conns = self.lock();
+        let list = conns.entry(key.clone()).or_default();
+        list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= POOL_IDLE);
+        if matches!(sender, Sender::H2(_)) && list.iter().any(|(s, _)| matches!(s, Sender::H2(_))) {
+            return; // one shared HTTP/2 connection per key is enough
+        }
+        if list.len() < MAX_IDLE_PER_KEY {
+            list.push((sender, Instant::now()));
+        }
+    }
+
+    /// A new connection to `key`, its HTTP dispatcher running as a task.
+    async fn connect(&self, key: &Key) -> Result<Sender, UpstreamError> {
+        let (io, h2): (Box<dyn Io>, bool) = if key.tls {
+            let stream = self
+                .upstream
+                .connect_tls_alpn(&key.host, key.port, true)
+                .await?;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            (Box::new(with_idle_timeout(stream, self.idle)), h2)
+        } else {
+            let stream = self.upstream.connect(&key.host, key.port, false).await?;
+            (Box::new(with_idle_timeout(stream, self.idle)), false)
+        };
+        let io = TokioIo::new(io);
+        if h2 {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+            Ok(Sender::H2(tx))
+        } else {
+            let (tx, conn) = http1::Builder::new().handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+            Ok(Sender::H1(tx))
+        }
     }
 }
 
-impl Read for UpstreamConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+/// One upstream connection's request side.
+enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
     }
 }
 
-impl Write for UpstreamConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+/// The upstream side of one intercepted client connection (or of one
+/// absolute-form request): where it goes, and the connection it last used.
+pub struct Slot {
+    pool: Arc<Pool>,
+    key: Key,
+    /// `Host` for HTTP/1.1 and `:authority` for HTTP/2.
+    authority: Authority,
+    host_header: HeaderValue,
+    held: Mutex<Option<Sender>>,
+}
+
+impl Slot {
+    pub fn new(pool: Arc<Pool>, host: &str, port: u16, tls: bool) -> Result<Self, http::Error> {
+        let default = if tls { 443 } else { 80 };
+        let host_part = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        let authority = if port == default {
+            host_part
+        } else {
+            format!("{host_part}:{port}")
+        };
+        let authority = Authority::try_from(authority)?;
+        let host_header = HeaderValue::from_str(authority.as_str())?;
+        Ok(Self {
+            pool,
+            key: Key {
+                host: host.into(),
+                port,
+                tls,
+            },
+            authority,
+            host_header,
+            held: Mutex::new(None),
+        })
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+    /// Send `req` (origin-form URI, no `Host`) upstream and return the
+    /// response head. A request that a reused connection closed before it
+    /// was written goes once more on a new connection.
+    pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // An HTTP/1.1 client sends its next request only after the last
+        // response has reached it, so the held connection is idle or about
+        // to be. HTTP/2 client streams run concurrently: one must not wait
+        // for another's response body.
+        let mut held = self.held().take();
+        if let Some(s) = held.take_if(|s| req.version() == Version::HTTP_2 && !s.is_ready()) {
+            self.pool.put(&self.key, s);
+        }
+        let (mut sender, mut reused) = match held.or_else(|| self.pool.take(&self.key)) {
+            Some(s) => (s, true),
+            None => (self.pool.connect(&self.key).await?, false),
+        };
+        loop {
+            let error = match sender.ready().await {
+                Ok(()) => {
+                    self.address(&mut req, matches!(sender, Sender::H2(_)));
+                    match sender.send(req).await {
+                        Ok(resp) => {
+                            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                                self.keep(sender);
+                            }
+                            return Ok(resp);
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(back) => {
+                                req = back;
+                                e.into_error()
+                            }
+                            None => return Err(e.into_error().into()),
+                        },
+                    }
+                }
+                Err(e) => e,
+            };
+            if !reused {
+                return Err(error.into());
+            }
+            tracing::debug!(host = %self.key.host, "pooled upstream connection closed, reconnecting: {error}");
+            sender = self.pool.connect(&self.key).await?;
+            reused = false;
+        }
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    /// HTTP/1.1: origin-form and `Host`. HTTP/2: absolute-form (hyper takes
+    /// `:scheme` and `:authority` from it) and no `Host`.
+    fn address(&self, req: &mut Request<ProxyBody>, h2: bool) {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(path);
+        if h2 {
+            parts.scheme = Some(if self.key.tls {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
+            parts.authority = Some(self.authority.clone());
+            req.headers_mut().remove(HOST);
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            req.headers_mut().insert(HOST, self.host_header.clone());
+            *req.version_mut() = Version::HTTP_11;
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+
+    /// Keep `sender` for this client connection's next request; a second
+    /// one (concurrent HTTP/2 client streams) goes to the pool.
+    fn keep(&self, sender: Sender) {
+        let extra = self.held().replace(sender);
+        if let Some(extra) = extra {
+            self.pool.put(&self.key, extra);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(sender) = self.held().take() {
+            self.pool.put(&self.key, sender);
+        }
     }
 }
 
@@ -248,5 +443,121 @@ mod tests {
             took >= Duration::from_millis(700) && took < Duration::from_secs(3),
             "{took:?}"
         );
+    }
+
+    /// A plain HTTP/1.1 upstream on loopback answering `ok` to each request;
+    /// with `close_after_one`, it closes each connection after one response
+    /// without saying so (as servers do with idle keep-alive connections).
+    /// Returns its address, the number of connections accepted, and the
+    /// `Host` headers it saw.
+    async fn upstream(
+        close_after_one: bool,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let (a, h) = (accepted.clone(), hosts.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let host = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("host: "))
+                            .unwrap_or("")
+                            .to_owned();
+                        h.lock().unwrap().push(host);
+                        buf.drain(..end + 4);
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        if close_after_one {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted, hosts)
+    }
+
+    fn pool_to(addr: std::net::SocketAddr) -> Arc<Pool> {
+        let resolve = crate::net::Resolve::parse(&format!("up.test:8080={addr}"), "test").unwrap();
+        let up = Upstream::new(
+            resolve,
+            None,
+            hyper_util::client::proxy::matcher::Matcher::builder().build(),
+        )
+        .unwrap();
+        Pool::new(Arc::new(up), Duration::from_secs(60))
+    }
+
+    async fn get(slot: &Slot) -> Result<String, UpstreamError> {
+        use http_body_util::BodyExt;
+        let req = Request::get("/x")
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap();
+        let resp = slot.send(req).await?;
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_client_connection_keeps_its_upstream_and_hands_it_on() {
+        let (addr, accepted, hosts) = upstream(false).await;
+        let pool = pool_to(addr);
+        let first = Slot::new(pool.clone(), "up.test", 8080, false).unwrap();
+        for _ in 0..3 {
+            assert_eq!(get(&first).await.unwrap(), "ok");
+        }
+        drop(first); // the client connection ends: its upstream goes to the pool
+        let second = Slot::new(pool.clone(), "up.test", 8080, false).unwrap();
+        assert_eq!(get(&second).await.unwrap(), "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(*hosts.lock().unwrap(), vec!["up.test:8080"; 4]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+        let (addr, accepted, _) = upstream(true).await;
+        let slot = Slot::new(pool_to(addr), "up.test", 8080, false).unwrap();
+        for n in 1..=3 {
+            assert_eq!(get(&slot).await.unwrap(), "ok", "request {n}");
+            // Let the close reach the connection's task before the next request.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let slot = Slot::new(pool_to(port), "up.test", 8080, false).unwrap();
+        assert!(matches!(get(&slot).await, Err(UpstreamError::Connect(_))));
     }
 }
