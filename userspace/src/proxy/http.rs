@@ -290,16 +290,20 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` and
 /// `Connection: upgrade` for an upgrade request and `TE: trailers`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests have no `Connection` header, or only `keep-alive`: no
+    // list of names to build then.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("close")
+                && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
         })
-        .filter(|t| !(keep_upgrade && t == "upgrade"))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
