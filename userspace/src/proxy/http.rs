@@ -299,10 +299,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("close")
-                && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
+            let skip = t.is_empty()
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("close")
+                || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"));
+            !skip
         })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
