@@ -18,7 +18,7 @@ mod common;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::{NetnsHolder, host_cmd, host_state, stderr, stdout};
 use moat::proxy::OriginalDst;
 use moat::sandbox::bpf::{RedirectConfig, Redirector};
-use moat::sandbox::cgroup::{self, RunCgroup};
+use moat::sandbox::cgroup::{self, ForkTarget, RunCgroup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn assert_root() {
@@ -399,4 +399,48 @@ fn sweep_removes_only_what_dead_runs_left() {
     let a = RunCgroup::create(&format!("sweep-twice-{pid}")).unwrap();
     assert!(RunCgroup::create(&format!("sweep-twice-{pid}")).is_err());
     drop(a);
+}
+
+/// The sandbox init forks PID 1 straight into the run's cgroup (`clone3`);
+/// where `clone3` is refused, the child moves itself in (`join`).
+#[test]
+fn children_are_born_in_the_run_cgroup() {
+    assert_root();
+    let id = format!("fork-into-{}", std::process::id());
+    let cg = RunCgroup::create(&id).unwrap_or_else(|e| panic!("{e}"));
+    let inside = format!("0::/{}/{id}\n", cgroup::PARENT);
+    let cgroup_of = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("0::"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    assert_ne!(cgroup_of(std::process::id() as i32), inside);
+
+    let target = ForkTarget::open(cg.path()).unwrap();
+    // SAFETY: the child only calls pause(2) and _exit(2), both
+    // async-signal-safe, so forking this multi-threaded test is sound.
+    match unsafe { target.fork_into() }.unwrap() {
+        nix::unistd::ForkResult::Child => unsafe {
+            nix::libc::pause();
+            nix::libc::_exit(0)
+        },
+        nix::unistd::ForkResult::Parent { child } => {
+            let seen = cgroup_of(child.as_raw());
+            nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+            nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(seen, inside, "clone3 into the cgroup");
+        }
+    }
+
+    let mut cat = Command::new("cat");
+    cat.arg("/proc/self/cgroup");
+    // SAFETY: join() is one write(2) on a descriptor opened beforehand.
+    unsafe { cat.pre_exec(move || target.join()) };
+    let out = cat.output().unwrap();
+    assert!(stdout(&out).contains(&inside), "join: {}", stdout(&out));
+
+    cg.remove().unwrap_or_else(|e| panic!("{e}"));
 }

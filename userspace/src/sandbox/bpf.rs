@@ -13,10 +13,12 @@
 //! # Call order (host side of `moat run`)
 //!
 //! 1. [`super::cgroup::sweep_stale`]: drop what killed runs left behind.
-//! 2. Spawn `__sandbox-init`; it unshares its namespaces and waits on the
-//!    sync pipe, before exec'ing anything of the user's.
-//! 3. [`RunCgroup::create`]`(run_id)`, then [`RunCgroup::add_pid`]`(init pid)`:
-//!    everything the init forks from now on is born in the cgroup.
+//! 2. [`RunCgroup::create`]`(run_id)`.
+//! 3. Spawn `__sandbox-init --cgroup <path>`; it unshares its namespaces and
+//!    waits on the sync pipe, before exec'ing anything of the user's. It
+//!    forks PID 1 straight into the cgroup
+//!    ([`ForkTarget::fork_into`](super::cgroup::ForkTarget::fork_into)):
+//!    the command and everything it starts are born there.
 //! 4. [`Redirector::attach`]`(&cgroup, RedirectConfig { proxy, dns_port })`,
 //!    with `proxy` the listener's address *inside the sandbox namespace*
 //!    (e.g. `127.0.0.1:<port>`). The listener and DNS sockets are created in

@@ -54,6 +54,9 @@ pub struct InitArgs {
     pub rootless: bool,
     /// Rootless `-p`: serve connection requests on [`DIAL_FD`].
     pub dial: bool,
+    /// The run's cgroup (`--redirect ebpf`): PID 1, and so the command and
+    /// everything it starts, is born in it.
+    pub cgroup: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -78,6 +81,11 @@ fn die(msg: &str) -> ! {
 pub fn main(args: InitArgs) -> ! {
     // SAFETY: moat run put the sync socket on SYNC_FD and nothing else owns it.
     let mut sync = UnixStream::from(unsafe { OwnedFd::from_raw_fd(SYNC_FD) });
+    // Opened before the filesystem changes shape (it may hide the path).
+    let cgroup = args.cgroup.as_deref().map(|path| {
+        super::cgroup::ForkTarget::open(path)
+            .unwrap_or_else(|e| die(&format!("opening the run's cgroup {}: {e}", path.display())))
+    });
     if args.rootless {
         if let Err(e) = rootless(&sync, args.dial) {
             die(&e);
@@ -113,9 +121,14 @@ pub fn main(args: InitArgs) -> ! {
     let (alive, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .unwrap_or_else(|e| die(&format!("pipe: {e}")));
     // SAFETY: single-threaded here (no runtime was started in this process).
-    match unsafe { fork() } {
+    let forked = match &cgroup {
+        Some(cg) => unsafe { cg.fork_into() },
+        None => unsafe { fork() },
+    };
+    match forked {
         Ok(ForkResult::Child) => {
             drop(alive_w);
+            drop(cgroup);
             pid1(&args, &forwarded, alive)
         }
         Ok(ForkResult::Parent { child }) => {

@@ -113,6 +113,16 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     } else if let Some((uid, gid)) = spec.run_as {
         cmd.arg("--run-as").arg(format!("{uid}:{gid}"));
     }
+    // The init forks PID 1 straight into the run's cgroup: the command and
+    // everything it starts are born in it (no process is ever moved).
+    let cgroup = match spec.redirect {
+        Redirect::Ebpf if !spec.rootless => {
+            let cg = RunCgroup::create(&spec.id)?;
+            cmd.arg("--cgroup").arg(cg.path());
+            Some(cg)
+        }
+        _ => None,
+    };
     cmd.arg("--")
         .args(&spec.command)
         .env_clear()
@@ -180,15 +190,6 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     }
     let setup = || -> Result<Plumbed, RunError> {
         let ns = std::fs::File::open(format!("/proc/{}/ns/net", child.id()))?;
-        let cgroup = match spec.redirect {
-            Redirect::Nft => None,
-            Redirect::Ebpf => {
-                // Everything the init forks from now on is born in the cgroup.
-                let cg = RunCgroup::create(&spec.id)?;
-                cg.add_pid(child.id())?;
-                Some(cg)
-            }
-        };
         tracing::debug!("sandbox init ready after {:?}", t0.elapsed());
         let net = netns::plumb(&ns, spec.redirect == Redirect::Nft)?;
         tracing::debug!("network plumbed after {:?}", t0.elapsed());
@@ -504,6 +505,7 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
             }
             Some("--hide") => args.hide.push(value()?.into()),
             Some("--rootless") => args.rootless = true,
+            Some("--cgroup") => args.cgroup = Some(value()?.into()),
             Some("--dial") => args.dial = true,
             Some("--run-as") => {
                 let v = value()?.to_string_lossy().into_owned();
