@@ -381,11 +381,7 @@ fn server_sent_events_are_not_buffered() {
 fn h2_streams_to_an_h1_upstream_do_not_wait_for_each_other() {
     use http_body_util::BodyExt;
     let rig = Rig::new(&[b"http/1.1"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let tls = tunnel_tls(&rig, "api.github.com", b"h2").await;
         let (mut send, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
@@ -415,6 +411,15 @@ fn h2_streams_to_an_h1_upstream_do_not_wait_for_each_other() {
         let rest = events.collect().await.unwrap().to_bytes();
         assert_eq!(&rest[..], b"data: two\n\n");
     });
+}
+
+/// Runs a test's async part on a runtime of its own.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// A TLS stream to `host` through the proxy's CONNECT, trusting the Moat CA,
@@ -468,11 +473,7 @@ async fn tunnel_tls(
 #[test]
 fn websocket_upgrade_round_trip_with_injection() {
     let rig = Rig::new(&[b"http/1.1"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tls = tunnel_tls(&rig, "api.github.com", b"http/1.1").await;
         tls.write_all(b"GET /ws HTTP/1.1\r\nHost: api.github.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
