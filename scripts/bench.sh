@@ -12,6 +12,8 @@
 #
 # Knobs (environment):
 #   BENCH_SECONDS=5      duration of each oha point
+#   BENCH_ROUNDS=3       rounds of the keep-alive c=64 point (every contender
+#                        and floor, taking turns; the median is reported)
 #   BENCH_CONNS=1000     idle connections held open for the RSS measurement
 #   BENCH_BIG_MIB=1024   size of the bulk download
 #   BENCH_BIG_RUNS=3     bulk downloads per contender (the best is reported)
@@ -32,11 +34,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 cmdline="./scripts/bench.sh${*:+ $*}"
-for v in BENCH_RELAY BENCH_SECONDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE BENCH_STARTS BENCH_DOCKER_IMAGE; do
+for v in BENCH_RELAY BENCH_SECONDS BENCH_ROUNDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE BENCH_STARTS BENCH_DOCKER_IMAGE; do
   [ -n "${!v:-}" ] && cmdline="$v='${!v}' $cmdline"
 done
 
 secs=${BENCH_SECONDS:-5}
+rounds=${BENCH_ROUNDS:-3}
 nconns=${BENCH_CONNS:-1000}
 big_mib=${BENCH_BIG_MIB:-1024}
 big_runs=${BENCH_BIG_RUNS:-3}
@@ -430,26 +433,27 @@ if [[ " ${ready[*]} " == *" transparent "* ]]; then
   P_PROXY[transparent-ebpf]="" P_TRUST[transparent-ebpf]=$sandbox_trust P_PID[transparent-ebpf]=""
 fi
 
-# oha_point NAME MODE C: one oha run (MODE ka: keep-alive, new: a new
-# connection per request) through that contender, into $res/NAME.
+# oha_point NAME MODE C [TAG]: one oha run (MODE ka: keep-alive, new: a new
+# connection per request) through that contender, into
+# $res/NAME/oha-MODE-cC[TAG].json (TAG: -rN for round N > 1).
 oha_point() {
-  local name=$1 mode=$2 c=$3 ka=()
+  local name=$1 mode=$2 c=$3 tag=${4:-} ka=()
   [ "$mode" = new ] && ka=(--disable-keepalive)
   mkdir -p "$res/$name"
   net "$name"
   say "$name: oha c=$c $([ "$mode" = ka ] && echo keep-alive || echo 'new connection per request') ${secs}s"
   if ((${#runner[@]})); then
     log_cmd "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" \
-      "${ohanet[@]}" --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small
+      "${ohanet[@]}" --output-format json -o "$ohadir/oha-$mode-c$c$tag.json" https://bench.test/small
   else
     log_cmd oha --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
       --output-format json https://bench.test/small
   fi
   "${runner[@]}" "$ohabin" --no-tui -z "${secs}s" -c "$c" "${ka[@]}" --cacert "${P_TRUST[$name]}" "${ohanet[@]}" \
-    --output-format json -o "$ohadir/oha-$mode-c$c.json" https://bench.test/small \
-    2>"$res/$name/oha-$mode-c$c.err" || true
-  if [ "$ohadir" != "$res/$name" ] && [ -e "$ohadir/oha-$mode-c$c.json" ]; then
-    mv -f "$ohadir/oha-$mode-c$c.json" "$res/$name/"
+    --output-format json -o "$ohadir/oha-$mode-c$c$tag.json" https://bench.test/small \
+    2>"$res/$name/oha-$mode-c$c$tag.err" || true
+  if [ "$ohadir" != "$res/$name" ] && [ -e "$ohadir/oha-$mode-c$c$tag.json" ]; then
+    mv -f "$ohadir/oha-$mode-c$c$tag.json" "$res/$name/"
   fi
 }
 
@@ -493,10 +497,16 @@ sleep 1
 
 for mode in ka new; do
   for c in 1 64; do
-    for name in "${ready[@]}"; do oha_point "$name" "$mode" "$c"; done
-    if [ "$mode$c" = ka64 ]; then
-      for name in "${floors[@]}"; do oha_point "$name" ka 64; done
+    if [ "$mode$c" != ka64 ]; then
+      for name in "${ready[@]}"; do oha_point "$name" "$mode" "$c"; done
+      continue
     fi
+    # The point with a target: several rounds, everyone taking turns in
+    # each, so a slow spell of the machine hits every contender alike.
+    for ((r = 1; r <= rounds; r++)); do
+      tag=$( ((r > 1)) && echo "-r$r" || true)
+      for name in "${ready[@]}" "${floors[@]}"; do oha_point "$name" ka 64 "$tag"; done
+    done
   done
 done
 
@@ -588,6 +598,7 @@ ver() { "$@" 2>&1 | head -n 1 || true; }
   fi
   echo "curl	$(ver curl --version | awk '{print $1, $2, $5}')"
   echo "seconds	$secs"
+  echo "rounds	$rounds"
   echo "conns	$nconns"
   echo "big_mib	$big_mib"
   echo "big_runs	$big_runs"
