@@ -189,7 +189,9 @@ impl MoatCa {
             .signed_by(&self.leaf_key, &self.issuer)
             .map_err(|e| err(e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut provider = rustls::crypto::ring::default_provider();
+        prefer_fast_suites(&mut provider.cipher_suites, aes_in_hardware());
+        let provider = Arc::new(provider);
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| err(e.to_string()))?
@@ -197,9 +199,37 @@ impl MoatCa {
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], key)
             .map_err(|e| err(e.to_string()))?;
         config.alpn_protocols = self.alpn.clone();
+        // The client runs on this machine: what is fast here is fast for it.
+        config.ignore_client_order = true;
         self.minted.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(config))
     }
+}
+
+/// Moat's cipher-suite preference for intercepted connections (applied over
+/// the client's): AES-128-GCM where the CPU has AES instructions, else
+/// ChaCha20-Poly1305. Either keeps the TLS 1.3 key schedule on SHA-256;
+/// clients' usual first choice, AES-256-GCM, runs it on SHA-384, whose
+/// SHA-512 blocks were 13 % of Moat's CPU per new connection (−10 % CPU and
+/// +13 % connections/s measured with `oha --disable-keepalive -c 64`).
+fn prefer_fast_suites(suites: &mut [rustls::SupportedCipherSuite], aes_hardware: bool) {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256};
+    let first = if aes_hardware {
+        TLS13_AES_128_GCM_SHA256
+    } else {
+        TLS13_CHACHA20_POLY1305_SHA256
+    };
+    suites.sort_by_key(|s| s.suite() != first); // stable: the rest keep their order
+}
+
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("aes");
+    #[allow(unreachable_code)]
+    false
 }
 
 fn generate_ca() -> Result<(String, zeroize::Zeroizing<String>), CaError> {
@@ -277,6 +307,71 @@ mod tests {
         assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
         ca.server_config("127.0.0.1").await.unwrap();
         assert_eq!(ca.minted(), 2);
+    }
+
+    #[test]
+    fn fast_suites_come_first_and_the_rest_keep_their_order() {
+        use rustls::CipherSuite::*;
+        let names = |aes| {
+            let mut suites = rustls::crypto::ring::default_provider().cipher_suites;
+            prefer_fast_suites(&mut suites, aes);
+            suites.iter().map(|s| s.suite()).collect::<Vec<_>>()
+        };
+        let default: Vec<_> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        for (aes, first) in [
+            (true, TLS13_AES_128_GCM_SHA256),
+            (false, TLS13_CHACHA20_POLY1305_SHA256),
+        ] {
+            let got = names(aes);
+            assert_eq!(got[0], first);
+            let rest: Vec<_> = default.iter().copied().filter(|s| *s != first).collect();
+            assert_eq!(got[1..], rest[..]);
+        }
+    }
+
+    /// A client that offers AES-256-GCM first still gets the server's choice.
+    #[tokio::test]
+    async fn intercepted_connections_use_the_fast_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MoatHome::new(dir.path().join("m"), None);
+        let ca = Arc::new(MoatCa::load_or_create(&home).unwrap());
+        let config = ca.server_config("api.x.test").await.unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        assert_eq!(
+            client.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            "the client's own first choice"
+        );
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(tokio_rustls::TlsAcceptor::from(config).accept(a));
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect("api.x.test".try_into().unwrap(), b)
+            .await
+            .unwrap();
+        server.await.unwrap().unwrap();
+        let want = if aes_in_hardware() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        };
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().unwrap().suite(),
+            want
+        );
     }
 
     #[test]
