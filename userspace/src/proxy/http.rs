@@ -93,11 +93,14 @@ pub async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let plan = &target.plan;
 
-    let Some(slot) = &target.upstream else {
-        return moat_response(
+    let bad_target = || {
+        moat_response(
             StatusCode::BAD_REQUEST,
             "the request target is not a valid URI",
-        );
+        )
+    };
+    let Some(slot) = &target.upstream else {
+        return bad_target();
     };
     // Origin-form from here on; the slot adds scheme and authority for HTTP/2.
     let path = req
@@ -113,12 +116,7 @@ pub async fn forward(
         None => path,
         Some(new) => match PathAndQuery::try_from(new) {
             Ok(p) => p,
-            Err(_) => {
-                return moat_response(
-                    StatusCode::BAD_REQUEST,
-                    "the request target is not a valid URI",
-                );
-            }
+            Err(_) => return bad_target(),
         },
     };
     let uri = Uri::from(path);
@@ -329,7 +327,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// 502, 503 or 504 saying which host and why (never a header value or URL).
+/// 502 or 504 saying which host and why, 403 for a policy refusal (never a
+/// header value or URL).
 fn upstream_error(target: &Target, e: &UpstreamError) -> Response<ProxyBody> {
     use crate::net::NetError;
     match e {

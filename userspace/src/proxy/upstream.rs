@@ -122,10 +122,10 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// Where an upstream connection goes.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub host: Arc<str>,
-    pub port: u16,
-    pub tls: bool,
+struct Key {
+    host: Arc<str>,
+    port: u16,
+    tls: bool,
 }
 
 /// Why a request got no upstream response.
@@ -163,7 +163,7 @@ impl Pool {
     fn take(&self, key: &Key) -> Option<Sender> {
         let mut conns = self.lock();
         let list = conns.get_mut(key)?;
-        list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= POOL_IDLE);
+        prune(list);
         // An HTTP/1.1 connection whose last response is still streaming is
         // not ready; it stays for later.
         let i = list.iter().rposition(|(s, _)| s.is_ready())?;
@@ -181,7 +181,7 @@ impl Pool {
         }
         let mut conns = self.lock();
         let list = conns.entry(key.clone()).or_default();
-        list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= POOL_IDLE);
+        prune(list);
         if matches!(sender, Sender::H2(_)) && list.iter().any(|(s, _)| matches!(s, Sender::H2(_))) {
             return; // one shared HTTP/2 connection per key is enough
         }
@@ -225,6 +225,11 @@ impl Pool {
             Ok(Sender::H1(tx))
         }
     }
+}
+
+/// Drops the closed connections and those idle for longer than [`POOL_IDLE`].
+fn prune(list: &mut Vec<(Sender, Instant)>) {
+    list.retain(|(s, since)| !s.is_closed() && since.elapsed() <= POOL_IDLE);
 }
 
 /// One upstream connection's request side.
@@ -305,10 +310,6 @@ impl Slot {
         })
     }
 
-    pub fn authority(&self) -> &str {
-        self.authority.as_str()
-    }
-
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -364,15 +365,26 @@ impl Slot {
     }
 
     /// HTTP/1.1: origin-form and `Host`. HTTP/2: absolute-form (hyper takes
-    /// `:scheme` and `:authority` from it) and no `Host`.
+    /// `:scheme` and `:authority` from it) and no `Host`. Called again when
+    /// a retry lands on the other protocol.
     fn address(&self, req: &mut Request<ProxyBody>, h2: bool) {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if h2 {
+            req.headers_mut().remove(HOST);
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            req.headers_mut().insert(HOST, self.host_header.clone());
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().scheme().is_none() {
+                return; // already origin-form, as `forward` makes it
+            }
+        }
         let mut parts = http::uri::Parts::default();
-        parts.path_and_query = Some(path);
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         if h2 {
             parts.scheme = Some(if self.key.tls {
                 Scheme::HTTPS
@@ -380,11 +392,6 @@ impl Slot {
                 Scheme::HTTP
             });
             parts.authority = Some(self.authority.clone());
-            req.headers_mut().remove(HOST);
-            *req.version_mut() = Version::HTTP_2;
-        } else {
-            req.headers_mut().insert(HOST, self.host_header.clone());
-            *req.version_mut() = Version::HTTP_11;
         }
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
@@ -527,6 +534,20 @@ mod tests {
         let resp = slot.send(req).await?;
         let body = resp.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn authority_omits_default_ports() {
+        let pool = pool_to("127.0.0.1:9".parse().unwrap());
+        let t = |host: &str, port, tls| {
+            let slot = Slot::new(pool.clone(), host, port, tls).unwrap();
+            assert_eq!(slot.host_header, slot.authority.as_str());
+            slot.authority.to_string()
+        };
+        assert_eq!(t("api.x.test", 443, true), "api.x.test");
+        assert_eq!(t("api.x.test", 8443, true), "api.x.test:8443");
+        assert_eq!(t("api.x.test", 80, false), "api.x.test");
+        assert_eq!(t("::1", 443, true), "[::1]");
     }
 
     #[tokio::test]
