@@ -71,7 +71,9 @@ class Contender:
 
     def rounds(self, mode: str, c: int) -> list[float | None]:
         """Requests/s of each round of a point (round 1, then -r2, -r3, … as far as they exist)."""
-        tags = [""] + [f"-r{n}" for n in range(2, 100) if (self.dir / f"oha-{mode}-c{c}-r{n}.err").exists()]
+        tags = [""]
+        while (self.dir / f"oha-{mode}-c{c}-r{len(tags) + 1}.err").exists():
+            tags.append(f"-r{len(tags) + 1}")
         out = []
         for tag in tags:
             d = self.oha(mode, c, tag)

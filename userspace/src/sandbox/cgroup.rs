@@ -304,7 +304,9 @@ impl ForkTarget {
     /// On failure to join, the child exits with 125 before returning.
     ///
     /// # Safety
-    /// As for `fork()`: the calling process must be single-threaded.
+    /// As for `fork()`: in a multi-threaded process the child may only do
+    /// async-signal-safe work. The fallback's child reports a failed join
+    /// with `eprintln!`, which is not, so such callers need `clone3`.
     pub unsafe fn fork_into(&self) -> nix::Result<nix::unistd::ForkResult> {
         use nix::unistd::{ForkResult, Pid};
         let mut args = CloneArgs {
