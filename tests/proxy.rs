@@ -162,6 +162,32 @@ impl Drop for Rig {
     }
 }
 
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The proxy's `-vvv` log without colours and without h2's frame-by-frame
+/// tracing.
+fn moat_lines(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(i) = rest.find('\x1b') {
+        plain.push_str(&rest[..i]);
+        rest = rest[i..].find('m').map_or("", |j| &rest[i + j + 1..]);
+    }
+    plain.push_str(rest);
+    plain
+        .lines()
+        .filter(|l| {
+            !l.contains(" TRACE ")
+                && (!l.contains("Connection{peer=")
+                    || ["error", "GoAway", "Reset"].iter().any(|w| l.contains(w)))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -522,9 +548,11 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 fn two_gib_upload_in_bounded_memory_and_download() {
     let rig = Rig::new(&[b"h2", b"http/1.1"]);
     const SIZE: u64 = 2 << 30;
+    // -v: if the transfer breaks, curl's account of it goes into the failure.
+    let curl_log = rig.env.dir.path().join("curl.log");
     let mut child = Command::new("curl")
         .args([
-            "-sS",
+            "-sSv",
             "--max-time",
             "300",
             "-x",
@@ -541,17 +569,26 @@ fn two_gib_upload_in_bounded_memory_and_download() {
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&curl_log).unwrap())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let chunk = vec![b'z'; 1 << 20];
         for _ in 0..(SIZE >> 20) {
-            stdin.write_all(&chunk).unwrap();
+            if stdin.write_all(&chunk).is_err() {
+                break; // curl gave up; its exit says why
+            }
         }
     });
     writer.join().unwrap();
     let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl (tail):\n{}\nproxy log (tail):\n{}",
+        tail(&std::fs::read_to_string(&curl_log).unwrap_or_default(), 40),
+        tail(&moat_lines(&rig.log_text()), 40)
+    );
     let v = json(&out);
     assert_eq!(v["bytes"], SIZE);
     let peak = rig.rss_peak_kib();
