@@ -226,11 +226,13 @@ def startup_section(work: Path, meta: dict) -> list[str]:
 FLOORS = {
     "floor-tcp": "TCP relay: copies bytes; the client's TLS goes end to end to nginx",
     "floor-tls": "TLS relay: terminates the client's TLS, opens its own to nginx, copies the plaintext",
+    "floor-hyper": "hyper relay: the TLS relay plus hyper's HTTP/1.1 server and client, adding one header",
+    "floor-h1": "minimal HTTP/1.1 relay: the TLS relay plus heads parsed with httparse, adding one header",
 }
 
 
 def floors_section(work: Path, cs: dict) -> list[str]:
-    """Keep-alive c=64 through the two relays of `moat-bench-relay`, next to direct and Moat."""
+    """Keep-alive c=64 through the relays of `moat-bench-relay`, next to direct and Moat."""
     fs = {n: Contender(work, n) for n in FLOORS}
     if not any(f.dir.exists() for f in fs.values()):  # a work dir from before the floors
         return []
@@ -270,14 +272,18 @@ def floors_section(work: Path, cs: dict) -> list[str]:
         out.append(f"| {what} | {shown} | {ratio(v, vd)} | {per_round(c)} |")
     out.append("")
     out.append(
-        "`moat-bench-relay` (testkit) runs both relays on one current-thread runtime, as Moat's proxy runs on a "
+        "`moat-bench-relay` (testkit) runs its relays on one current-thread runtime, as Moat's proxy runs on a "
         "2-CPU machine, measured in the same rounds as the c=64 row above (every contender and floor takes "
         "its turn in each round; requests/s is the median over the rounds, and the c=64 rows of the main table "
         "use that median too, their latencies the first round). They are what a proxy doing none of "
         "Moat's HTTP work reaches here: the TCP relay pays only the extra loopback hop (two more reads and "
         "writes per request), the TLS relay adds both TLS sessions, which an intercepting proxy cannot avoid. "
         "What Moat loses beyond the TLS relay is its HTTP work: parsing and rewriting each request, forwarding "
-        "it through the pooled upstream client, and relaying the response. The eBPF row is the transparent "
+        "it through the pooled upstream client, and relaying the response. The hyper relay is that work at its "
+        "least with hyper (a server connection and one `client::conn` sender per client connection, one header "
+        "added, no policy, pool or events); the minimal relay is the least any injecting proxy can do (both "
+        "heads parsed with httparse, one header added, `Content-Length` bodies copied, one task per client "
+        "connection: a measuring stick, not a proxy). The eBPF row is the transparent "
         "point again with `--redirect ebpf`: connections are redirected once, at connect(), where nft's NAT "
         "rewrites every packet.\n"
     )

@@ -399,8 +399,9 @@ for c in direct mitmproxy moat transparent; do
   fi
 done
 
-# Floors for the keep-alive c=64 point: moat-bench-relay's TCP and TLS relays
-# (testkit) in front of the same nginx, doing none of Moat's HTTP work.
+# Floors for the keep-alive c=64 point: moat-bench-relay's relays (testkit) in
+# front of the same nginx: TCP and TLS doing no HTTP work, then hyper on both
+# sides and a minimal httparse relay, each adding one header per request.
 floors=()
 relay=${BENCH_RELAY:-$root/target/release/moat-bench-relay}
 if [ -x "$relay" ]; then
@@ -414,18 +415,22 @@ if [ -x "$relay" ]; then
     sleep 0.05
   done
   if grep -q '^ready' "$work/relay.out" 2>/dev/null; then
-    floors=(floor-tcp floor-tls)
+    floors=(floor-tcp floor-tls floor-hyper floor-h1)
     P_PROXY[floor-tcp]="" P_TRUST[floor-tcp]=$ca P_PID[floor-tcp]=""
     P_ADDR[floor-tcp]=$(awk '$1 == "tcp" {print $2}' "$work/relay.out")
-    P_PROXY[floor-tls]="" P_TRUST[floor-tls]=$work/relay-ca.pem P_PID[floor-tls]=""
-    P_ADDR[floor-tls]=$(awk '$1 == "tls" {print $2}' "$work/relay.out")
+    for f in tls hyper h1; do
+      P_PROXY[floor-$f]="" P_TRUST[floor-$f]=$work/relay-ca.pem P_PID[floor-$f]=""
+      P_ADDR[floor-$f]=$(awk -v f=$f '$1 == f {print $2}' "$work/relay.out")
+    done
   else
-    unavailable floor-tcp "moat-bench-relay did not start: $(why "$work/relay.err")"
-    unavailable floor-tls "moat-bench-relay did not start: $(why "$work/relay.err")"
+    for f in tcp tls hyper h1; do
+      unavailable floor-$f "moat-bench-relay did not start: $(why "$work/relay.err")"
+    done
   fi
 else
-  unavailable floor-tcp "$relay missing (cargo build --release --bin moat-bench-relay)"
-  unavailable floor-tls "$relay missing (cargo build --release --bin moat-bench-relay)"
+  for f in tcp tls hyper h1; do
+    unavailable floor-$f "$relay missing (cargo build --release --bin moat-bench-relay)"
+  done
 fi
 # The transparent c=64 point again, with the eBPF redirector instead of nft.
 if [[ " ${ready[*]} " == *" transparent "* ]]; then
