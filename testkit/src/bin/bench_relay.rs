@@ -196,17 +196,34 @@ where
         else {
             return Ok(());
         };
-        from_client.drain(..len);
+        // The head goes out with what of the body has arrived: one TLS
+        // record and one write for a small message, as hyper's writev does.
+        let now = buffered(&from_client[len..], body);
+        head.extend_from_slice(&from_client[len..len + now]);
+        from_client.drain(..len + now);
         upstream.write_all(&head).await?;
-        copy_body(&mut client, &mut from_client, &mut upstream, body).await?;
+        copy_body(
+            &mut client,
+            &mut from_client,
+            &mut upstream,
+            body - now as u64,
+        )
+        .await?;
         upstream.flush().await?;
         // Response: head and body as they come.
         let Some((len, body)) = read_head(&mut upstream, &mut from_upstream, None).await? else {
             bail!("upstream closed");
         };
-        client.write_all(&from_upstream[..len]).await?;
-        from_upstream.drain(..len);
-        copy_body(&mut upstream, &mut from_upstream, &mut client, body).await?;
+        let now = len + buffered(&from_upstream[len..], body);
+        client.write_all(&from_upstream[..now]).await?;
+        from_upstream.drain(..now);
+        copy_body(
+            &mut upstream,
+            &mut from_upstream,
+            &mut client,
+            body - (now - len) as u64,
+        )
+        .await?;
         client.flush().await?;
     }
 }
@@ -274,6 +291,11 @@ async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// How much of a `body`-byte body `buf` already holds.
+fn buffered(buf: &[u8], body: u64) -> usize {
+    buf.len().min(usize::try_from(body).unwrap_or(usize::MAX))
+}
+
 /// Moves `n` body bytes from `buf` (then `from`) to `to`.
 async fn copy_body<R, W>(from: &mut R, buf: &mut Vec<u8>, to: &mut W, mut n: u64) -> Result<()>
 where
@@ -292,10 +314,8 @@ where
     Ok(())
 }
 
+/// Appends what `s` has to `buf` (into spare capacity: nothing zero-filled).
 async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<usize> {
-    let start = buf.len();
-    buf.resize(start + 16 * 1024, 0);
-    let n = s.read(&mut buf[start..]).await?;
-    buf.truncate(start + n);
-    Ok(n)
+    buf.reserve(16 * 1024);
+    Ok(s.read_buf(buf).await?)
 }
