@@ -26,6 +26,9 @@ const NAMES: &[&str] = &[
 
 /// A MOAT_HOME with grants, a running `moat proxy`, and a sink upstream.
 struct Rig {
+    /// `moat -v…` for the proxy: `-vvv` (everything, dependencies' tracing
+    /// too) unless a test moves gigabytes, where that tracing is ~1 GB of log.
+    verbosity: &'static str,
     env: Env,
     ca_file: PathBuf,
     sink: Sink,
@@ -36,6 +39,10 @@ struct Rig {
 
 impl Rig {
     fn new(upstream_alpn: &[&[u8]]) -> Self {
+        Self::with_verbosity(upstream_alpn, "-vvv")
+    }
+
+    fn with_verbosity(upstream_alpn: &[&[u8]], verbosity: &'static str) -> Self {
         let env = Env::new();
         let ca = TestCa::new().unwrap();
         let ca_file = ca.write_pem(env.dir.path()).unwrap();
@@ -59,6 +66,7 @@ impl Rig {
             &[file[0], ("CORP_KEY", CORP)],
         ));
         let mut rig = Self {
+            verbosity,
             env,
             ca_file,
             sink,
@@ -86,7 +94,7 @@ impl Rig {
         let mut child = self
             .env
             .cmd()
-            .args(["-vvv", "proxy"])
+            .args([self.verbosity, "proxy"])
             .args(grants)
             .env("MOAT_RESOLVE", self.resolve())
             .env("MOAT_UPSTREAM_CA", &self.ca_file)
@@ -546,7 +554,8 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 
 #[test]
 fn two_gib_upload_in_bounded_memory_and_download() {
-    let rig = Rig::new(&[b"h2", b"http/1.1"]);
+    // Debug, not trace: h2's per-frame tracing would log ~1.7 GB here.
+    let rig = Rig::with_verbosity(&[b"h2", b"http/1.1"], "-vv");
     const SIZE: u64 = 2 << 30;
     // -v: if the transfer breaks, curl's account of it goes into the failure.
     let curl_log = rig.env.dir.path().join("curl.log");
