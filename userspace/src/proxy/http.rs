@@ -128,8 +128,8 @@ pub async fn forward(
     }
     if target.tls {
         for (name, value) in &plan.headers {
-            // Replace, never duplicate: a placeholder the client sent goes away.
-            parts.headers.remove(name);
+            // Replace, never duplicate: `insert` drops every value the client
+            // sent under that name (a placeholder goes away).
             parts.headers.insert(name.clone(), value.clone());
         }
     } else if !plan.headers.is_empty() {
@@ -288,6 +288,11 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` and
 /// `Connection: upgrade` for an upgrade request and `TE: trailers`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (no
+    // hashing) instead of a lookup per name.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Most requests have no `Connection` header, or only `keep-alive`: no
     // list of names to build then.
     let named: Vec<HeaderName> = headers
@@ -325,6 +330,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// A header [`strip_hop_by_hop`] removes or rewrites whatever else is there.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || *name == header::TE
+        || HOP_BY_HOP.contains(name)
 }
 
 /// 502 or 504 saying which host and why, 403 for a policy refusal (never a
@@ -380,6 +393,27 @@ mod tests {
         );
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("authorization").is_some());
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_stripped() {
+        for name in [
+            "connection",
+            "upgrade",
+            "te",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "transfer-encoding",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name} kept");
+            assert_eq!(h.len(), 1, "{name}: other headers go too");
+        }
     }
 
     #[test]
