@@ -288,11 +288,6 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` and
 /// `Connection: upgrade` for an upgrade request and `TE: trailers`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one pass over the names (no
-    // hashing) instead of a lookup per name.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
     // Most requests have no `Connection` header, or only `keep-alive`: no
     // list of names to build then.
     let named: Vec<HeaderName> = headers
@@ -330,14 +325,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-}
-
-/// A header [`strip_hop_by_hop`] removes or rewrites whatever else is there.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::UPGRADE
-        || *name == header::TE
-        || HOP_BY_HOP.contains(name)
 }
 
 /// 502 or 504 saying which host and why, 403 for a policy refusal (never a
