@@ -83,32 +83,6 @@ fn main() -> Result<()> {
             println!("hyper {}", hyper.local_addr()?);
             println!("h1 {}", h1.local_addr()?);
             println!("ready");
-            for (listener, http) in [(hyper, Http::Hyper), (h1, Http::H1)] {
-                let (acceptor, connector, name) =
-                    (acceptor.clone(), connector.clone(), server_name.clone());
-                tokio::spawn(async move {
-                    while let Ok((client, _)) = listener.accept().await {
-                        let (acceptor, connector, name) =
-                            (acceptor.clone(), connector.clone(), name.clone());
-                        tokio::spawn(async move {
-                            let _ = client.set_nodelay(true);
-                            let Ok(client) = acceptor.accept(client).await else {
-                                return;
-                            };
-                            let Ok(upstream) = dial(to).await else { return };
-                            let Ok(upstream) = connector.connect(name, upstream).await else {
-                                return;
-                            };
-                            match http {
-                                Http::Hyper => hyper_relay(client, upstream).await,
-                                Http::H1 => {
-                                    let _ = h1_relay(client, upstream).await;
-                                }
-                            }
-                        });
-                    }
-                });
-            }
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = tcp.accept().await {
                     tokio::spawn(async move {
@@ -120,21 +94,40 @@ fn main() -> Result<()> {
                     });
                 }
             });
-            while let Ok((client, _)) = tls.accept().await {
+            // The relays that terminate TLS: each connection is a TLS session
+            // with the client and one to the upstream, then the floor's work.
+            for (listener, floor) in [(tls, Floor::Tls), (hyper, Floor::Hyper), (h1, Floor::H1)] {
                 let (acceptor, connector, name) =
                     (acceptor.clone(), connector.clone(), server_name.clone());
                 tokio::spawn(async move {
-                    let _ = client.set_nodelay(true);
-                    let Ok(mut client) = acceptor.accept(client).await else {
-                        return;
-                    };
-                    let Ok(upstream) = dial(to).await else { return };
-                    let Ok(mut upstream) = connector.connect(name, upstream).await else {
-                        return;
-                    };
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    while let Ok((client, _)) = listener.accept().await {
+                        let (acceptor, connector, name) =
+                            (acceptor.clone(), connector.clone(), name.clone());
+                        tokio::spawn(async move {
+                            let _ = client.set_nodelay(true);
+                            let Ok(mut client) = acceptor.accept(client).await else {
+                                return;
+                            };
+                            let Ok(upstream) = dial(to).await else { return };
+                            let Ok(mut upstream) = connector.connect(name, upstream).await else {
+                                return;
+                            };
+                            match floor {
+                                Floor::Tls => {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                                            .await;
+                                }
+                                Floor::Hyper => hyper_relay(client, upstream).await,
+                                Floor::H1 => {
+                                    let _ = h1_relay(client, upstream).await;
+                                }
+                            }
+                        });
+                    }
                 });
             }
+            std::future::pending::<()>().await;
             anyhow::Ok(())
         })
 }
@@ -145,9 +138,14 @@ async fn dial(to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
+/// What a TLS-terminating relay does with the plaintext.
 #[derive(Clone, Copy)]
-enum Http {
+enum Floor {
+    /// Copies it.
+    Tls,
+    /// Serves and forwards it with hyper.
     Hyper,
+    /// Parses heads with httparse.
     H1,
 }
 
@@ -306,7 +304,7 @@ where
         if buf.is_empty() && read_more(from, buf).await? == 0 {
             bail!("closed mid-body");
         }
-        let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+        let take = buffered(buf, n);
         to.write_all(&buf[..take]).await?;
         buf.drain(..take);
         n -= take as u64;
