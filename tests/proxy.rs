@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use moat_testkit::{Sink, TestCa};
+use moat_testkit::{Canned, RawUpstream, Sink, TestCa};
 
 const GH: &str = "ghp_RealTokenValue0123456789abcdefghijklm";
 const TG: &str = "123456:RealTelegramTokenValue-abc";
@@ -24,6 +25,9 @@ const NAMES: &[&str] = &[
     "plain.test",
 ];
 
+/// Answered by a [`RawUpstream`] (canned bytes) in rigs made `with_raw`.
+const RAW: &str = "raw.corp.test";
+
 /// A MOAT_HOME with grants, a running `moat proxy`, and a sink upstream.
 struct Rig {
     /// `moat -v…` for the proxy: `-vvv` (everything, dependencies' tracing
@@ -32,6 +36,8 @@ struct Rig {
     env: Env,
     ca_file: PathBuf,
     sink: Sink,
+    /// `raw.corp.test`, when the test asked for canned responses.
+    raw: Option<RawUpstream>,
     proxy: Option<Child>,
     url: String,
     log: PathBuf,
@@ -43,10 +49,25 @@ impl Rig {
     }
 
     fn with_verbosity(upstream_alpn: &[&[u8]], verbosity: &'static str) -> Self {
+        Self::build(upstream_alpn, verbosity, None)
+    }
+
+    /// A rig whose `raw.corp.test` (granted through `corp`) answers with
+    /// `canned` bytes ([`RawUpstream`]).
+    fn with_raw(canned: HashMap<&'static str, Canned>) -> Self {
+        Self::build(&[b"http/1.1"], "-vvv", Some(canned))
+    }
+
+    fn build(
+        upstream_alpn: &[&[u8]],
+        verbosity: &'static str,
+        canned: Option<HashMap<&'static str, Canned>>,
+    ) -> Self {
         let env = Env::new();
         let ca = TestCa::new().unwrap();
         let ca_file = ca.write_pem(env.dir.path()).unwrap();
         let sink = Sink::start(&ca, NAMES, upstream_alpn).unwrap();
+        let raw = canned.map(|c| RawUpstream::start(&ca, &[RAW], c).unwrap());
         std::fs::write(
             env.providers_dir().join("corp.yaml"),
             "name: corp\ndescription: corp API\nhosts: [\"*.corp.test\"]\ninject:\n  header: X-Corp-Key\nsource_env: [CORP_KEY]\n",
@@ -70,6 +91,7 @@ impl Rig {
             env,
             ca_file,
             sink,
+            raw,
             proxy: None,
             url: String::new(),
             log: PathBuf::new(),
@@ -84,6 +106,7 @@ impl Rig {
         NAMES
             .iter()
             .map(|n| self.sink.server.resolve_entry(n))
+            .chain(self.raw.iter().map(|r| r.resolve_entry(RAW)))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -842,4 +865,233 @@ fn inspect_intercepts_hosts_without_grants_and_injects_nothing() {
     );
     let v = json(&rig.curl(&["https://api.github.com/user"]));
     assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+}
+
+/// Write `request` and read exactly as many bytes as `expected` has (or
+/// fail after 10 s), comparing byte for byte.
+async fn round_trip<S>(s: &mut S, request: &str, expected: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; expected.len()];
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "after {request:?}: {read:?}, expected {expected:?}"
+    );
+    assert_eq!(got, expected, "after {request:?}");
+}
+
+/// One response with a `Content-Length` body: (head, body).
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let head = read_head(s).await;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+fn canned(bytes: &'static str, close: bool) -> Canned {
+    Canned {
+        bytes: bytes.as_bytes(),
+        close,
+    }
+}
+
+/// HTTP/1.1 keep-alive with an HTTP/1.1 upstream takes Moat's own HTTP/1.1
+/// path (not hyper): what the upstream receives and what the client gets
+/// back are checked byte for byte, for every way a response can be framed,
+/// on one client connection.
+#[test]
+fn h1_keep_alive_heads_rewritten_and_every_response_framing_relayed() {
+    let rig = Rig::with_raw(HashMap::from([
+        (
+            "/chunked",
+            canned(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n\
+                 5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+                false,
+            ),
+        ),
+        (
+            "/204",
+            canned("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false),
+        ),
+        (
+            "/304",
+            canned(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+                false,
+            ),
+        ),
+        (
+            "/head",
+            canned("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", false),
+        ),
+        (
+            "/hints",
+            canned(
+                "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                false,
+            ),
+        ),
+        (
+            "/bye",
+            canned("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye", true),
+        ),
+        ("/eof", canned("HTTP/1.1 200 OK\r\n\r\nuntil close", true)),
+    ]));
+    let raw = rig.raw.as_ref().unwrap();
+    // What the upstream gets for a GET from the client below: Moat's Host,
+    // the client's end-to-end headers, the credential instead of the
+    // placeholder; no proxy or hop-by-hop headers.
+    let upstream_get = "GET /echo?q=1 HTTP/1.1\r\nhost: raw.corp.test\r\nAccept: */*\r\n\
+                        x-corp-key: corp-real-key-0042\r\n\r\n";
+    let echoed = |req: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{req}",
+            req.len()
+        )
+    };
+    let get = "GET /echo?q=1 HTTP/1.1\r\nHost: raw.corp.test\r\nX-Corp-Key: placeholder\r\n\
+               Accept: */*\r\nProxy-Connection: keep-alive\r\nKeep-Alive: 5\r\n\r\n";
+    block_on(async {
+        let mut s = tunnel_tls(&rig, RAW, b"http/1.1").await;
+        round_trip(&mut s, get, &echoed(upstream_get)).await;
+        // A body, and a second request pipelined in the same write.
+        round_trip(
+            &mut s,
+            "POST /echo HTTP/1.1\r\nHost: raw.corp.test\r\nContent-Length: 5\r\n\r\nhello\
+             GET /chunked HTTP/1.1\r\nHost: raw.corp.test\r\n\r\n",
+            &(echoed(
+                "POST /echo HTTP/1.1\r\nhost: raw.corp.test\r\nContent-Length: 5\r\n\
+                 x-corp-key: corp-real-key-0042\r\n\r\nhello",
+            ) + "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"),
+        )
+        .await;
+        let plain = |path: &str, method: &str| {
+            format!("{method} {path} HTTP/1.1\r\nHost: raw.corp.test\r\n\r\n")
+        };
+        round_trip(
+            &mut s,
+            &plain("/204", "GET"),
+            "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+        )
+        .await;
+        round_trip(
+            &mut s,
+            &plain("/304", "GET"),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+        )
+        .await;
+        round_trip(
+            &mut s,
+            &plain("/head", "HEAD"),
+            "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n",
+        )
+        .await;
+        round_trip(
+            &mut s,
+            &plain("/hints", "GET"),
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await;
+        assert_eq!(raw.connections(), 1, "one upstream connection so far");
+        // The upstream closes after this one without a word; the next
+        // request goes on a new upstream connection.
+        round_trip(
+            &mut s,
+            &plain("/bye", "GET"),
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye",
+        )
+        .await;
+        round_trip(&mut s, get, &echoed(upstream_get)).await;
+        assert_eq!(raw.connections(), 2);
+        // A body that runs until the upstream closes: so does the client's
+        // connection, told so.
+        round_trip(
+            &mut s,
+            &plain("/eof", "GET"),
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close",
+        )
+        .await;
+        let mut rest = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(matches!(end, Ok(Ok(0))), "{end:?} {rest:?}");
+    });
+    assert_eq!(raw.requests().len(), 10, "{:#?}", raw.requests());
+}
+
+/// Requests the fast path does not take go to hyper, on the same connection,
+/// injected all the same; a request framed two ways reaches no upstream.
+#[test]
+fn h1_requests_it_does_not_take_go_to_hyper() {
+    let rig = Rig::with_raw(HashMap::new());
+    let raw = rig.raw.as_ref().unwrap();
+    block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tunnel_tls(&rig, RAW, b"http/1.1").await;
+        // Fast path first, then a chunked upload (hyper's), then a plain
+        // GET again on the same connection (hyper from then on).
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: raw.corp.test\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            body.contains("x-corp-key: corp-real-key-0042\r\n"),
+            "{body}"
+        );
+        s.write_all(
+            b"POST /b HTTP/1.1\r\nHost: raw.corp.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.starts_with("POST /b HTTP/1.1\r\n"), "{body}");
+        assert!(
+            body.contains("x-corp-key: corp-real-key-0042\r\n"),
+            "{body}"
+        );
+        assert!(
+            body.ends_with("hello") || body.ends_with("5\r\nhello\r\n0\r\n\r\n"),
+            "{body}"
+        );
+        s.write_all(b"GET /c HTTP/1.1\r\nHost: raw.corp.test\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, body) = read_response(&mut s).await;
+        assert!(
+            body.starts_with("GET /c HTTP/1.1\r\n") && body.contains("corp-real-key-0042"),
+            "{body}"
+        );
+
+        // Two different lengths: refused, nothing forwarded.
+        let before = raw.requests().len();
+        let mut s = tunnel_tls(&rig, RAW, b"http/1.1").await;
+        s.write_all(
+            b"POST /smuggle HTTP/1.1\r\nHost: raw.corp.test\r\nContent-Length: 5\r\n\
+              Content-Length: 40\r\n\r\nhelloGET /hidden HTTP/1.1\r\nHost: raw.corp.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        assert_eq!(raw.requests().len(), before, "{:#?}", raw.requests());
+    });
 }

@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 
 mod git;
 pub use git::git_server;
+mod raw;
+pub use raw::{Canned, RawUpstream};
 mod registry;
 pub use registry::Registry;
 

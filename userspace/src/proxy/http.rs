@@ -152,12 +152,8 @@ pub async fn forward(
             );
         }
     };
-    if !plan.grants.is_empty() && target.tls {
-        tracing::info!(host = %target.host, grants = ?plan.grants, method = %parts.method, "injecting");
-        engine.emit(
-            "inject",
-            || serde_json::json!({"host": target.host, "port": target.port, "grants": plan.grants.iter().map(|g| g.as_ref()).collect::<Vec<&str>>(), "method": parts.method.as_str(), "path": request_path}),
-        );
+    if target.tls {
+        note_injection(&engine, &target, parts.method.as_str(), request_path);
     }
 
     let sent = tokio::time::timeout(
@@ -213,6 +209,21 @@ pub async fn forward(
         None => body.map_err(BoxError::from).boxed(),
     };
     Response::from_parts(parts, body)
+}
+
+/// Log and record (for the run's events) that `method path` goes to
+/// `target` with its grants' credentials: names, never values. `path` is the
+/// client's, without the query.
+pub(super) fn note_injection(engine: &Engine, target: &Target, method: &str, path: &str) {
+    let grants = &target.plan.grants;
+    if grants.is_empty() {
+        return;
+    }
+    tracing::info!(host = %target.host, grants = ?grants, %method, "injecting");
+    engine.emit(
+        "inject",
+        || serde_json::json!({"host": target.host, "port": target.port, "grants": grants.iter().map(|g| g.as_ref()).collect::<Vec<&str>>(), "method": method, "path": path}),
+    );
 }
 
 async fn request_body(
@@ -329,7 +340,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// 502 or 504 saying which host and why, 403 for a policy refusal (never a
 /// header value or URL).
-fn upstream_error(target: &Target, e: &UpstreamError) -> Response<ProxyBody> {
+pub(super) fn upstream_error(target: &Target, e: &UpstreamError) -> Response<ProxyBody> {
     use crate::net::NetError;
     match e {
         UpstreamError::Connect(net) => {

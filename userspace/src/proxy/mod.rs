@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod guard;
+mod h1;
 pub mod http;
 pub mod inject;
 pub mod local;

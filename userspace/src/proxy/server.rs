@@ -232,6 +232,13 @@ impl Engine {
         }
         let target = self.target(host, port, true, deny);
         tracing::debug!(host = %target.host, port, grants = ?target.plan.grants, "intercepting");
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        if !h2 && super::h1::applies(&target) {
+            if let Some(rest) = super::h1::serve(&self, &target, tls, HEADER_READ_TIMEOUT).await {
+                self.serve_http(rest, target).await;
+            }
+            return;
+        }
         self.serve_http(tls, target).await
     }
 

@@ -137,12 +137,19 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// An upstream HTTP/1.1 connection over TLS that the fast path
+/// ([`super::h1`]) drives itself, without a hyper dispatcher.
+pub type RawConn = IdleTimeout<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
 /// Upstream connections not used by any client connection right now.
 pub struct Pool {
     upstream: Arc<Upstream>,
     /// Reads on an upstream connection fail after this much silence.
     idle: Duration,
     conns: Mutex<HashMap<Key, Vec<(Sender, Instant)>>>,
+    raw: Mutex<HashMap<Key, Vec<(RawConn, Instant)>>>,
+    /// Upstreams that refused a connection offering only `http/1.1`.
+    h2_only: Mutex<std::collections::HashSet<Key>>,
 }
 
 impl Pool {
@@ -151,7 +158,13 @@ impl Pool {
             upstream,
             idle,
             conns: Mutex::default(),
+            raw: Mutex::default(),
+            h2_only: Mutex::default(),
         })
+    }
+
+    fn raw(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<(RawConn, Instant)>>> {
+        self.raw.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<(Sender, Instant)>>> {
@@ -225,6 +238,16 @@ impl Pool {
             Ok(Sender::H1(tx))
         }
     }
+}
+
+/// False when an idle connection was closed by the upstream (or sent
+/// something nobody asked for, or went silent past its idle timeout): one
+/// poll, no waiting.
+pub fn is_open<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    Pin::new(conn).poll_read(&mut cx, &mut buf).is_pending()
 }
 
 /// Drops the closed connections and those idle for longer than [`POOL_IDLE`].
@@ -308,6 +331,61 @@ impl Slot {
             host_header,
             held: Mutex::new(None),
         })
+    }
+
+    /// `Host` for HTTP/1.1 requests to this slot's upstream.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
+    /// An idle raw HTTP/1.1 connection from the pool, the most recently used
+    /// first; the caller checks it is still open ([`is_open`]).
+    pub fn take_raw(&self) -> Option<RawConn> {
+        let mut raw = self.pool.raw();
+        let list = raw.get_mut(&self.key)?;
+        list.retain(|(_, since)| since.elapsed() <= POOL_IDLE);
+        list.pop().map(|(conn, _)| conn)
+    }
+
+    /// Hand an idle raw connection (no request in flight, nothing unread)
+    /// to the pool.
+    pub fn put_raw(&self, conn: RawConn) {
+        let mut raw = self.pool.raw();
+        let list = raw.entry(self.key.clone()).or_default();
+        if list.len() < MAX_IDLE_PER_KEY {
+            list.push((conn, Instant::now()));
+        }
+    }
+
+    /// A new raw HTTP/1.1 connection (ALPN offers `http/1.1` only). An
+    /// upstream that refuses it for want of `h2` is remembered
+    /// ([`Self::h2_only`]).
+    pub async fn connect_raw(&self) -> Result<RawConn, NetError> {
+        let connected = self
+            .pool
+            .upstream
+            .connect_tls_alpn(&self.key.host, self.key.port, false)
+            .await;
+        match connected {
+            Ok(stream) => Ok(with_idle_timeout(stream, self.pool.idle)),
+            Err(e) => {
+                if let NetError::Handshake { reason, .. } = &e
+                    && reason.contains("NoApplicationProtocol")
+                {
+                    self.h2_only_set().insert(self.key.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Did this upstream refuse HTTP/1.1 (ALPN) before?
+    pub fn h2_only(&self) -> bool {
+        self.h2_only_set().contains(&self.key)
+    }
+
+    fn h2_only_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Key>> {
+        self.pool.h2_only.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
