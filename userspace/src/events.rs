@@ -68,8 +68,19 @@ impl Events {
 
     /// Record `event` with `fields` (a JSON object; other values are ignored).
     pub fn emit(&self, event: &str, fields: Value) {
+        self.write(event, value_fields(&fields));
+    }
+
+    /// Record `event` with `fields`, a struct serialized straight into the
+    /// line: no `Value` built, for events written once per request (a third
+    /// of the cost). Its fields must not be named `ts` or `event`.
+    pub fn emit_fields<T: serde::Serialize>(&self, event: &str, fields: &T) {
+        self.write(event, struct_fields(fields));
+    }
+
+    fn write(&self, event: &str, fields: impl FnOnce(&mut Vec<u8>)) {
         let Some(sink) = &self.0 else { return };
-        let bytes = line(std::time::SystemTime::now(), event, &fields);
+        let bytes = line(std::time::SystemTime::now(), event, fields);
         let mut out = sink.out.lock().unwrap_or_else(|p| p.into_inner());
         let (writer, flushed) = &mut *out;
         let mut result = writer.write_all(&bytes);
@@ -87,9 +98,43 @@ impl Events {
     }
 }
 
+/// Writes a JSON object's members as `,"name":value` pairs, leaving out
+/// `ts` and `event`.
+fn value_fields(fields: &Value) -> impl FnOnce(&mut Vec<u8>) + '_ {
+    move |bytes| {
+        let Value::Object(fields) = fields else {
+            return;
+        };
+        for (k, v) in fields
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "ts" | "event"))
+        {
+            bytes.push(b',');
+            let _ = serde_json::to_writer(&mut *bytes, k);
+            bytes.push(b':');
+            let _ = serde_json::to_writer(&mut *bytes, v);
+        }
+    }
+}
+
+/// Writes a struct's fields as `,"name":value` pairs: serialized as an
+/// object, whose braces then go (`{"a":1}` → `,"a":1`; `{}` → nothing).
+fn struct_fields<T: serde::Serialize>(fields: &T) -> impl FnOnce(&mut Vec<u8>) + '_ {
+    move |bytes| {
+        let start = bytes.len();
+        let ok = serde_json::to_writer(&mut *bytes, fields).is_ok();
+        if !ok || bytes.get(start) != Some(&b'{') || bytes.len() - start <= 2 {
+            bytes.truncate(start);
+            return;
+        }
+        bytes[start] = b',';
+        bytes.pop();
+    }
+}
+
 /// `{"ts":…,"event":…,<fields>}` and a newline: time and name first, for
-/// people reading the file; a field named `ts` or `event` is left out.
-fn line(now: std::time::SystemTime, event: &str, fields: &Value) -> Vec<u8> {
+/// people reading the file; `fields` appends `,"name":value` pairs.
+fn line(now: std::time::SystemTime, event: &str, fields: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     use std::io::Write as _;
     let mut bytes = Vec::with_capacity(256);
     // Writing to a Vec cannot fail, nor can serialising JSON values or strings.
@@ -99,17 +144,7 @@ fn line(now: std::time::SystemTime, event: &str, fields: &Value) -> Vec<u8> {
         humantime::format_rfc3339_millis(now)
     );
     let _ = serde_json::to_writer(&mut bytes, event);
-    if let Value::Object(fields) = fields {
-        for (k, v) in fields
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "ts" | "event"))
-        {
-            bytes.push(b',');
-            let _ = serde_json::to_writer(&mut bytes, k);
-            bytes.push(b':');
-            let _ = serde_json::to_writer(&mut bytes, v);
-        }
-    }
+    fields(&mut bytes);
     bytes.extend_from_slice(b"}\n");
     bytes
 }
@@ -144,7 +179,7 @@ mod tests {
     fn a_line_is_one_json_object_led_by_time_and_name() {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let fields = json!({"host": "a\"b", "grants": ["x"], "ts": "forged", "event": "forged"});
-        let text = String::from_utf8(line(t, "inject", &fields)).unwrap();
+        let text = String::from_utf8(line(t, "inject", value_fields(&fields))).unwrap();
         assert!(
             text.starts_with(r#"{"ts":"2023-11-14T22:13:20.123Z","event":"inject","#),
             "{text}"
@@ -155,10 +190,43 @@ mod tests {
         assert_eq!(v["grants"][0], "x");
         assert_eq!(v["event"], "inject");
         assert_eq!(v.as_object().unwrap().len(), 4);
-        let empty = String::from_utf8(line(t, "exit", &json!({}))).unwrap();
+        let empty = String::from_utf8(line(t, "exit", value_fields(&json!({})))).unwrap();
         assert_eq!(
             empty,
             "{\"ts\":\"2023-11-14T22:13:20.123Z\",\"event\":\"exit\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_struct_writes_the_same_line_as_its_value() {
+        #[derive(serde::Serialize)]
+        struct Inject<'a> {
+            host: &'a str,
+            port: u16,
+            grants: &'a [&'a str],
+        }
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let fields = Inject {
+            host: "a\"b",
+            port: 443,
+            grants: &["x", "y"],
+        };
+        let direct = String::from_utf8(line(t, "inject", struct_fields(&fields))).unwrap();
+        let value = line(
+            t,
+            "inject",
+            value_fields(&serde_json::to_value(&fields).unwrap()),
+        );
+        assert!(direct.ends_with("}\n") && direct.matches('\n').count() == 1);
+        assert_eq!(
+            serde_json::from_str::<Value>(&direct).unwrap(),
+            serde_json::from_slice::<Value>(&value).unwrap()
+        );
+        #[derive(serde::Serialize)]
+        struct Nothing {}
+        assert_eq!(
+            line(t, "exit", struct_fields(&Nothing {})),
+            line(t, "exit", value_fields(&json!({})))
         );
     }
 

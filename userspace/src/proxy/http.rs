@@ -220,10 +220,33 @@ pub(super) fn note_injection(engine: &Engine, target: &Target, method: &str, pat
         return;
     }
     tracing::info!(host = %target.host, grants = ?grants, %method, "injecting");
-    engine.emit(
-        "inject",
-        || serde_json::json!({"host": target.host, "port": target.port, "grants": grants.iter().map(|g| g.as_ref()).collect::<Vec<&str>>(), "method": method, "path": path}),
-    );
+    engine.emit_fields("inject", || Injected {
+        grants: Names(grants),
+        host: &target.host,
+        method,
+        path,
+        port: target.port,
+    });
+}
+
+/// An `inject` event's fields, in the order `emit` writes a `Value`'s
+/// (sorted), so the lines read as before.
+#[derive(serde::Serialize)]
+struct Injected<'a> {
+    grants: Names<'a>,
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
+    port: u16,
+}
+
+/// Grant names as a JSON array.
+struct Names<'a>(&'a [Arc<str>]);
+
+impl serde::Serialize for Names<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|g| &**g))
+    }
 }
 
 async fn request_body(

@@ -164,6 +164,14 @@ impl Engine {
         }
     }
 
+    /// [`Self::emit`] for events written once per request: `fields` is a
+    /// struct serialized straight into the line.
+    fn emit_fields<T: serde::Serialize>(&self, event: &str, fields: impl FnOnce() -> T) {
+        if let Some(events) = self.events.get().filter(|e| e.is_enabled()) {
+            events.emit_fields(event, &fields());
+        }
+    }
+
     pub fn ca(&self) -> &MoatCa {
         &self.ca
     }
