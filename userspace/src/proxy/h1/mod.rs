@@ -1,0 +1,459 @@
+//! Plain HTTP/1.1 without hyper: the fast path for the common case, a
+//! client speaking HTTP/1.1 keep-alive to an intercepted host.
+//!
+//! Two hyper dispatchers per proxied request (server and client side) cost
+//! about a third of the proxy's CPU per request (docs/performance.md). Here
+//! the request head is parsed with `httparse`, rewritten (hop-by-hop headers
+//! out, credentials in) and written to a raw HTTP/1.1 upstream connection
+//! together with the body bytes already read; the response head is parsed,
+//! rewritten and relayed the same way, its body copied as it arrives.
+//!
+//! Only requests whose framing cannot be read two ways take this path:
+//! HTTP/1.1, origin-form, no `Transfer-Encoding`, at most one
+//! `Content-Length` of plain digits, no `Expect`, no `Upgrade`, and a
+//! `Connection` naming nothing but `keep-alive` or `close`. The head sent
+//! upstream is written here, with the one `Content-Length` the body was
+//! counted by, so the upstream cannot see a request boundary Moat did not
+//! (no request smuggled past the policy or onto an injected request). The
+//! first request that does not qualify, and the rest of its connection, go
+//! to hyper ([`super::server`]), as do HTTP/2 clients and targets with
+//! substitutions, local answers or a policy refusal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+mod parse;
+
+use parse::{Chunked, Framing, Parsed, Prepared, prepare_request, prepare_response};
+
+use super::Engine;
+use super::http::{Target, moat_response, note_injection, upstream_error};
+use super::rules::Verdict;
+use super::server::Prefixed;
+use super::upstream::{ProxyBody, RawConn, Slot, UpstreamError, is_open};
+use crate::net::NetError;
+
+/// Response heads larger than this are refused (502).
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Bytes asked of a socket per read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// May `target`'s HTTP/1.1 requests take the fast path at all?
+pub(super) fn applies(target: &Target) -> bool {
+    let plan = &target.plan;
+    target.tls
+        && target.deny.is_none()
+        && target.upstream.is_some()
+        && plan.request_subst.is_none()
+        && plan.response_subst.is_none()
+        && plan.local.is_none()
+}
+
+/// Serve `client`'s requests for `target` while they qualify. `None`: the
+/// connection is finished; `Some`: the rest of it (the unanswered request
+/// first) is for hyper.
+pub(super) async fn serve<S>(
+    engine: &Arc<Engine>,
+    target: &Arc<Target>,
+    client: S,
+    header_timeout: Duration,
+) -> Option<Prefixed<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let slot = target.upstream.as_ref()?;
+    if slot.h2_only() {
+        return Some(Prefixed::new(Default::default(), client));
+    }
+    let mut conn = Conn {
+        engine,
+        target,
+        slot,
+        client,
+        cbuf: BytesMut::with_capacity(READ_SIZE),
+        ubuf: BytesMut::with_capacity(READ_SIZE),
+        out: Vec::with_capacity(1024),
+        held: None,
+    };
+    let handed = loop {
+        let next = tokio::time::timeout(header_timeout, conn.request_head()).await;
+        let prepared = match next {
+            Ok(Head::Ready(p)) => p,
+            Ok(Head::Hyper) => break true,
+            Ok(Head::Closed) | Err(_) => break false,
+        };
+        match conn.exchange(prepared).await {
+            Next::Continue => {}
+            Next::Close => break false,
+            Next::Hyper => break true,
+        }
+    };
+    if let Some(up) = conn.held.take() {
+        slot.put_raw(up);
+    }
+    handed.then(|| Prefixed::new(conn.cbuf.freeze(), conn.client))
+}
+
+/// What reading the next request head came to.
+enum Head {
+    Ready(Prepared),
+    /// Not for the fast path: hyper takes over.
+    Hyper,
+    /// The client went away (or sent a head too large to bother hyper with).
+    Closed,
+}
+
+enum Next {
+    Continue,
+    Close,
+    /// The upstream would not speak plain HTTP/1.1 over TLS: hyper takes
+    /// the request (not consumed) and the rest of the connection.
+    Hyper,
+}
+
+struct Conn<'a, S> {
+    engine: &'a Arc<Engine>,
+    target: &'a Arc<Target>,
+    slot: &'a Slot,
+    client: S,
+    /// Client bytes not yet forwarded.
+    cbuf: BytesMut,
+    /// Upstream bytes not yet relayed.
+    ubuf: BytesMut,
+    /// The head (and first body bytes) being written, either way.
+    out: Vec<u8>,
+    /// The upstream connection this client connection last used.
+    held: Option<RawConn>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
+    async fn request_head(&mut self) -> Head {
+        let limit = self.engine.limits.max_header_bytes;
+        loop {
+            let (engine, target) = (self.engine, self.target);
+            let allowed = |method: &str, path: &str| {
+                let path = path.split_once('?').map_or(path, |(p, _)| p);
+                let verdict =
+                    engine
+                        .policy
+                        .network
+                        .request(&target.host, target.port, method, path);
+                // A refusal is hyper's to answer and record.
+                !matches!(verdict, Verdict::Deny(_))
+            };
+            let parsed = prepare_request(
+                &self.cbuf,
+                self.slot.host_header().as_bytes(),
+                &target.plan.headers,
+                &mut self.out,
+                allowed,
+            );
+            match parsed {
+                Parsed::Ready(p) => return Head::Ready(p),
+                Parsed::Hyper => return Head::Hyper,
+                // hyper answers 431 for a head over the limit.
+                Parsed::Partial if self.cbuf.len() > limit => return Head::Hyper,
+                Parsed::Partial => {}
+            }
+            match fill(&mut self.client, &mut self.cbuf).await {
+                Ok(0) | Err(_) => return Head::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Forward one prepared request and relay its response.
+    async fn exchange(&mut self, p: Prepared) -> Next {
+        let (mut up, mut reused) = match self.upstream().await {
+            Ok(u) => u,
+            // Maybe no HTTP/1.1 (ALPN): hyper tries HTTP/2, and says why not.
+            Err(UpstreamError::Connect(NetError::Handshake { .. })) => return Next::Hyper,
+            Err(e) => return self.fail(upstream_error(self.target, &e)).await,
+        };
+        if !self.target.plan.grants.is_empty() {
+            let text = |r: &std::ops::Range<usize>| {
+                std::str::from_utf8(&self.cbuf[r.clone()]).unwrap_or("")
+            };
+            let path = text(&p.path);
+            let path = path.split_once('?').map_or(path, |(p, _)| p);
+            note_injection(self.engine, self.target, text(&p.method), path);
+        }
+        self.cbuf.advance(p.head_len);
+        let buffered = self.cbuf.len().min(clamp(p.body_len));
+        self.out.extend_from_slice(&self.cbuf[..buffered]);
+        self.cbuf.advance(buffered);
+        let rest = p.body_len - buffered as u64;
+        loop {
+            let sent = send(&mut self.client, &mut self.cbuf, &mut up, &self.out, rest).await;
+            let failure = match sent {
+                Ok(()) => {
+                    let timeout = self.engine.limits.response_timeout;
+                    self.ubuf.clear();
+                    match tokio::time::timeout(timeout, fill(&mut up, &mut self.ubuf)).await {
+                        Ok(Ok(n)) if n > 0 => break,
+                        Ok(Ok(_)) => "the connection closed before a response".to_owned(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => return self.fail(self.response_timeout()).await,
+                    }
+                }
+                Err(Side::Client) => return Next::Close,
+                Err(Side::Upstream(e)) => e.to_string(),
+            };
+            // A kept connection the upstream closed under us: once more on
+            // a new one, when the request can be sent again and running it
+            // twice is harmless (RFC 9112 §9.3.1.1).
+            if reused && rest == 0 && p.idempotent {
+                tracing::debug!(host = %self.target.host, "kept upstream connection failed, reconnecting: {failure}");
+                match self.slot.connect_raw().await {
+                    Ok(fresh) => {
+                        (up, reused) = (fresh, false);
+                        continue;
+                    }
+                    Err(e) => {
+                        return self
+                            .fail(upstream_error(self.target, &UpstreamError::Connect(e)))
+                            .await;
+                    }
+                }
+            }
+            let message = format!(
+                "upstream {}:{} failed: {failure}",
+                self.target.host, self.target.port
+            );
+            return self
+                .fail(moat_response(StatusCode::BAD_GATEWAY, &message))
+                .await;
+        }
+        self.relay(up, &p).await
+    }
+
+    /// The held upstream connection if still open, else a pooled one, else
+    /// a new one; and whether it served requests before.
+    async fn upstream(&mut self) -> Result<(RawConn, bool), UpstreamError> {
+        if let Some(mut up) = self.held.take()
+            && is_open(&mut up)
+        {
+            return Ok((up, true));
+        }
+        while let Some(mut up) = self.slot.take_raw() {
+            if is_open(&mut up) {
+                return Ok((up, true));
+            }
+        }
+        Ok((self.slot.connect_raw().await?, false))
+    }
+
+    /// Relay the response whose first bytes are in `ubuf`.
+    async fn relay(&mut self, mut up: RawConn, p: &Prepared) -> Next {
+        let mut started = false;
+        let head = loop {
+            match prepare_response(&self.ubuf, p.head, p.close, &mut self.out) {
+                Ok(Some(head)) if head.informational => {
+                    // 103 Early Hints and the like: relayed, then the real one.
+                    self.ubuf.advance(head.len);
+                    started = true;
+                    if self.client.write_all(&self.out).await.is_err() {
+                        return Next::Close;
+                    }
+                    continue;
+                }
+                Ok(Some(head)) => break head,
+                Ok(None) if self.ubuf.len() <= MAX_RESPONSE_HEAD => {}
+                Ok(None) | Err(_) if started => return Next::Close,
+                Ok(None) => return self.bad_response("a response head over 256 KiB").await,
+                Err(e) => return self.bad_response(e).await,
+            }
+            match fill(&mut up, &mut self.ubuf).await {
+                Ok(n) if n > 0 => {}
+                _ if started => return Next::Close,
+                _ => return self.bad_response("the response head was cut short").await,
+            }
+        };
+        self.ubuf.advance(head.len);
+        let done = match head.framing {
+            Framing::Empty => Ok(true),
+            Framing::Length(n) => self.copy_length(&mut up, n).await,
+            Framing::Chunked => self.copy_chunked(&mut up).await,
+            Framing::UntilClose => self.copy_to_end(&mut up).await.map(|()| false),
+        };
+        let clean = match done {
+            Ok(clean) => clean,
+            Err(_) => return Next::Close,
+        };
+        // Left over only when the head went alone (no body bytes to send).
+        if !self.out.is_empty() && self.client.write_all(&self.out).await.is_err() {
+            return Next::Close;
+        }
+        if self.client.flush().await.is_err() {
+            return Next::Close;
+        }
+        if clean && !head.upstream_close && self.ubuf.is_empty() {
+            self.held = Some(up);
+        }
+        if p.close || head.framing == Framing::UntilClose {
+            let _ = self.client.shutdown().await;
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    /// Send `out` (the response head) with the first body bytes, then the
+    /// rest as it arrives.
+    async fn copy_length(&mut self, up: &mut RawConn, mut n: u64) -> Result<bool, ()> {
+        loop {
+            let take = self.ubuf.len().min(clamp(n));
+            self.out.extend_from_slice(&self.ubuf[..take]);
+            self.ubuf.advance(take);
+            n -= take as u64;
+            if n == 0 {
+                return Ok(true);
+            }
+            self.flush_out().await?;
+            if fill(up, &mut self.ubuf).await.map_err(drop)? == 0 {
+                return Err(());
+            }
+        }
+    }
+
+    async fn copy_chunked(&mut self, up: &mut RawConn) -> Result<bool, ()> {
+        let mut chunks = Chunked::default();
+        loop {
+            let (take, end) = chunks.scan(&self.ubuf).map_err(drop)?;
+            self.out.extend_from_slice(&self.ubuf[..take]);
+            self.ubuf.advance(take);
+            if end {
+                return Ok(true);
+            }
+            if self.ubuf.len() > MAX_RESPONSE_HEAD {
+                return Err(()); // a chunk-size line or trailers without end
+            }
+            self.flush_out().await?;
+            if fill(up, &mut self.ubuf).await.map_err(drop)? == 0 {
+                return Err(());
+            }
+        }
+    }
+
+    async fn copy_to_end(&mut self, up: &mut RawConn) -> Result<(), ()> {
+        loop {
+            self.out.extend_from_slice(&self.ubuf);
+            self.ubuf.clear();
+            self.flush_out().await?;
+            match fill(up, &mut self.ubuf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    async fn flush_out(&mut self) -> Result<(), ()> {
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await.map_err(drop)?;
+            self.out.clear();
+        }
+        self.client.flush().await.map_err(drop)
+    }
+
+    fn response_timeout(&self) -> Response<ProxyBody> {
+        moat_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!(
+                "{}:{} sent no response within {} s (upstream timeout)",
+                self.target.host,
+                self.target.port,
+                self.engine.limits.response_timeout.as_secs_f32()
+            ),
+        )
+    }
+
+    async fn bad_response(&mut self, why: impl std::fmt::Display) -> Next {
+        let message = format!(
+            "upstream {}:{} failed: {why}",
+            self.target.host, self.target.port
+        );
+        self.fail(moat_response(StatusCode::BAD_GATEWAY, &message))
+            .await
+    }
+
+    /// Answer with Moat's own error response and close the connection.
+    async fn fail(&mut self, resp: Response<ProxyBody>) -> Next {
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\n",
+            parts.status.as_u16(),
+            parts.status.canonical_reason().unwrap_or("")
+        )
+        .into_bytes();
+        for (name, value) in &parts.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(
+            format!(
+                "content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&body);
+        let _ = self.client.write_all(&out).await;
+        let _ = self.client.shutdown().await;
+        Next::Close
+    }
+}
+
+/// Which side of a copy failed.
+enum Side {
+    Client,
+    Upstream(std::io::Error),
+}
+
+/// Write `out` (request head and buffered body bytes) upstream, then the
+/// `rest` of the body from the client.
+async fn send<C, U>(
+    client: &mut C,
+    cbuf: &mut BytesMut,
+    up: &mut U,
+    out: &[u8],
+    mut rest: u64,
+) -> Result<(), Side>
+where
+    C: AsyncRead + Unpin,
+    U: AsyncWrite + Unpin,
+{
+    up.write_all(out).await.map_err(Side::Upstream)?;
+    while rest > 0 {
+        match fill(client, cbuf).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(Side::Client),
+        }
+        let take = cbuf.len().min(clamp(rest));
+        up.write_all(&cbuf[..take]).await.map_err(Side::Upstream)?;
+        cbuf.advance(take);
+        rest -= take as u64;
+    }
+    up.flush().await.map_err(Side::Upstream)
+}
+
+/// Read once from `io` into `buf`; 0 at end of stream.
+async fn fill<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(READ_SIZE);
+    io.read_buf(buf).await
+}
+
+fn clamp(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
