@@ -2,6 +2,8 @@
 //! upstream heads out; response heads in, client heads out; where a chunked
 //! body ends.
 
+use std::io::Write as _;
+
 use http::{HeaderName, HeaderValue};
 
 use super::clamp;
@@ -79,9 +81,10 @@ pub(super) fn prepare_request(
     out: &mut Vec<u8>,
     allowed: impl FnOnce(&str, &str) -> bool,
 ) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    // Uninitialised: no 2 KiB of empty headers written per request.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Hyper,
@@ -268,7 +271,8 @@ pub(super) fn prepare_response(
         _ => length.map_or(Framing::UntilClose, Framing::Length),
     };
     out.clear();
-    out.extend_from_slice(format!("HTTP/1.1 {code} ").as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "HTTP/1.1 {code} ");
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
@@ -290,7 +294,9 @@ pub(super) fn prepare_response(
     }
     match framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
         _ => {}
     }
     if !informational && (close || framing == Framing::UntilClose) {
