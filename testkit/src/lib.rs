@@ -120,8 +120,82 @@ pub type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 pub struct StubServer {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    _server: TlsServer,
+}
+
+/// A TLS server's accept loop on 127.0.0.1, on a thread and runtime of its
+/// own: `serve` gets each connection once its handshake is done. Stops (and
+/// joins the thread) when dropped.
+pub(crate) struct TlsServer {
+    pub(crate) addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsServer {
+    pub(crate) fn start<F, Fut>(config: Arc<rustls::ServerConfig>, serve: F) -> Result<Self>
+    where
+        F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let serve = Arc::new(serve);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let accept_loop = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (acceptor, serve) = (acceptor.clone(), serve.clone());
+                        tokio::spawn(async move {
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                serve(tls).await;
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept_loop => {}
+                    _ = rx => {}
+                }
+            });
+        });
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `HOST:443=ADDR` for `MOAT_RESOLVE`.
+pub(crate) fn resolve_entry(host: &str, addr: SocketAddr) -> String {
+    format!("{host}:443={addr}")
 }
 
 impl StubServer {
@@ -168,18 +242,7 @@ impl StubServer {
 
     /// `HOST:443=127.0.0.1:PORT` for `MOAT_RESOLVE`.
     pub fn resolve_entry(&self, host: &str) -> String {
-        format!("{host}:443={}", self.addr)
-    }
-}
-
-impl Drop for StubServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        resolve_entry(host, self.addr)
     }
 }
 
@@ -368,54 +431,24 @@ pub type Service = Arc<
 impl StubServer {
     /// Serve `service` over TLS with `config` on 127.0.0.1.
     pub fn start_service(config: Arc<rustls::ServerConfig>, service: Service) -> Result<Self> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let seen2 = seen.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                let accept_loop = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (acceptor, service, seen) =
-                            (acceptor.clone(), service.clone(), seen2.clone());
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let svc = service_fn(move |req| {
-                                let fut = service(req, seen.clone());
-                                async move { Ok::<_, Infallible>(fut.await) }
-                            });
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                                    .await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = accept_loop => {}
-                    _ = rx => {}
-                }
-            });
-        });
+        let recorded = seen.clone();
+        let server = TlsServer::start(config, move |tls| {
+            let (service, seen) = (service.clone(), recorded.clone());
+            async move {
+                let svc = service_fn(move |req| {
+                    let fut = service(req, seen.clone());
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            }
+        })?;
         Ok(Self {
-            addr,
+            addr: server.addr,
             seen,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 }

@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-use crate::TestCa;
+use crate::{TestCa, TlsServer};
 
 /// What to send for one path.
 #[derive(Clone)]
@@ -30,8 +29,7 @@ pub struct RawUpstream {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
     connections: Arc<AtomicUsize>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: TlsServer,
 }
 
 impl RawUpstream {
@@ -41,49 +39,22 @@ impl RawUpstream {
         canned: HashMap<&'static str, Canned>,
     ) -> Result<Self> {
         let config = ca.server_config(names, &[b"http/1.1"])?;
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let (seen, count) = (requests.clone(), connections.clone());
         let canned = Arc::new(canned);
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                let accept = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        count.fetch_add(1, Ordering::SeqCst);
-                        let (acceptor, seen, canned) =
-                            (acceptor.clone(), seen.clone(), canned.clone());
-                        tokio::spawn(async move {
-                            if let Ok(tls) = acceptor.accept(tcp).await {
-                                let _ = serve(tls, &seen, &canned).await;
-                            }
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = rx => {}
-                }
-            });
-        });
+        let server = TlsServer::start(config, move |tls| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (seen, canned) = (seen.clone(), canned.clone());
+            async move {
+                let _ = serve(tls, &seen, &canned).await;
+            }
+        })?;
         Ok(Self {
-            addr,
+            addr: server.addr,
             requests,
             connections,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -92,25 +63,14 @@ impl RawUpstream {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
-    /// Connections accepted so far.
+    /// Connections accepted (TLS handshake done) so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
     /// `HOST:443=127.0.0.1:PORT` for `MOAT_RESOLVE`.
     pub fn resolve_entry(&self, host: &str) -> String {
-        format!("{host}:443={}", self.addr)
-    }
-}
-
-impl Drop for RawUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        crate::resolve_entry(host, self.addr)
     }
 }
 
