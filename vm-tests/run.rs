@@ -591,6 +591,8 @@ echo "granted: $(curl -sS https://api.github.com/user)"
 echo "allowed: $(curl -sS -o /dev/null -w '%{http_code}' https://files.pypi.test/simple/)"
 echo "route: $(curl -sS -o /dev/null -w '%{http_code}' -X DELETE https://files.pypi.test/simple/)"
 echo "route-why: $(curl -sS -X DELETE https://files.pypi.test/simple/)"
+echo "route-h1: $(curl -sS --http1.1 -o /dev/null -w '%{http_code}' -X DELETE https://files.pypi.test/simple/)"
+echo "granted-h1: $(curl -sS --http1.1 https://api.github.com/user)"
 echo "denied: $(curl -sS -o /dev/null -w '%{http_code}' https://evil.test/)"
 echo "denied-why: $(curl -sS https://evil.test/)"
 /usr/bin/python3 - <<'PY'
@@ -622,6 +624,13 @@ PY
             line("route-why:").contains("deny DELETE /**"),
             "{redirect}: {text}"
         );
+        // HTTP/1.1 takes Moat's own path (proxy/h1): same refusal, same
+        // injection, same events.
+        assert_eq!(line("route-h1:"), "route-h1: 403", "{redirect}: {text}");
+        assert!(
+            line("granted-h1:").contains("octocat"),
+            "{redirect}: {text}"
+        );
         assert_eq!(line("denied:"), "denied: 403", "{redirect}: {text}");
         assert!(
             line("denied-why:").contains("strict network policy"),
@@ -646,6 +655,19 @@ PY
         assert!(has("inject", &|e| e["host"] == "api.github.com"
             && e["grants"][0] == "github"
             && e["path"] == "/user"));
+        let injected = events
+            .iter()
+            .filter(|e| e["event"] == "inject" && e["path"] == "/user" && e["method"] == "GET")
+            .count();
+        assert_eq!(
+            injected, 2,
+            "one inject event per request, h2 and h1: {events:?}"
+        );
+        let denied_routes = events
+            .iter()
+            .filter(|e| e["event"] == "deny" && e["method"] == "DELETE")
+            .count();
+        assert_eq!(denied_routes, 3, "h2, h2, h1: {events:?}");
         assert!(has("deny", &|e| e["host"] == "evil.test" && e["port"] == 443));
         assert!(has("deny", &|e| e["host"] == "evil.test" && e["port"] == 5432));
         assert!(has("deny", &|e| e["method"] == "DELETE"));
