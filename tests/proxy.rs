@@ -1103,5 +1103,31 @@ fn h1_requests_it_does_not_take_go_to_hyper() {
         let head = read_head(&mut s).await;
         assert!(head.starts_with("HTTP/1.1 400"), "{head}");
         assert_eq!(raw.requests().len(), before, "{:#?}", raw.requests());
+
+        // A head over the 64 KiB limit: hyper's 431, nothing forwarded.
+        let mut s = tunnel_tls(&rig, RAW, b"http/1.1").await;
+        let big = format!(
+            "GET /big HTTP/1.1\r\nHost: raw.corp.test\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(70 * 1024)
+        );
+        let _ = s.write_all(big.as_bytes()).await;
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        assert_eq!(raw.requests().len(), before);
+
+        // The client's `Connection: close`: said back, then the end.
+        let mut s = tunnel_tls(&rig, RAW, b"http/1.1").await;
+        s.write_all(b"GET /d HTTP/1.1\r\nHost: raw.corp.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close\r\n"),
+            "{head}"
+        );
+        let mut rest = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(matches!(end, Ok(Ok(0))), "{end:?}");
     });
 }

@@ -154,9 +154,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 allowed,
             );
             match parsed {
+                // hyper answers 431 for a head over the limit.
+                Parsed::Ready(p) if p.head_len > limit => return Head::Hyper,
                 Parsed::Ready(p) => return Head::Ready(p),
                 Parsed::Hyper => return Head::Hyper,
-                // hyper answers 431 for a head over the limit.
                 Parsed::Partial if self.cbuf.len() > limit => return Head::Hyper,
                 Parsed::Partial => {}
             }
