@@ -104,15 +104,16 @@ enum Head {
     Ready(Prepared),
     /// Not for the fast path: hyper takes over.
     Hyper,
-    /// The client went away (or sent a head too large to bother hyper with).
+    /// The client went away (end of stream, or a read error).
     Closed,
 }
 
 enum Next {
     Continue,
     Close,
-    /// The upstream would not speak plain HTTP/1.1 over TLS: hyper takes
-    /// the request (not consumed) and the rest of the connection.
+    /// The TLS handshake with the upstream failed (maybe it will not speak
+    /// HTTP/1.1): hyper takes the request (not consumed) and the rest of the
+    /// connection, and tries HTTP/2 or says why not.
     Hyper,
 }
 
