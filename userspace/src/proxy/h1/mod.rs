@@ -277,16 +277,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             }
         };
         self.ubuf.advance(head.len);
-        let done = match head.framing {
-            Framing::Empty => Ok(true),
+        let copied = match head.framing {
+            Framing::Empty => Ok(()),
             Framing::Length(n) => self.copy_length(&mut up, n).await,
             Framing::Chunked => self.copy_chunked(&mut up).await,
-            Framing::UntilClose => self.copy_to_end(&mut up).await.map(|()| false),
+            Framing::UntilClose => self.copy_to_end(&mut up).await,
         };
-        let clean = match done {
-            Ok(clean) => clean,
-            Err(_) => return Next::Close,
-        };
+        if copied.is_err() {
+            return Next::Close;
+        }
         // Left over only when the head went alone (no body bytes to send).
         if !self.out.is_empty() && self.client.write_all(&self.out).await.is_err() {
             return Next::Close;
@@ -294,10 +293,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         if self.client.flush().await.is_err() {
             return Next::Close;
         }
-        if clean && !head.upstream_close && self.ubuf.is_empty() {
+        let until_close = head.framing == Framing::UntilClose;
+        if !until_close && !head.upstream_close && self.ubuf.is_empty() {
             self.held = Some(up);
         }
-        if p.close || head.framing == Framing::UntilClose {
+        if p.close || until_close {
             let _ = self.client.shutdown().await;
             return Next::Close;
         }
@@ -306,14 +306,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// Send `out` (the response head) with the first body bytes, then the
     /// rest as it arrives.
-    async fn copy_length(&mut self, up: &mut RawConn, mut n: u64) -> Result<bool, ()> {
+    async fn copy_length(&mut self, up: &mut RawConn, mut n: u64) -> Result<(), ()> {
         loop {
             let take = self.ubuf.len().min(clamp(n));
             self.out.extend_from_slice(&self.ubuf[..take]);
             self.ubuf.advance(take);
             n -= take as u64;
             if n == 0 {
-                return Ok(true);
+                return Ok(());
             }
             self.flush_out().await?;
             if fill(up, &mut self.ubuf).await.map_err(drop)? == 0 {
@@ -322,14 +322,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
     }
 
-    async fn copy_chunked(&mut self, up: &mut RawConn) -> Result<bool, ()> {
+    async fn copy_chunked(&mut self, up: &mut RawConn) -> Result<(), ()> {
         let mut chunks = Chunked::default();
         loop {
             let (take, end) = chunks.scan(&self.ubuf).map_err(drop)?;
             self.out.extend_from_slice(&self.ubuf[..take]);
             self.ubuf.advance(take);
             if end {
-                return Ok(true);
+                return Ok(());
             }
             if self.ubuf.len() > MAX_RESPONSE_HEAD {
                 return Err(()); // a chunk-size line or trailers without end

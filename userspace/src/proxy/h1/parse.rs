@@ -51,14 +51,10 @@ fn hop_by_hop(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    v.trim_ascii()
-}
-
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
-        .map(trim)
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
