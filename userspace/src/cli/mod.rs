@@ -56,7 +56,7 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
     json: bool,
-    /// More log output on stderr (-v info, -vv debug)
+    /// More log output on stderr (-v info, -vv debug, -vvv trace and the libraries' debug)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
@@ -219,17 +219,30 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Moat's own logs at the level `-v`s ask for; its dependencies' (hyper,
+/// rustls, zbus, ...) stay at warnings until `-vvv`, so `-vv` reads as Moat's
+/// story, not the libraries' chatter.
 fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        2 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (ours, theirs) = match verbose {
+        0 => (LevelFilter::WARN, LevelFilter::WARN),
+        1 => (LevelFilter::INFO, LevelFilter::WARN),
+        2 => (LevelFilter::DEBUG, LevelFilter::WARN),
+        3 => (LevelFilter::TRACE, LevelFilter::DEBUG),
+        _ => (LevelFilter::TRACE, LevelFilter::TRACE),
     };
+    let filter = Targets::new()
+        .with_default(theirs)
+        .with_target("moat", ours);
     tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_max_level(ours)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .finish()
+        .with(filter)
         .init();
 }
 
