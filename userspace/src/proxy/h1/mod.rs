@@ -138,7 +138,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         loop {
             let (engine, target) = (self.engine, self.target);
             let allowed = |method: &str, path: &str| {
-                let path = path.split_once('?').map_or(path, |(p, _)| p);
                 let verdict =
                     engine
                         .policy
@@ -181,9 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             let text = |r: &std::ops::Range<usize>| {
                 std::str::from_utf8(&self.cbuf[r.clone()]).unwrap_or("")
             };
-            let path = text(&p.path);
-            let path = path.split_once('?').map_or(path, |(p, _)| p);
-            note_injection(self.engine, self.target, text(&p.method), path);
+            note_injection(self.engine, self.target, text(&p.method), text(&p.path));
         }
         self.cbuf.advance(p.head_len);
         let buffered = self.cbuf.len().min(clamp(p.body_len));

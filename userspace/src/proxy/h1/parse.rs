@@ -16,7 +16,8 @@ pub(super) const MAX_HEADERS: usize = 64;
 pub(super) struct Prepared {
     /// Length of the client's head in its buffer.
     pub(super) head_len: usize,
-    /// Where the method and the request target are in that buffer.
+    /// Where the method and the request target's path (without the query)
+    /// are in that buffer.
     pub(super) method: std::ops::Range<usize>,
     pub(super) path: std::ops::Range<usize>,
     pub(super) body_len: u64,
@@ -67,7 +68,8 @@ pub(super) fn digits(v: &[u8]) -> Option<u64> {
 }
 
 /// Parse the request head at the start of `buf`; when it qualifies and
-/// `allowed(method, path)` agrees, write the upstream's head into `out`:
+/// `allowed(method, path)` agrees (the path without the query, as the
+/// policy and the events take it), write the upstream's head into `out`:
 /// the request line, `Host: host`, the client's end-to-end headers less
 /// those `inject` replaces, then `inject`'s.
 pub(super) fn prepare_request(
@@ -115,7 +117,8 @@ pub(super) fn prepare_request(
             return Parsed::Hyper;
         }
     }
-    if !allowed(method, path) {
+    let path_only = path.split_once('?').map_or(path, |(p, _)| p);
+    if !allowed(method, path_only) {
         return Parsed::Hyper;
     }
     out.clear();
@@ -160,7 +163,7 @@ pub(super) fn prepare_request(
     Parsed::Ready(Prepared {
         head_len,
         method: at(method),
-        path: at(path),
+        path: at(path_only),
         body_len: body_len.unwrap_or(0),
         close,
         head: method == "HEAD",
@@ -417,7 +420,7 @@ mod tests {
             Parsed::Ready(Prepared {
                 head_len: req.len() - 4,
                 method: 0..3,
-                path: 4..13,
+                path: 4..9,
                 body_len: 0,
                 close: false,
                 head: false,
@@ -480,7 +483,8 @@ mod tests {
             },
         );
         assert_eq!(parsed, Parsed::Hyper);
-        assert_eq!(seen.unwrap(), ("DELETE".into(), "/repos/x?y".into()));
+        // The policy sees the path without the query, as on hyper's path.
+        assert_eq!(seen.unwrap(), ("DELETE".into(), "/repos/x".into()));
         assert!(out.is_empty());
     }
 
