@@ -158,8 +158,6 @@ async fn read_more<S: tokio::io::AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 16 * 1024];
-    let n = io.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    buf.reserve(16 * 1024);
+    io.read_buf(buf).await
 }
