@@ -19,13 +19,17 @@
 //! to hyper ([`super::server`]), as do HTTP/2 clients and targets with
 //! substitutions, local answers or a policy refusal.
 
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
 
 mod parse;
 
@@ -80,14 +84,15 @@ where
         out: Vec::with_capacity(1024),
         held: None,
     };
+    let mut timer = pin!(tokio::time::sleep(header_timeout));
     let handed = loop {
-        let next = tokio::time::timeout(header_timeout, conn.request_head()).await;
+        let next = within(timer.as_mut(), header_timeout, conn.request_head()).await;
         let prepared = match next {
-            Ok(Head::Ready(p)) => p,
-            Ok(Head::Hyper) => break true,
-            Ok(Head::Closed) | Err(_) => break false,
+            Some(Head::Ready(p)) => p,
+            Some(Head::Hyper) => break true,
+            Some(Head::Closed) | None => break false,
         };
-        match conn.exchange(prepared).await {
+        match conn.exchange(prepared, timer.as_mut()).await {
             Next::Continue => {}
             Next::Close => break false,
             Next::Hyper => break true,
@@ -168,8 +173,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
     }
 
-    /// Forward one prepared request and relay its response.
-    async fn exchange(&mut self, p: Prepared) -> Next {
+    /// Forward one prepared request and relay its response; `timer` bounds
+    /// the wait for its first bytes.
+    async fn exchange(&mut self, p: Prepared, mut timer: Pin<&mut Sleep>) -> Next {
         let (mut up, mut reused) = match self.upstream().await {
             Ok(u) => u,
             // Maybe no HTTP/1.1 (ALPN): hyper tries HTTP/2, and says why not.
@@ -193,11 +199,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 Ok(()) => {
                     let timeout = self.engine.limits.response_timeout;
                     self.ubuf.clear();
-                    match tokio::time::timeout(timeout, fill(&mut up, &mut self.ubuf)).await {
-                        Ok(Ok(n)) if n > 0 => break,
-                        Ok(Ok(_)) => "the connection closed before a response".to_owned(),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => return self.fail(self.response_timeout()).await,
+                    match within(timer.as_mut(), timeout, fill(&mut up, &mut self.ubuf)).await {
+                        Some(Ok(n)) if n > 0 => break,
+                        Some(Ok(_)) => "the connection closed before a response".to_owned(),
+                        Some(Err(e)) => e.to_string(),
+                        None => return self.fail(self.response_timeout()).await,
                     }
                 }
                 Err(Side::Client) => return Next::Close,
@@ -447,6 +453,25 @@ where
     up.flush().await.map_err(Side::Upstream)
 }
 
+/// `fut`'s output, or `None` when `limit` passes first. `timer` is the
+/// client connection's one timer, moved to now + `limit` for each wait: a
+/// later deadline only updates its entry, where `tokio::time::timeout`
+/// registers a timer and cancels it (each under the timer driver's lock)
+/// twice per request.
+async fn within<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    timer.as_mut().reset(Instant::now() + limit);
+    let mut fut = pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    })
+    .await
+}
+
 /// Read once from `io` into `buf`; 0 at end of stream.
 async fn fill<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
     buf.reserve(READ_SIZE);
@@ -455,4 +480,37 @@ async fn fill<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> std::io::
 
 fn clamp(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::pending;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn within_gives_each_wait_its_own_limit_on_one_timer() {
+        let mut timer = pin!(tokio::time::sleep(ms(80)));
+        assert_eq!(within(timer.as_mut(), ms(80), async { 7 }).await, Some(7));
+        // Four waits of 40 ms each outlive the first deadline: each one
+        // moved the timer on, or a later one would have timed out.
+        for _ in 0..4 {
+            let slept = within(timer.as_mut(), ms(80), tokio::time::sleep(ms(40))).await;
+            assert_eq!(slept, Some(()));
+        }
+        // A wait that never ends: cut off at its limit, not before.
+        let start = std::time::Instant::now();
+        assert_eq!(within(timer.as_mut(), ms(100), pending::<()>()).await, None);
+        let took = start.elapsed();
+        assert!(took >= ms(100) && took < Duration::from_secs(5), "{took:?}");
+        // The fired timer serves the next waits, a shorter limit too.
+        assert_eq!(within(timer.as_mut(), ms(100), async { 1 }).await, Some(1));
+        let start = std::time::Instant::now();
+        assert_eq!(within(timer.as_mut(), ms(60), pending::<()>()).await, None);
+        let took = start.elapsed();
+        assert!(took >= ms(60) && took < Duration::from_secs(5), "{took:?}");
+    }
 }
