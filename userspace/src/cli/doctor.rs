@@ -203,30 +203,29 @@ mod linux {
                 ))
             },
         ));
-        let nft = crate::sandbox::netns::nft_path();
-        let nft_ok = match &nft {
-            Some(path) if root => {
-                let path = path.clone();
-                in_child(move || {
-                    nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok() && load_in_child(&path)
-                })
-            }
-            _ => false,
-        };
+        let lib = crate::sandbox::libnft::available();
+        let soname = crate::sandbox::libnft::SONAME;
+        // Test-loaded in a forked child's own network namespace (no thread
+        // has started yet), never in the host's.
+        let loads = lib.is_ok()
+            && root
+            && in_child(|| {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok()
+                    && crate::sandbox::libnft::load(&crate::sandbox::nft::ruleset(1, 2)).is_ok()
+            });
         out.push(check(
             "nftables",
-            match (&nft, root, nft_ok) {
-                (None, _, _) => Err(("nft not found".into(), "apt-get install nftables".into())),
-                (Some(p), false, _) => Ok(format!(
-                    "{} (rules not test-loaded: needs root)",
-                    p.display()
+            match (lib, root, loads) {
+                (Err(e), _, _) => Err((
+                    format!("{e}"),
+                    "apt-get install nftables (it brings libnftables)".into(),
                 )),
-                (Some(p), true, true) => Ok(format!(
-                    "{}: the sandbox ruleset loads in a scratch namespace",
-                    p.display()
+                (Ok(()), false, _) => Ok(format!("{soname} (rules not test-loaded: needs root)")),
+                (Ok(()), true, true) => Ok(format!(
+                    "{soname}: the sandbox ruleset loads in a scratch namespace"
                 )),
-                (Some(p), true, false) => Err((
-                    format!("{}: the sandbox ruleset does not load", p.display()),
+                (Ok(()), true, false) => Err((
+                    format!("{soname}: the sandbox ruleset does not load"),
                     "modprobe nf_tables nft_redir nft_reject_ipv6 (kernel with nf_tables nat)"
                         .into(),
                 )),
@@ -251,7 +250,7 @@ mod linux {
                 (Err(e), _) => Err((e.to_string(), "mount cgroup2, or use --redirect nft".into())),
             },
         ));
-        if root && netns && nft_ok {
+        if root && netns && loads {
             (true, "root, network namespaces and nftables work".into())
         } else if root {
             (
@@ -264,25 +263,5 @@ mod linux {
                 "not root (sudo moat run … gives the transparent sandbox)".into(),
             )
         }
-    }
-
-    /// Load the sandbox ruleset with nft in the current (scratch) namespace.
-    fn load_in_child(nft: &std::path::Path) -> bool {
-        use std::io::Write;
-        let Ok(mut child) = std::process::Command::new(nft)
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-        else {
-            return false;
-        };
-        let script = crate::sandbox::nft::ruleset(1, 2);
-        let wrote = child
-            .stdin
-            .take()
-            .is_some_and(|mut s| s.write_all(script.as_bytes()).is_ok());
-        wrote && child.wait().is_ok_and(|s| s.success())
     }
 }

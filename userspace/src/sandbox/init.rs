@@ -161,7 +161,7 @@ pub fn main(args: InitArgs) -> ! {
 fn rootless(sync: &UnixStream, dial: bool) -> Result<(), String> {
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     // The PID namespace comes last: the first child forked after it is
-    // unshared becomes its PID 1, and that must be ours, not `nft`.
+    // unshared becomes its PID 1, and that must be the command's init.
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
         .map_err(|e| {
             format!(
@@ -181,16 +181,9 @@ fn rootless(sync: &UnixStream, dial: bool) -> Result<(), String> {
     write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
     write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))?;
 
-    // `nft` is exec'd by a non-zero uid, which would lose every capability:
-    // CAP_NET_ADMIN goes along as an ambient capability, for nft only.
-    let admin = caps::Capability::CAP_NET_ADMIN;
-    caps::raise(None, caps::CapSet::Inheritable, admin)
-        .and_then(|()| caps::raise(None, caps::CapSet::Ambient, admin))
-        .map_err(|e| format!("raising CAP_NET_ADMIN for nft: {e}"))?;
-    let net = netns::plumb_here(true);
-    let _ = caps::clear(None, caps::CapSet::Ambient);
-    let _ = caps::drop(None, caps::CapSet::Inheritable, admin);
-    let net = net.map_err(|e| e.to_string())?;
+    // This process holds every capability in the user namespace it just
+    // made, so it loads the rules itself (libnftables, no `nft` exec).
+    let net = netns::plumb_here(true).map_err(|e| e.to_string())?;
 
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     use std::os::fd::AsRawFd;

@@ -12,6 +12,8 @@ pub mod image;
 #[cfg(target_os = "linux")]
 pub mod init;
 #[cfg(target_os = "linux")]
+pub mod libnft;
+#[cfg(target_os = "linux")]
 pub mod netns;
 pub mod nft;
 #[cfg(target_os = "linux")]

@@ -8,8 +8,8 @@
 //!    runs; without `src`, redirected peers show up as `0.0.0.0`);
 //! 2. creates the proxy listener and the DNS sockets (UDP and TCP on one port)
 //!    on `127.0.0.1`, so they belong to the sandbox namespace;
-//! 3. loads [`super::nft::ruleset`] with `nft -f -`, spawned from that thread
-//!    so the child inherits the thread's namespace.
+//! 3. loads [`super::nft::ruleset`] through libnftables ([`super::libnft`])
+//!    from that thread, so the rules land in the thread's namespace.
 //!
 //! The sockets come back to the caller, who serves them from the host
 //! namespace: a socket stays in the namespace it was created in, wherever the
@@ -18,18 +18,16 @@
 //! when the sandbox's last process exits and the sockets are closed.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
-use super::nft;
+use super::{libnft, nft};
 
 /// The sockets a plumbed sandbox's traffic lands on. All of them live in the
 /// sandbox's network namespace, bound to `127.0.0.1`, and are non-blocking.
@@ -103,25 +101,8 @@ pub enum NetnsError {
         source: io::Error,
     },
 
-    #[error(
-        "`nft` not found (looked in PATH, /usr/sbin and /sbin): install nftables \
-         (Debian/Ubuntu: apt-get install nftables), or use --network-mode env"
-    )]
-    NftMissing,
-
-    #[error("cannot run {path}: {source}")]
-    NftSpawn {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-
-    #[error(
-        "nft rejected the sandbox ruleset ({status}): {stderr}. The kernel needs \
-         nf_tables with nat, redirect and reject (modprobe nf_tables nft_redir \
-         nft_reject_ipv6), or use --network-mode env"
-    )]
-    NftFailed { status: ExitStatus, stderr: String },
+    #[error(transparent)]
+    Nft(#[from] libnft::LibNftError),
 }
 
 /// Plumbs the network namespace `netns` (an open `/proc/<pid>/ns/net`, or a
@@ -220,7 +201,9 @@ fn plumb_inside(netns: &File, nft_rules: bool) -> Result<SandboxNet, NetnsError>
 /// Never call it from a thread in the host's namespace: it would change the
 /// host's routes and firewall.
 pub fn plumb_here(nft_rules: bool) -> Result<SandboxNet, NetnsError> {
+    let t0 = std::time::Instant::now();
     route_loopback()?;
+    tracing::debug!("loopback routed in {:?}", t0.elapsed());
     let (proxy_listener, dns_udp, dns_tcp) = bind_sockets()?;
     let local = |what, r: io::Result<std::net::SocketAddr>| {
         r.map(|a| a.port())
@@ -230,7 +213,9 @@ pub fn plumb_here(nft_rules: bool) -> Result<SandboxNet, NetnsError> {
     let dns_port = local("read the DNS port", dns_udp.local_addr())?;
 
     if nft_rules {
-        load_ruleset(&nft::ruleset(proxy_port, dns_port))?;
+        let t1 = std::time::Instant::now();
+        libnft::load(&nft::ruleset(proxy_port, dns_port))?;
+        tracing::debug!("nft ruleset loaded in {:?}", t1.elapsed());
     }
 
     for (what, r) in [
@@ -343,56 +328,6 @@ fn bind_sockets() -> Result<(TcpListener, UdpSocket, TcpListener), NetnsError> {
     })
 }
 
-/// Where `nft` is: `PATH` first, then the sbin directories that a non-root
-/// `PATH` often lacks.
-/// Where `nft` is (PATH, then /usr/sbin and /sbin, which sudo may not have on PATH).
-pub fn nft_path() -> Option<PathBuf> {
-    let from_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    from_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join("nft"))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// `nft -f -` with `script` on stdin, run from the calling thread so that it
-/// inherits the thread's network namespace.
-fn load_ruleset(script: &str) -> Result<(), NetnsError> {
-    let path = nft_path().ok_or(NetnsError::NftMissing)?;
-    let spawn_err = |source| NetnsError::NftSpawn {
-        path: path.clone(),
-        source,
-    };
-    let mut child = Command::new(&path)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(script.as_bytes()))
-        .unwrap_or(Ok(()));
-    // Wait even if writing failed (nft may have exited early: its stderr says why).
-    let output = child.wait_with_output().map_err(spawn_err)?;
-    if !output.status.success() {
-        return Err(NetnsError::NftFailed {
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    written.map_err(spawn_err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,10 +346,10 @@ mod tests {
 
     #[test]
     fn errors_say_what_to_do() {
+        let missing = NetnsError::from(libnft::LibNftError::Missing("not found".into()));
         assert!(
-            NetnsError::NftMissing
-                .to_string()
-                .contains("install nftables")
+            missing.to_string().contains("install nftables"),
+            "{missing}"
         );
         let e = NetnsError::Setns(nix::Error::EPERM);
         assert!(e.to_string().contains("run as root"), "{e}");

@@ -82,6 +82,9 @@ pub struct RunSpec {
 pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     let t0 = std::time::Instant::now();
     let bpf_loader = (spec.redirect == Redirect::Ebpf && !spec.rootless).then(Loader::start);
+    if spec.redirect == Redirect::Nft && !spec.rootless {
+        super::libnft::preload(); // ready by the time the namespace is
+    }
     if spec.redirect == Redirect::Ebpf {
         // Cgroups of runs that were killed before they could clean up.
         match cgroup::sweep_stale() {
