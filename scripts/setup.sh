@@ -10,7 +10,7 @@ packages=(
   dbus             # dbus-run-session: a private session bus for keychain tests
   gnome-keyring    # a real Secret Service implementation
   libsecret-tools  # secret-tool, to check what Moat put in the keychain
-  nftables         # nft: redirect rules inside the sandbox netns (and vm-tests)
+  nftables         # libnftables: Moat loads the sandbox netns redirect rules with it (nft: vm-tests)
   iproute2         # ip: inspect routes/links in vm-tests (Moat itself uses netlink)
   iputils-ping     # ping: vm-tests check that ICMP cannot leave the sandbox
   python3          # raw DNS/UDP/IPv6 clients inside the sandbox in vm-tests
