@@ -216,12 +216,11 @@ mod linux {
         out.push(check(
             "nftables",
             match (lib, root, loads) {
-                (Err(crate::sandbox::libnft::LibNftError::Missing(why)), _, _) => Err((
+                (Err(why), _, _) => Err((
                     format!("{soname} cannot be loaded: {why}"),
                     "apt-get install nftables (it brings libnftables), or use --network-mode env"
                         .into(),
                 )),
-                (Err(e), _, _) => Err((e.to_string(), "apt-get install nftables".into())),
                 (Ok(()), false, _) => Ok(format!("{soname} (rules not test-loaded: needs root)")),
                 (Ok(()), true, true) => Ok(format!(
                     "{soname}: the sandbox ruleset loads in a scratch namespace"

@@ -100,9 +100,13 @@ pub fn preload() {
         });
 }
 
-/// Whether the library can be opened (for `moat doctor`).
-pub fn available() -> Result<(), LibNftError> {
-    lib().map(drop)
+/// Whether the library can be opened (for `moat doctor`); if not, the
+/// loader's reason.
+pub fn available() -> Result<(), String> {
+    LIB.get_or_init(open)
+        .as_ref()
+        .map(drop)
+        .map_err(Clone::clone)
 }
 
 /// Runs `script` (nft's own syntax, as for `nft -f`) as one transaction in
