@@ -23,6 +23,8 @@ packages=(
   bpftool          # vm-tests/ebpf.rs checks no program is left attached
   docker.io        # a private engine for vm-tests/docker.rs (scripts/test-dockerd.sh)
   busybox-static   # the userland of the registry-free test image (scripts/test-image.sh)
+  keyutils         # keyctl: vm-tests/containment.rs checks the session keyring stays out of reach
+  gcc              # builds the escape probes of vm-tests/containment.rs (open_by_handle_at, clone3)
 )
 
 missing=()

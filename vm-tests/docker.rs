@@ -700,3 +700,79 @@ fn nix_kill_term(pid: u32) {
             .success()
     );
 }
+
+#[test]
+fn docker_masks_moat_home_the_agent_and_credentials_inside_the_workspace() {
+    docker_host();
+    let env = Env::new();
+    // The workspace is HOME, which holds $MOAT_HOME, the agent socket and
+    // a tool's credentials.
+    let home = env.user_home();
+    let moat_home = home.join(".moat");
+    let agent = home.join(".agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    std::fs::write(home.join(".netrc"), "machine x password netrc-secret\n").unwrap();
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519"), "PRIVATE KEY\n").unwrap();
+    std::fs::write(home.join(".ssh/known_hosts"), "kh-visible\n").unwrap();
+    std::fs::write(
+        home.join("moat.yaml"),
+        format!("runtime: docker\nimage: {IMAGE}\n"),
+    )
+    .unwrap();
+    let moat = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.env("MOAT_HOME", &moat_home)
+            .env("MOAT_KEY_BACKEND", "file")
+            .env("SSH_AUTH_SOCK", &agent)
+            .env("DOCKER_HOST", docker_host())
+            .args(args);
+        c
+    };
+    ok(&moat(&["grant", "github", "--no-validate"])
+        .env("GITHUB_TOKEN", REAL)
+        .output()
+        .unwrap());
+    let out = moat(&[
+        "run",
+        home.to_str().unwrap(),
+        "--grant",
+        "github",
+        "--",
+        "/bin/sh",
+        "-c",
+        r#"
+W=/workspace
+echo "list: $(ls -A $W/.moat 2>/dev/null | wc -l)"
+touch $W/.moat/planted 2>/dev/null && echo "write: ok" || echo "write: refused"
+[ -s $W/.netrc ] && echo "cred: netrc readable"
+[ -s $W/.ssh/id_ed25519 ] && echo "cred: key readable"
+echo x 2>/dev/null >> $W/.netrc && echo "cred: netrc written"
+echo "known_hosts: $(cat $W/.ssh/known_hosts)"
+python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect("/workspace/.agent.sock"); print("agent: connected")' 2>/dev/null || echo "agent: refused"
+"#,
+    ])
+    .output()
+    .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert_eq!(line(&text, "list:"), "list: 0", "{text}");
+    assert_eq!(line(&text, "write:"), "write: refused", "{text}");
+    assert!(!text.contains("cred:"), "{text}");
+    assert_eq!(
+        line(&text, "known_hosts:"),
+        "known_hosts: kh-visible",
+        "{text}"
+    );
+    assert_eq!(line(&text, "agent:"), "agent: refused", "{text}");
+    assert!(
+        stderr(&out).contains("masked inside the workspace"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!moat_home.join("planted").exists());
+    assert_eq!(
+        std::fs::read_to_string(home.join(".netrc")).unwrap(),
+        "machine x password netrc-secret\n"
+    );
+}

@@ -57,6 +57,9 @@ pub struct Config {
     /// `dependencies:` (`python@3.11`, `node@20`, `git`, …), as written.
     pub dependencies: Vec<String>,
     pub mounts: Vec<Mount>,
+    /// `unmask:` paths the sandbox may see although Moat masks them (a
+    /// tool's credential file); `~/` is the invoking user's HOME.
+    pub unmask: Vec<PathBuf>,
     /// `ports:` published on the host's 127.0.0.1, as `-p` (HOSTPORT, PORT).
     pub ports: Vec<(u16, u16)>,
     pub container: ContainerLimits,
@@ -184,6 +187,8 @@ struct Doc {
     dependencies: Vec<String>,
     #[serde(default)]
     mounts: Vec<String>,
+    #[serde(default)]
+    unmask: Vec<String>,
     #[serde(default)]
     ports: Vec<Scalar>,
     container: Option<ContainerDoc>,
@@ -383,6 +388,20 @@ impl Config {
             .iter()
             .map(|m| Mount::parse(m, base).map_err(|e| at(m, format!("mounts: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let unmask = doc
+            .unmask
+            .iter()
+            .map(|u| match (u.strip_prefix("~/"), &home) {
+                (Some(rel), Some(h)) => Ok(h.join(rel)),
+                (Some(_), None) => Err(at(u, "unmask: ~/ needs HOME to be set".into())),
+                (None, _) if Path::new(u).is_absolute() => Ok(PathBuf::from(u)),
+                (None, _) => Err(at(
+                    u,
+                    format!("unmask: '{u}' must be absolute or start with ~/ (e.g. ~/.npmrc)"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let ports = doc
             .ports
             .into_iter()
@@ -413,6 +432,7 @@ impl Config {
             base_image: doc.base_image,
             dependencies: doc.dependencies,
             mounts,
+            unmask,
             ports,
             container,
             path: Some(path.to_owned()),

@@ -158,6 +158,10 @@ struct Prepared {
     bundle: PathBuf,
     truststore: PathBuf,
     workspace: PathBuf,
+    /// What the sandbox must never show, even inside the workspace.
+    masks: Vec<PathBuf>,
+    /// The sudo caller's real home (HOME is root's under sudo).
+    caller_home: Option<PathBuf>,
     command: Vec<OsString>,
     env_extra: Vec<(OsString, OsString)>,
     /// The run's directory ($MOAT_HOME/runs/<id>).
@@ -173,6 +177,8 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         bail!("workspace {} is not a directory", workspace.display());
     }
     let config = Config::find(&workspace)?;
+    let caller_home = caller_home(&home);
+    let masks = masks_for(&home, caller_home.as_deref(), &workspace, &config)?;
     // `moat run -d`: this process only starts the real run in the background
     // and waits until it has started (cli/detach.rs).
     if args.detach && ctx.detached_run.is_none() {
@@ -310,6 +316,8 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         bundle: bundle_path,
         truststore: truststore_path,
         workspace,
+        masks,
+        caller_home,
         command,
         env_extra,
         dir: dir.clone(),
@@ -333,6 +341,54 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
     }
     result
+}
+
+/// The sudo caller's home, when Moat runs under sudo for them.
+fn caller_home(home: &crate::home::MoatHome) -> Option<PathBuf> {
+    let owner = home.owner()?;
+    let user = nix::unistd::User::from_uid(owner.uid.into()).ok()??;
+    Some(user.dir)
+}
+
+/// What the run masks (see `sandbox::mask`): refuses a workspace that is or
+/// lies in `$MOAT_HOME` or another mask, and says in one line what it
+/// masks inside the workspace and what moat.yaml unmasked.
+fn masks_for(
+    home: &crate::home::MoatHome,
+    caller_home: Option<&std::path::Path>,
+    workspace: &std::path::Path,
+    config: &Config,
+) -> Result<Vec<PathBuf>> {
+    use crate::sandbox::mask;
+    let view = mask::HostView::read(home.root(), caller_home, config.unmask.clone());
+    let masks = mask::masks(&view)?;
+    mask::check_workspace(workspace, &view, &masks)?;
+    let inside = mask::inside(workspace, &masks);
+    if !inside.is_empty() {
+        let names: Vec<String> = inside
+            .iter()
+            .map(|m| {
+                let rel = m.path.strip_prefix(workspace).unwrap_or(&m.path);
+                format!("{} ({})", rel.display(), m.what)
+            })
+            .collect();
+        eprintln!(
+            "moat: masked inside the workspace (empty and read-only in the sandbox): {}",
+            names.join(", ")
+        );
+    }
+    if !view.unmask.is_empty() {
+        let names: Vec<String> = view
+            .unmask
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "moat: unmasked by moat.yaml (visible to the sandbox if it can reach them): {}",
+            names.join(", ")
+        );
+    }
+    Ok(masks.into_iter().map(|m| m.path).collect())
 }
 
 /// The policy from moat.yaml's `network:`, plus the host's loopback services
@@ -529,6 +585,7 @@ fn docker(
             truststore: p.truststore,
             home_files: (!p.home_files.is_empty()).then_some(home_files),
             run_dir: p.dir,
+            mask: p.masks,
             publish,
         },
         d::ProxyParts {
@@ -737,18 +794,15 @@ fn transparent(
     }
     let env = merged(env, p.env_extra);
 
-    let mut hide = vec![
-        home.root().to_owned(),
-        PathBuf::from("/root"),
-        PathBuf::from("/run/user"),
-    ];
-    if let Some(h) = std::env::var_os("HOME") {
-        hide.push(h.into());
-    }
-    if let Some(sock) = std::env::var_os("SSH_AUTH_SOCK") {
-        hide.push(sock.into());
-    }
-    hide.extend(["/var/run/docker.sock", "/run/docker.sock"].map(PathBuf::from));
+    // Whole directories: the real homes (every user's), /root, and every
+    // host socket directory. The workspace stays visible inside them; the
+    // masks are covered even there.
+    let mut hide: Vec<PathBuf> = ["/root", "/home", "/run", "/var/run"]
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(PathBuf::from))
+        .chain(p.caller_home.clone())
+        .collect();
     hide.sort();
     hide.dedup();
     let code = run::run(run::RunSpec {
@@ -764,6 +818,7 @@ fn transparent(
         files,
         workspace: p.workspace,
         hide,
+        mask: p.masks,
         env,
         run_as: home.owner().map(|o| (o.uid, o.gid)),
         rootless: !nix::unistd::geteuid().is_root(),

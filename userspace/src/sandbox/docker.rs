@@ -94,6 +94,11 @@ pub enum DockerError {
     },
     #[error("docker: {0}")]
     Api(#[from] bollard::errors::Error),
+    #[error(
+        "moat.yaml mounts: {} lies in {}, which no sandbox may see: mount another directory",
+        src.display(), mask.display()
+    )]
+    MaskedMount { src: PathBuf, mask: PathBuf },
     #[error("building image {tag}: {message}")]
     Build { tag: String, message: String },
     #[error(
@@ -152,6 +157,9 @@ pub struct DockerSpec {
     pub home_files: Option<PathBuf>,
     /// The run's directory on the host (the control fifo goes there).
     pub run_dir: PathBuf,
+    /// Host paths covered by an empty read-only mount where the workspace
+    /// or a `mounts:` entry would show them (see [`super::mask`]).
+    pub mask: Vec<PathBuf>,
     /// `-p` / `ports:`: host 127.0.0.1:HOSTPORT → container 127.0.0.1:PORT.
     pub publish: Vec<(u16, u16)>,
 }
@@ -495,6 +503,18 @@ pub async fn kill_now(docker: &Docker, container: &str) -> Result<(), DockerErro
     }
 }
 
+/// An empty directory and an empty file in the run's directory, for the
+/// masks to be bound from (read-only there, and read-only binds).
+fn empty_masks(run_dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, file) = (run_dir.join("mask-dir"), run_dir.join("mask-file"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(&file, b"")?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444))?;
+    Ok((dir, file))
+}
+
 fn container_body(
     spec: &DockerSpec,
     image: &str,
@@ -516,16 +536,42 @@ fn container_body(
     if let Some(h) = &spec.home_files {
         binds.push(format!("{}:{HOME_FILES_INSIDE}:ro", lossy(h)));
     }
+    // Host directory → where the container sees it.
+    let mut shown = vec![(spec.workspace.clone(), PathBuf::from(WORKSPACE_INSIDE))];
     for m in &spec.mounts {
         let src = std::fs::canonicalize(&m.src).map_err(|e| {
             std::io::Error::new(e.kind(), format!("mounts: {}: {e}", m.src.display()))
         })?;
+        if let Some(mask) = spec.mask.iter().find(|k| src.starts_with(k)) {
+            return Err(DockerError::MaskedMount {
+                src,
+                mask: mask.clone(),
+            });
+        }
         binds.push(format!(
             "{}:{}{}",
             lossy(&src),
             lossy(&m.dst),
             if m.read_only { ":ro" } else { "" }
         ));
+        shown.push((src, m.dst.clone()));
+    }
+    // Deeper than the directory that holds them, so mounted over it.
+    let (empty_dir, empty_file) = empty_masks(&spec.run_dir)?;
+    for mask in &spec.mask {
+        let Ok(meta) = std::fs::metadata(mask) else {
+            continue;
+        };
+        for (src, dst) in &shown {
+            if let Ok(rel) = mask.strip_prefix(src) {
+                let empty = if meta.is_dir() {
+                    &empty_dir
+                } else {
+                    &empty_file
+                };
+                binds.push(format!("{}:{}:ro", lossy(empty), lossy(&dst.join(rel))));
+            }
+        }
     }
     // The host's loader and libraries run the binary, whatever the image has.
     let libs = loaded_libraries()?;

@@ -31,9 +31,13 @@ pub const BUNDLE_INSIDE: &str = "/tmp/.moat/ca-bundle.pem";
 /// Where the Java truststore (same certificates) appears inside.
 pub const JAVA_TRUSTSTORE_INSIDE: &str = "/tmp/.moat/java-truststore.p12";
 /// Host system directories the command sees read-only.
-const READ_ONLY: [&str; 10] = [
-    "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/boot",
+const READ_ONLY: [&str; 11] = [
+    "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/boot", "/var",
 ];
+/// When Moat runs as root, the command is root of a user namespace whose
+/// ids 0..[`SANDBOX_IDS`] are these host ids: never the host's root.
+pub const SANDBOX_ID_BASE: u32 = 0x7ffe_0000;
+const SANDBOX_IDS: u32 = 65536;
 /// The sandbox's fresh HOME.
 pub const HOME_INSIDE: &str = "/tmp/home";
 
@@ -41,8 +45,12 @@ pub const HOME_INSIDE: &str = "/tmp/home";
 #[derive(Debug, Default)]
 pub struct InitArgs {
     pub workspace: PathBuf,
-    /// Directories to hide behind empty read-only tmpfs mounts.
+    /// Directories to hide behind empty read-only tmpfs mounts (the
+    /// workspace stays visible inside them).
     pub hide: Vec<PathBuf>,
+    /// Paths covered by an empty read-only mount even inside the workspace
+    /// (see [`super::mask`]).
+    pub mask: Vec<PathBuf>,
     /// Files copied into the fresh /tmp: (host path, path inside). The
     /// merged CA bundle goes to [`BUNDLE_INSIDE`]; files under
     /// [`HOME_INSIDE`] belong to the command's user.
@@ -86,6 +94,11 @@ pub fn main(args: InitArgs) -> ! {
         super::cgroup::ForkTarget::open(path)
             .unwrap_or_else(|e| die(&format!("opening the run's cgroup {}: {e}", path.display())))
     });
+    // Moat is root and the command would be too: it becomes root of its
+    // own user namespace instead, mapped to unprivileged host ids. Made
+    // before the PID namespace, whose first child must be PID 1.
+    let userns = (!args.rootless && args.run_as.is_none())
+        .then(|| sandbox_userns().unwrap_or_else(|e| die(&e)));
     if args.rootless {
         if let Err(e) = rootless(&sync, args.dial) {
             die(&e);
@@ -104,7 +117,7 @@ pub fn main(args: InitArgs) -> ! {
     }
     // The filesystem takes shape while Moat plumbs the network: the
     // command does not exist before `g`, so nothing runs unredirected.
-    if let Err(e) = shape_filesystem(&args) {
+    if let Err(e) = shape_filesystem(&args, userns.as_ref()) {
         die(&e);
     }
     // Blocked before the go: Moat forwards signals to this process from
@@ -129,7 +142,7 @@ pub fn main(args: InitArgs) -> ! {
         Ok(ForkResult::Child) => {
             drop(alive_w);
             drop(cgroup);
-            pid1(&args, &forwarded, alive)
+            pid1(&args, &forwarded, alive, userns)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive);
@@ -262,10 +275,14 @@ fn dialer(mut sock: UnixStream) -> ! {
     }
 }
 
-/// Private mounts, a fresh /tmp with HOME and the CA bundle, hidden paths;
-/// the workspace stays visible (and writable) even when it lives inside a
-/// hidden directory or under /tmp.
-fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
+/// Private mounts, a fresh /tmp with HOME and the CA bundle, read-only
+/// system directories and `/sys`, a minimal `/dev`, hidden directories,
+/// then the workspace, then the masks (see [`super::mask`]): a mask is
+/// covered even inside the workspace. With `userns` (Moat is root and the
+/// command will be root of that user namespace) the workspace is mounted
+/// id-mapped, so that namespace's root owns what the host's root owns.
+fn shape_filesystem(args: &InitArgs, userns: Option<&OwnedFd>) -> Result<(), String> {
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
     let none: Option<&str> = None;
     let ws = std::fs::File::open(&args.workspace)
@@ -283,20 +300,18 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
                 .map_err(|e| format!("reading {}: {e}", host.display()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let tmpfs = |path: &std::path::Path, mode: &str| {
-        mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(mode),
-        )
-        .map_err(|e| format!("mounting a tmpfs on {}: {e}", path.display()))
-    };
+    // A resolver file that lives in a hidden directory (/etc/resolv.conf ->
+    // /run/systemd/resolve/stub-resolv.conf) is put back in the empty one.
+    let kept: Vec<(PathBuf, Vec<u8>)> = std::fs::canonicalize("/etc/resolv.conf")
+        .ok()
+        .filter(|target| args.hide.iter().any(|h| target.starts_with(h)))
+        .and_then(|target| Some((target.clone(), std::fs::read(&target).ok()?)))
+        .into_iter()
+        .collect();
     tmpfs("/tmp".as_ref(), "mode=1777")?;
     std::fs::create_dir_all(HOME_INSIDE).map_err(|e| e.to_string())?;
     let owner = |path: &std::path::Path| {
-        if let Some((uid, gid)) = args.run_as {
+        if let Some((uid, gid)) = home_owner(args, userns.is_some()) {
             let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
         }
     };
@@ -328,22 +343,21 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
             }
         }
     }
+    minimal_dev()?;
     let mut hidden_dirs = Vec::new();
     for path in &args.hide {
-        let Ok(meta) = std::fs::symlink_metadata(path) else {
+        // Only real directories: /var/run -> /run is hidden through /run.
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             continue;
-        };
-        if path == &args.workspace {
-            continue; // the user chose it as the workspace
         }
-        if meta.is_dir() {
-            tmpfs(path, "mode=0755")?;
-            hidden_dirs.push(path);
-        } else {
-            // A socket or file (agent socket, docker.sock): cover it with /dev/null.
-            mount(Some("/dev/null"), path, none, MsFlags::MS_BIND, none)
-                .map_err(|e| format!("hiding {}: {e}", path.display()))?;
+        tmpfs(path, "mode=0755")?;
+        hidden_dirs.push(path);
+    }
+    for (path, bytes) in kept {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
         }
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     // A uid-0 command could otherwise move itself out of the run's cgroup
     // (and away from the eBPF redirector) by writing cgroup.procs.
@@ -351,6 +365,9 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
         remount_read_only(&cgroup2)
             .map_err(|e| format!("making {} read-only: {e}", cgroup2.display()))?;
     }
+    // /sys and everything mounted under it (cgroups, bpffs, debugfs, …).
+    super::sys::read_only_recursive("/sys".as_ref())
+        .map_err(|e| format!("making /sys read-only: {e}"))?;
     let mut read_only = false;
     for dir in READ_ONLY {
         // Symlinks (/bin -> usr/bin on merged-/usr systems) follow their target.
@@ -368,21 +385,30 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
         remount_read_only(dir.as_ref()).map_err(|e| format!("making {dir} read-only: {e}"))?;
         read_only |= args.workspace.starts_with(dir);
     }
+    if std::path::Path::new("/var/tmp").is_dir() {
+        tmpfs("/var/tmp".as_ref(), "mode=1777")?;
+    }
     let visible = std::fs::metadata(&args.workspace)
         .is_ok_and(|m| m.dev() == ws_meta.dev() && m.ino() == ws_meta.ino());
-    if !visible || read_only {
+    if !visible || read_only || userns.is_some() {
         std::fs::create_dir_all(&args.workspace)
             .map_err(|e| format!("re-creating the workspace mount point: {e}"))?;
-        let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&ws));
-        mount(
-            Some(source.as_str()),
-            &args.workspace,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none,
-        )
-        .map_err(|e| format!("mounting the workspace: {e}"))?;
+        let tree = super::sys::clone_tree(ws.as_fd())
+            .map_err(|e| format!("copying the workspace mount: {e}"))?;
+        if let Some(userns) = userns {
+            super::sys::idmap(tree.as_fd(), userns.as_fd()).map_err(|e| {
+                format!(
+                    "id-mapping the workspace {} ({e}): its filesystem does not support \
+                     id-mapped mounts. Run Moat as the workspace's owner (rootless), or \
+                     with sudo from that user",
+                    args.workspace.display()
+                )
+            })?;
+        }
+        super::sys::move_mount_onto(tree.as_fd(), &args.workspace)
+            .map_err(|e| format!("mounting the workspace: {e}"))?;
     }
+    apply_masks(&args.mask)?;
     for path in hidden_dirs {
         let flags =
             MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -391,6 +417,149 @@ fn shape_filesystem(args: &InitArgs) -> Result<(), String> {
     }
     drop(ws);
     Ok(())
+}
+
+fn tmpfs(path: &std::path::Path, mode: &str) -> Result<(), String> {
+    mount(
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(mode),
+    )
+    .map_err(|e| format!("mounting a tmpfs on {}: {e}", path.display()))
+}
+
+/// Who owns the fresh HOME: the command's user.
+fn home_owner(args: &InitArgs, userns: bool) -> Option<(u32, u32)> {
+    match userns {
+        true => Some((SANDBOX_ID_BASE, SANDBOX_ID_BASE)),
+        false => args.run_as,
+    }
+}
+
+/// Cover every mask that is reachable now with an empty, read-only
+/// directory or file (both on one read-only tmpfs, made and detached here).
+/// A socket is covered by the file: connecting to it is refused.
+fn apply_masks(masks: &[PathBuf]) -> Result<(), String> {
+    let none: Option<&str> = None;
+    let present: Vec<(&PathBuf, bool)> = masks
+        .iter()
+        .filter_map(|m| Some((m, std::fs::metadata(m).ok()?.is_dir())))
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let scratch = std::path::Path::new("/tmp/.moat-mask");
+    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    tmpfs(scratch, "mode=0755")?;
+    let (dir, file) = (scratch.join("dir"), scratch.join("file"));
+    std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(&file, b"").map_err(|e| e.to_string())?;
+    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(none, scratch, none, ro, none).map_err(|e| format!("masks: {e}"))?;
+    for (path, is_dir) in present {
+        let source = if is_dir { &dir } else { &file };
+        mount(Some(source), path, none, MsFlags::MS_BIND, none)
+            .map_err(|e| format!("masking {}: {e}", path.display()))?;
+    }
+    nix::mount::umount2(scratch, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("masks: {e}"))?;
+    let _ = std::fs::remove_dir(scratch);
+    Ok(())
+}
+
+/// A fresh `/dev` with only what programs need: null, zero, full, random,
+/// urandom, tty and the terminals (bound from the host), /dev/shm and the
+/// fd links. No disks, no /dev/kmsg, no /dev/mem.
+fn minimal_dev() -> Result<(), String> {
+    let none: Option<&str> = None;
+    let stage = std::path::Path::new("/tmp/.moat-dev");
+    std::fs::create_dir_all(stage).map_err(|e| format!("{}: {e}", stage.display()))?;
+    tmpfs(stage, "mode=0755")?;
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = std::path::Path::new("/dev").join(dev);
+        if !host.exists() {
+            continue;
+        }
+        let inside = stage.join(dev);
+        std::fs::write(&inside, b"").map_err(|e| format!("{}: {e}", inside.display()))?;
+        mount(Some(&host), &inside, none, MsFlags::MS_BIND, none)
+            .map_err(|e| format!("binding {}: {e}", host.display()))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        std::os::unix::fs::symlink(target, stage.join(link)).map_err(|e| e.to_string())?;
+    }
+    for dir in ["pts", "shm"] {
+        std::fs::create_dir(stage.join(dir)).map_err(|e| e.to_string())?;
+    }
+    // The host's devpts, so that the terminal the command inherits keeps
+    // its name (tty, ssh and sudo look it up); another user's terminal
+    // stays closed to the command by its mode, as on the host.
+    mount(
+        Some("/dev/pts"),
+        &stage.join("pts"),
+        none,
+        MsFlags::MS_BIND,
+        none,
+    )
+    .map_err(|e| format!("binding /dev/pts: {e}"))?;
+    tmpfs(&stage.join("shm"), "mode=1777")?;
+    mount(Some(stage), "/dev", none, MsFlags::MS_MOVE, none)
+        .map_err(|e| format!("mounting the minimal /dev: {e}"))?;
+    let _ = std::fs::remove_dir(stage);
+    Ok(())
+}
+
+/// The command's user namespace when Moat runs as root: ids 0..65536
+/// inside are [`SANDBOX_ID_BASE`].. on the host, an unprivileged range no
+/// account uses. A short-lived child creates it; this process writes its
+/// maps and keeps a descriptor to it.
+fn sandbox_userns() -> Result<OwnedFd, String> {
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (hold_r, hold_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: single-threaded here; the child only makes raw syscalls.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop((ready_r, hold_w));
+            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_w, &[ok as u8]);
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&hold_r, &mut b); // until the parent is done
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { nix::libc::_exit(0) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop((ready_w, hold_r));
+            let mut b = [0u8; 1];
+            let made = matches!(nix::unistd::read(&ready_r, &mut b), Ok(1)) && b[0] == 1;
+            let result = (|| {
+                if !made {
+                    return Err("creating the command's user namespace failed".to_string());
+                }
+                let map = format!("0 {SANDBOX_ID_BASE} {SANDBOX_IDS}\n");
+                for file in ["uid_map", "gid_map"] {
+                    std::fs::write(format!("/proc/{child}/{file}"), &map)
+                        .map_err(|e| format!("writing the command's {file}: {e}"))?;
+                }
+                std::fs::File::open(format!("/proc/{child}/ns/user"))
+                    .map(OwnedFd::from)
+                    .map_err(|e| format!("opening the command's user namespace: {e}"))
+            })();
+            drop(hold_w);
+            let _ = waitpid(child, None);
+            result
+        }
+        Err(e) => Err(format!("fork: {e}")),
+    }
 }
 
 /// Makes the mount at `path` read-only (a bind remount), keeping its
@@ -464,7 +633,7 @@ fn wait_signal(set: &SigSet) -> (Option<Signal>, bool) {
 }
 
 /// PID 1 of the new PID namespace: fresh /proc, then the command.
-fn pid1(args: &InitArgs, set: &SigSet, parent_alive: OwnedFd) -> ! {
+fn pid1(args: &InitArgs, set: &SigSet, parent_alive: OwnedFd, userns: Option<OwnedFd>) -> ! {
     // When the sandbox init dies, PID 1 dies, and the kernel ends every
     // process of this PID namespace.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
@@ -490,9 +659,28 @@ fn pid1(args: &InitArgs, set: &SigSet, parent_alive: OwnedFd) -> ! {
         };
         die(&format!("mounting /proc: {e}{hint}"));
     }
+    // Writable sysctls of the host (kernel.core_pattern runs a program as
+    // the host's root) and the SysRq trigger: read-only.
+    for path in ["/proc/sys", "/proc/sysrq-trigger"] {
+        let path = std::path::Path::new(path);
+        if !path.exists() {
+            continue; // a kernel without SysRq
+        }
+        let ro = mount(
+            Some(path),
+            path,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .and_then(|()| super::sys::read_only_recursive(path));
+        if let Err(e) = ro {
+            die(&format!("making {} read-only: {e}", path.display()));
+        }
+    }
     // SAFETY: single-threaded.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => command(args),
+        Ok(ForkResult::Child) => command(args, userns),
         Ok(ForkResult::Parent { child }) => std::process::exit(supervise(child, set)),
         Err(e) => die(&format!("fork: {e}")),
     }
@@ -508,9 +696,9 @@ fn parent_gone(read_end: OwnedFd) -> bool {
 }
 
 /// The command: no privileges over the sandbox, then exec.
-fn command(args: &InitArgs) -> ! {
+fn command(args: &InitArgs, userns: Option<OwnedFd>) -> ! {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    if let Err(e) = drop_privileges(args.run_as, args.rootless) {
+    if let Err(e) = drop_privileges(args.run_as, userns) {
         die(&e);
     }
     if let Err(e) = std::env::set_current_dir(&args.workspace) {
@@ -543,55 +731,48 @@ fn command(args: &InitArgs) -> ! {
     }
 }
 
-/// Capabilities that would let the command change the sandbox's network
-/// rules or routes, load code into the kernel or trace Moat.
-#[cfg(target_os = "linux")]
-const DROPPED: [caps::Capability; 6] = [
-    caps::Capability::CAP_NET_ADMIN,
-    caps::Capability::CAP_NET_RAW,
-    caps::Capability::CAP_SYS_ADMIN,
-    caps::Capability::CAP_BPF,
-    caps::Capability::CAP_SYS_PTRACE,
-    caps::Capability::CAP_SYS_MODULE,
-];
-
-fn drop_privileges(run_as: Option<(u32, u32)>, rootless: bool) -> Result<(), String> {
-    if rootless {
-        // Every capability this process has is over the sandbox's own
-        // namespaces: none of them is for the command. The bounding set goes
-        // too, so no file capability can bring one back (no_new_privs, below,
-        // forbids that as well).
-        for cap in caps::runtime::thread_all_supported() {
-            caps::drop(None, caps::CapSet::Bounding, cap)
-                .map_err(|e| format!("dropping {cap}: {e}"))?;
+/// The command's identity and privileges, last thing before exec.
+///
+/// - Its own cgroup namespace, rooted at the run's cgroup: even a process
+///   that could write a `cgroup.procs` outside it cannot move there (nor
+///   `clone3(CLONE_INTO_CGROUP)`), so it stays under the eBPF redirector.
+/// - Moat root (`userns`): it enters its user namespace and becomes its
+///   root, which is [`SANDBOX_ID_BASE`] on the host. Under sudo (`run_as`):
+///   the caller's uid and gid. Rootless: the user it already is.
+/// - A fresh, empty session keyring.
+/// - No capability at all, bounding set included, and `no_new_privs`: no
+///   setuid binary or file capability brings one back.
+fn drop_privileges(run_as: Option<(u32, u32)>, userns: Option<OwnedFd>) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("cgroup namespace: {e}"))?;
+    let ids = match (userns, run_as) {
+        (Some(ns), _) => {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| format!("entering the command's user namespace: {e}"))?;
+            Some((0, 0))
         }
-        for set in [
-            caps::CapSet::Ambient,
-            caps::CapSet::Inheritable,
-            caps::CapSet::Effective,
-            caps::CapSet::Permitted,
-        ] {
-            caps::clear(None, set).map_err(|e| format!("clearing capabilities: {e}"))?;
-        }
-        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-        return Ok(());
-    }
-    for cap in DROPPED {
+        (None, ids) => ids,
+    };
+    // While CAP_SETPCAP is still held (a setuid away from 0 drops it).
+    for cap in caps::runtime::thread_all_supported() {
         caps::drop(None, caps::CapSet::Bounding, cap)
             .map_err(|e| format!("dropping {cap}: {e}"))?;
-        for set in [
-            caps::CapSet::Effective,
-            caps::CapSet::Permitted,
-            caps::CapSet::Inheritable,
-        ] {
-            let _ = caps::drop(None, set, cap);
-        }
     }
-    let _ = caps::clear(None, caps::CapSet::Ambient);
-    if let Some((uid, gid)) = run_as {
-        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
-        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).map_err(|e| format!("setgid: {e}"))?;
-        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
+    if let Some((uid, gid)) = ids {
+        let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+        setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        setresgid(gid, gid, gid).map_err(|e| format!("setgid: {e}"))?;
+        setresuid(uid, uid, uid).map_err(|e| format!("setuid: {e}"))?;
+    }
+    // Made by the command's own uid, so that it owns its keyring.
+    super::sys::join_fresh_session_keyring().map_err(|e| format!("session keyring: {e}"))?;
+    for set in [
+        caps::CapSet::Ambient,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|e| format!("clearing capabilities: {e}"))?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     Ok(())

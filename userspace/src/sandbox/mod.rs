@@ -13,6 +13,7 @@ pub mod image;
 pub mod init;
 #[cfg(target_os = "linux")]
 pub mod libnft;
+pub mod mask;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod nft;
@@ -20,4 +21,6 @@ pub mod nft;
 pub mod run;
 #[cfg(unix)]
 pub mod signals;
+#[cfg(target_os = "linux")]
+pub mod sys;
 pub mod trust;

@@ -64,8 +64,11 @@ pub struct RunSpec {
     /// Host files copied into the sandbox's fresh /tmp (host, inside).
     pub files: Vec<(PathBuf, PathBuf)>,
     pub workspace: PathBuf,
-    /// Paths the command must not see.
+    /// Directories the command must not see (the workspace stays visible
+    /// inside them).
     pub hide: Vec<PathBuf>,
+    /// Paths covered even inside the workspace (see [`super::mask`]).
+    pub mask: Vec<PathBuf>,
     pub env: Vec<(OsString, OsString)>,
     pub run_as: Option<(u32, u32)>,
     /// Moat is not root: the sandbox's init creates a user namespace and
@@ -104,6 +107,9 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     }
     for h in &spec.hide {
         cmd.arg("--hide").arg(h);
+    }
+    for m in &spec.mask {
+        cmd.arg("--mask").arg(m);
     }
     if spec.rootless {
         if spec.redirect == Redirect::Ebpf {
@@ -507,6 +513,7 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
                 args.files.push((host, value()?.into()));
             }
             Some("--hide") => args.hide.push(value()?.into()),
+            Some("--mask") => args.mask.push(value()?.into()),
             Some("--rootless") => args.rootless = true,
             Some("--cgroup") => args.cgroup = Some(value()?.into()),
             Some("--dial") => args.dial = true,
@@ -544,8 +551,19 @@ mod tests {
         let a = args(&["--workspace", "/w", "--rootless", "--", "true"]).unwrap();
         assert!(a.rootless && a.run_as.is_none());
         assert_eq!(a.command, [OsString::from("true")]);
-        let a = args(&["--workspace", "/w", "--run-as", "1000:100", "--", "sh"]).unwrap();
+        let a = args(&[
+            "--workspace",
+            "/w",
+            "--run-as",
+            "1000:100",
+            "--mask",
+            "/w/.moat",
+            "--",
+            "sh",
+        ])
+        .unwrap();
         assert!(!a.rootless);
+        assert_eq!(a.mask, [PathBuf::from("/w/.moat")]);
         assert_eq!(a.run_as, Some((1000, 100)));
         assert!(
             args(&["--workspace", "/w", "--rootless"]).is_err(),

@@ -1,0 +1,524 @@
+//! What a hostile command inside `moat run` must not reach, as root (the
+//! test) with Moat as root (nft, eBPF), rootless (as nobody) and under sudo:
+//! `$MOAT_HOME`, the agent socket and the tools' credential files even when
+//! the workspace contains them; the host's sysctls, /sys, /var, /dev, host
+//! sockets under /run, other homes, the session keyring; capabilities that
+//! reach hidden files by handle; the run's cgroup. Every probe writes only
+//! inside the sandbox or into this test's temp dir, and the host's values
+//! are read back unchanged. Nothing here talks to a network.
+
+#![cfg(target_os = "linux")]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+const REAL: &str = "ghp_ContainmentRealToken0123456789abcdef";
+const NOBODY: u32 = 65534;
+
+/// Where things are in one run: HOME, `$MOAT_HOME`, the workspace, the agent socket.
+struct Layout {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    moat_home: PathBuf,
+    workspace: PathBuf,
+    agent: PathBuf,
+    _listener: std::os::unix::net::UnixListener,
+}
+
+/// `home`: the workspace is HOME, which holds `.moat`, the agent socket
+/// and the credential files. `nested`: a workspace holding a non-default
+/// `$MOAT_HOME` and the agent socket, HOME elsewhere.
+fn layout(kind: &str, owner: Option<u32>) -> Layout {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = dir.path();
+    let (home, moat_home, workspace, agent) = match kind {
+        "home" => (
+            d.join("home"),
+            d.join("home/.moat"),
+            d.join("home"),
+            d.join("home/.agent.sock"),
+        ),
+        _ => (
+            d.join("h"),
+            d.join("x/state"),
+            d.join("x"),
+            d.join("x/agent/sock"),
+        ),
+    };
+    for (rel, text) in [
+        (".netrc", "machine x login y password netrc-secret\n"),
+        (
+            ".config/gh/hosts.yml",
+            "github.com:\n  oauth_token: gho_secret\n",
+        ),
+        (".ssh/id_ed25519", "PRIVATE KEY\n"),
+        (".ssh/known_hosts", "kh-visible\n"),
+    ] {
+        let p = home.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+    }
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    if let Some(uid) = owner {
+        Command::new("chown")
+            .args(["-R", &format!("{uid}:{uid}")])
+            .arg(d)
+            .status()
+            .unwrap();
+    }
+    Layout {
+        dir,
+        home,
+        moat_home,
+        workspace,
+        agent,
+        _listener: listener,
+    }
+}
+
+impl Layout {
+    /// `moat ARGS` with this layout's environment, as root or (`as_nobody`) through setpriv.
+    fn moat(&self, as_nobody: bool, args: &[&str]) -> Command {
+        let mut c = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+                "--",
+                MOAT,
+            ]);
+            c
+        } else {
+            Command::new(MOAT)
+        };
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", &self.home)
+            .env("MOAT_HOME", &self.moat_home)
+            .env("MOAT_KEY_BACKEND", "file")
+            .env("SSH_AUTH_SOCK", &self.agent)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn grant(&self, as_nobody: bool) {
+        let out = self
+            .moat(as_nobody, &["grant", "github", "--no-validate"])
+            .env("GITHUB_TOKEN", REAL)
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+
+    fn run(&self, as_nobody: bool, extra: &[&str], script: &str) -> Output {
+        let ws = self.workspace.to_str().unwrap().to_owned();
+        let mut args = vec!["run", &ws, "--grant", "github"];
+        args.extend(extra);
+        args.extend(["--", "/bin/sh", "-c", script]);
+        self.moat(as_nobody, &args)
+            .env("MH", &self.moat_home)
+            .env("H", &self.home)
+            .env("SOCK", &self.agent)
+            .env("MOAT_BIN", MOAT)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Probes what of `$MOAT_HOME`, the agent and the credential files the
+/// command can reach (variables: MH, H, SOCK, MOAT_BIN; `-e` passes them).
+const EXPOSURE: &str = r#"
+echo "list: $(ls -A "$MH" 2>/dev/null | wc -l)"
+[ -e "$MH/encryption.key" ] && echo "key: visible" || echo "key: hidden"
+touch "$MH/planted" 2>/dev/null && echo "write: ok" || echo "write: refused"
+mkdir -p "$MH/providers" 2>/dev/null && echo 'name: evil' > "$MH/providers/evil.yaml" 2>/dev/null && echo "plant: ok" || echo "plant: refused"
+for f in .netrc .config/gh/hosts.yml .ssh/id_ed25519; do
+  [ -s "$H/$f" ] && echo "cred: $f readable"
+  echo x 2>/dev/null >> "$H/$f" && echo "cred: $f written"
+done
+echo "known_hosts: $(cat "$H/.ssh/known_hosts" 2>/dev/null)"
+python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print("agent: connected")' "$SOCK" 2>/dev/null || echo "agent: refused"
+echo "reveal: $(MOAT_HOME="$MH" MOAT_KEY_BACKEND=file "$MOAT_BIN" grant show github --reveal 2>&1 | head -c 300)"
+"#;
+
+fn env_args(l: &Layout) -> Vec<String> {
+    [
+        format!("MH={}", l.moat_home.display()),
+        format!("H={}", l.home.display()),
+        format!("SOCK={}", l.agent.display()),
+        format!("MOAT_BIN={MOAT}"),
+    ]
+    .into_iter()
+    .flat_map(|kv| ["-e".to_string(), kv])
+    .collect()
+}
+
+fn assert_nothing_exposed(what: &str, l: &Layout, out: &Output) {
+    let text = stdout(out);
+    let err = stderr(out);
+    assert!(out.status.success(), "{what}: {text}\n{err}");
+    let line = |k: &str| line(&text, k);
+    assert_eq!(line("list:"), "list: 0", "{what}: {text}\n{err}");
+    assert_eq!(line("key:"), "key: hidden", "{what}: {text}");
+    assert_eq!(line("write:"), "write: refused", "{what}: {text}");
+    assert_eq!(line("plant:"), "plant: refused", "{what}: {text}");
+    assert!(!text.contains("cred:"), "{what}: {text}");
+    assert_eq!(line("agent:"), "agent: refused", "{what}: {text}");
+    assert!(
+        !text.contains(REAL) && !err.contains(REAL),
+        "{what}: the real token reached the sandbox: {text}"
+    );
+    assert!(!l.moat_home.join("planted").exists(), "{what}");
+    assert!(!l.moat_home.join("providers/evil.yaml").exists(), "{what}");
+    assert_eq!(
+        std::fs::read_to_string(l.home.join(".netrc")).unwrap(),
+        "machine x login y password netrc-secret\n",
+        "{what}"
+    );
+    if l.workspace == l.home {
+        // Masked files only: the rest of the workspace stays as it is.
+        assert_eq!(
+            line("known_hosts:"),
+            "known_hosts: kh-visible",
+            "{what}: {text}"
+        );
+        assert!(err.contains("masked inside the workspace"), "{what}: {err}");
+        assert!(err.contains(".moat (Moat's key"), "{what}: {err}");
+        assert!(err.contains(".ssh/id_ed25519"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn a_workspace_holding_moat_home_the_agent_and_credentials_shows_none_of_them() {
+    assert!(is_root(), "vm-tests run as root");
+    for kind in ["home", "nested"] {
+        for redirect in ["nft", "ebpf"] {
+            let l = layout(kind, None);
+            l.grant(false);
+            let mut extra: Vec<String> = vec!["--redirect".into(), redirect.into()];
+            extra.extend(env_args(&l));
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let out = l.run(false, &extra, EXPOSURE);
+            assert_nothing_exposed(&format!("root {redirect}, {kind}"), &l, &out);
+        }
+        let l = layout(kind, Some(NOBODY));
+        l.grant(true);
+        let extra = env_args(&l);
+        let mut args: Vec<&str> = vec!["--network-mode", "transparent"];
+        args.extend(extra.iter().map(String::as_str));
+        let out = l.run(true, &args, EXPOSURE);
+        assert_nothing_exposed(&format!("rootless, {kind}"), &l, &out);
+    }
+}
+
+#[test]
+fn a_workspace_that_is_or_lies_in_moat_home_is_refused() {
+    let l = layout("nested", None);
+    l.grant(false);
+    for ws in [l.moat_home.clone(), l.moat_home.join("runs")] {
+        std::fs::create_dir_all(&ws).unwrap();
+        let out = l
+            .moat(false, &["run", ws.to_str().unwrap(), "--", "/bin/true"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("$MOAT_HOME"), "{err}");
+        assert!(err.contains("outside"), "{err}");
+    }
+    // moat.yaml unmask: lets a tool's file through, never Moat's own state.
+    std::fs::write(l.workspace.join("moat.yaml"), "unmask: [\"~/.netrc\"]\n").unwrap();
+    let out = l
+        .moat(
+            false,
+            &["run", l.workspace.to_str().unwrap(), "--", "/bin/true"],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("unmasked by moat.yaml"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        l.workspace.join("moat.yaml"),
+        format!("unmask: [\"{}\"]\n", l.moat_home.display()),
+    )
+    .unwrap();
+    let out = l
+        .moat(
+            false,
+            &["run", l.workspace.to_str().unwrap(), "--", "/bin/true"],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be unmasked"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A C probe from vm-tests/probes, built into `dir`.
+fn probe(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../vm-tests/probes/{name}.c"));
+    std::fs::create_dir_all(dir).unwrap();
+    let bin = dir.join(name);
+    let out = Command::new("gcc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gcc {name}: {}", stderr(&out));
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// The cgroup2 mount of this host (hybrid: /sys/fs/cgroup/unified).
+fn cgroup2() -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            post.starts_with("cgroup2 ")
+                .then(|| pre.split(' ').nth(4).unwrap().to_owned())
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// Probes of the host a uid-0 command used to reach (each prints one line).
+const HOSTILE: &str = r#"
+echo "uid_map: $(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')"
+echo "capbnd: $(grep CapBnd /proc/self/status | cut -f2)"
+echo "capeff: $(grep CapEff /proc/self/status | cut -f2)"
+printf '|/bin/true %%P' > /proc/sys/kernel/core_pattern 2>/dev/null && echo "core_pattern: written" || echo "core_pattern: refused"
+echo moat-pwned > /proc/sys/kernel/hostname 2>/dev/null && echo "hostname: written" || echo "hostname: refused"
+touch /sys/moat-was-here 2>/dev/null && echo "sys: written" || echo "sys: refused"
+echo 1 > /sys/fs/cgroup/unified/cgroup.procs 2>/dev/null && echo "cgroup.procs: written" || echo "cgroup.procs: refused"
+touch /var/moat-was-here 2>/dev/null && echo "var: written" || echo "var: refused"
+touch /var/tmp/ok 2>/dev/null && echo "var_tmp: written" || echo "var_tmp: refused"
+head -c1 /etc/shadow >/dev/null 2>&1 && echo "shadow: read" || echo "shadow: refused"
+[ -e /dev/kmsg ] && echo "kmsg: present" || echo "kmsg: absent"
+[ -e /dev/vda ] || [ -e /dev/sda ] || [ -e /dev/mem ] && echo "disks: present" || echo "disks: absent"
+echo "home: $(ls -A /home 2>/dev/null | wc -l)"
+echo "run: $(ls -A /run 2>/dev/null | wc -l)"
+python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print("run_socket: connected")' "$RUN_SOCK" 2>/dev/null || echo "run_socket: refused"
+keyctl request user moat-containment-key >/dev/null 2>&1 && echo "keyring: found" || echo "keyring: fresh"
+"$PROBES/handle" "$PWD"
+"$PROBES/clone3" "$CG2"
+echo "null: $(echo hi > /dev/null && echo ok)"
+"#;
+
+/// The host state the probes above aim at, to compare after the run.
+fn host_snapshot() -> (String, String, bool, bool) {
+    (
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        Path::new("/sys/moat-was-here").exists(),
+        Path::new("/var/moat-was-here").exists(),
+    )
+}
+
+fn assert_contained(what: &str, out: &Output, uid_map: &str) {
+    let text = stdout(out);
+    let line = |k: &str| line(&text, k);
+    assert!(out.status.success(), "{what}: {text}\n{}", stderr(out));
+    assert_eq!(
+        line("uid_map:"),
+        format!("uid_map: {uid_map}"),
+        "{what}: {text}"
+    );
+    assert_eq!(
+        line("capbnd:"),
+        "capbnd: 0000000000000000",
+        "{what}: {text}"
+    );
+    assert_eq!(
+        line("capeff:"),
+        "capeff: 0000000000000000",
+        "{what}: {text}"
+    );
+    for (k, want) in [
+        ("core_pattern:", "refused"),
+        ("hostname:", "refused"),
+        ("sys:", "refused"),
+        ("cgroup.procs:", "refused"),
+        ("var:", "refused"),
+        ("var_tmp:", "written"),
+        ("shadow:", "refused"),
+        ("kmsg:", "absent"),
+        ("disks:", "absent"),
+        ("home:", "0"),
+        ("run:", "0"),
+        ("run_socket:", "refused"),
+        ("keyring:", "fresh"),
+        ("null:", "ok"),
+    ] {
+        assert_eq!(line(k), format!("{k} {want}"), "{what}: {text}");
+    }
+    assert!(
+        line("handle:").starts_with("handle: refused"),
+        "{what}: {text}"
+    );
+    assert!(
+        line("clone3:").starts_with("clone3: refused"),
+        "{what}: {text}"
+    );
+}
+
+/// The probes need a host socket under /run and a home under /home to
+/// aim at; both are removed on drop.
+struct HostBait {
+    run_sock: PathBuf,
+    home: PathBuf,
+    _listener: std::os::unix::net::UnixListener,
+}
+
+impl HostBait {
+    fn new() -> Self {
+        let id = std::process::id();
+        let run_sock = PathBuf::from(format!("/run/moat-containment-{id}.sock"));
+        let _ = std::fs::remove_file(&run_sock);
+        let listener = std::os::unix::net::UnixListener::bind(&run_sock).unwrap();
+        std::fs::set_permissions(&run_sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let home = PathBuf::from(format!("/home/.moat-containment-{id}"));
+        std::fs::create_dir_all(home.join(".config/gh")).unwrap();
+        std::fs::write(home.join(".config/gh/hosts.yml"), "oauth_token: gho_x\n").unwrap();
+        Self {
+            run_sock,
+            home,
+            _listener: listener,
+        }
+    }
+}
+
+impl Drop for HostBait {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.run_sock);
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// `keyctl session - CMD`: the run starts in a session keyring holding a key.
+fn in_keyring_session(cmd: &Command) -> Command {
+    let mut k = Command::new("keyctl");
+    k.args(["session", "-", "sh", "-c"])
+        .arg("keyctl add user moat-containment-key s3cret @s >/dev/null && exec \"$@\"")
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null());
+    k
+}
+
+#[test]
+fn a_hostile_root_command_stays_contained() {
+    assert!(is_root(), "vm-tests run as root");
+    let bait = HostBait::new();
+    let before = host_snapshot();
+    let l = layout("nested", None);
+    l.grant(false);
+    // In the workspace: the rest of the test's temp dir is under the
+    // sandbox's fresh /tmp.
+    let probes = l.workspace.join("probes");
+    probe(&probes, "handle");
+    probe(&probes, "clone3");
+    for redirect in ["nft", "ebpf"] {
+        let ws = l.workspace.to_str().unwrap().to_owned();
+        let mut cmd = l.moat(false, &[]);
+        cmd.args(["run", &ws, "--redirect", redirect])
+            .args(["-e", &format!("PROBES={}", probes.display())])
+            .args(["-e", &format!("RUN_SOCK={}", bait.run_sock.display())])
+            .args(["-e", &format!("CG2={}", cgroup2())])
+            .args(["--", "/bin/sh", "-c", HOSTILE]);
+        let out = in_keyring_session(&cmd).output().unwrap();
+        assert_contained(&format!("root {redirect}"), &out, "0 2147352576 65536");
+        // What the command wrote as its root is the host root's in the
+        // workspace (id-mapped), nobody's nowhere else.
+        let out = l
+            .moat(
+                false,
+                &[
+                    "run",
+                    &ws,
+                    "--redirect",
+                    redirect,
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    "touch made-inside; id -u",
+                ],
+            )
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&out).trim(), "0", "{}", stderr(&out));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(l.workspace.join("made-inside"))
+                .unwrap()
+                .uid(),
+            0
+        );
+    }
+    assert_eq!(host_snapshot(), before, "the host's state changed");
+    // The test's key really was in the session the run started from.
+    let out = in_keyring_session(Command::new("keyctl").args([
+        "request",
+        "user",
+        "moat-containment-key",
+    ]))
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn under_sudo_the_command_is_the_caller_and_their_home_is_hidden() {
+    assert!(is_root(), "vm-tests run as root");
+    let bait = HostBait::new();
+    let before = host_snapshot();
+    let l = layout("nested", Some(NOBODY));
+    l.grant(false);
+    // In the workspace: the rest of the test's temp dir is under the
+    // sandbox's fresh /tmp.
+    let probes = l.workspace.join("probes");
+    probe(&probes, "handle");
+    probe(&probes, "clone3");
+    let ws = l.workspace.to_str().unwrap().to_owned();
+    let mut cmd = l.moat(false, &[]);
+    // sudo as Debian runs it: HOME is root's, the caller in SUDO_*.
+    cmd.env("HOME", "/root")
+        .envs([("SUDO_UID", "65534"), ("SUDO_GID", "65534"), ("SUDO_USER", "nobody")])
+        .args(["run", &ws, "--redirect", "ebpf"])
+        .args(["-e", &format!("PROBES={}", probes.display())])
+        .args(["-e", &format!("RUN_SOCK={}", bait.run_sock.display())])
+        .args(["-e", &format!("CG2={}", cgroup2())])
+        .args(["-e", &format!("BAIT={}", bait.home.display())])
+        .args(["--", "/bin/sh", "-c"])
+        .arg(format!(
+            "{HOSTILE}\necho \"id: $(id -u):$(id -g)\"\ncat \"$BAIT/.config/gh/hosts.yml\" 2>/dev/null && echo 'bait: read' || echo 'bait: hidden'\ntouch /root/.bashrc 2>/dev/null && echo 'root_home: written' || echo 'root_home: refused'"
+        ));
+    let out = in_keyring_session(&cmd).output().unwrap();
+    let text = stdout(&out);
+    assert_contained("sudo", &out, "0 0 4294967295");
+    assert_eq!(line(&text, "id:"), "id: 65534:65534", "{text}");
+    assert_eq!(line(&text, "bait:"), "bait: hidden", "{text}");
+    assert_eq!(line(&text, "root_home:"), "root_home: refused", "{text}");
+    assert_eq!(host_snapshot(), before, "the host's state changed");
+}
