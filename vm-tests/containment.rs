@@ -23,7 +23,8 @@ const NOBODY: u32 = 65534;
 
 /// Where things are in one run: HOME, `$MOAT_HOME`, the workspace, the agent socket.
 struct Layout {
-    dir: tempfile::TempDir,
+    // Owns the temporary directory everything lives in.
+    _dir: tempfile::TempDir,
     home: PathBuf,
     moat_home: PathBuf,
     workspace: PathBuf,
@@ -76,7 +77,7 @@ fn layout(kind: &str, owner: Option<u32>) -> Layout {
             .unwrap();
     }
     Layout {
-        dir,
+        _dir: dir,
         home,
         moat_home,
         workspace,
