@@ -90,14 +90,8 @@ impl Layout {
     /// `moat ARGS` with this layout's environment, as root or (`as_nobody`) through setpriv.
     fn moat(&self, as_nobody: bool, args: &[&str]) -> Command {
         let mut c = if as_nobody {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={NOBODY}"),
-                &format!("--regid={NOBODY}"),
-                "--clear-groups",
-                "--",
-                MOAT,
-            ]);
+            let mut c = setpriv_nobody();
+            c.arg(MOAT);
             c
         } else {
             Command::new(MOAT)
@@ -227,49 +221,30 @@ fn a_workspace_holding_moat_home_the_agent_and_credentials_shows_none_of_them() 
 fn a_workspace_that_is_or_lies_in_moat_home_is_refused() {
     let l = layout("nested", None);
     l.grant(false);
-    for ws in [l.moat_home.clone(), l.moat_home.join("runs")] {
-        std::fs::create_dir_all(&ws).unwrap();
+    let run_true = |ws: &Path| {
         let out = l
             .moat(false, &["run", ws.to_str().unwrap(), "--", "/bin/true"])
             .output()
             .unwrap();
-        let err = stderr(&out);
-        assert!(!out.status.success(), "{err}");
-        assert!(err.contains("$MOAT_HOME"), "{err}");
-        assert!(err.contains("outside"), "{err}");
+        (out.status.success(), stderr(&out))
+    };
+    for ws in [l.moat_home.clone(), l.moat_home.join("runs")] {
+        std::fs::create_dir_all(&ws).unwrap();
+        let (success, err) = run_true(&ws);
+        assert!(!success, "{err}");
+        assert!(
+            err.contains("$MOAT_HOME") && err.contains("outside"),
+            "{err}"
+        );
     }
     // moat.yaml unmask: lets a tool's file through, never Moat's own state.
     std::fs::write(l.workspace.join("moat.yaml"), "unmask: [\"~/.netrc\"]\n").unwrap();
-    let out = l
-        .moat(
-            false,
-            &["run", l.workspace.to_str().unwrap(), "--", "/bin/true"],
-        )
-        .output()
-        .unwrap();
-    assert!(
-        stderr(&out).contains("unmasked by moat.yaml"),
-        "{}",
-        stderr(&out)
-    );
-    std::fs::write(
-        l.workspace.join("moat.yaml"),
-        format!("unmask: [\"{}\"]\n", l.moat_home.display()),
-    )
-    .unwrap();
-    let out = l
-        .moat(
-            false,
-            &["run", l.workspace.to_str().unwrap(), "--", "/bin/true"],
-        )
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot be unmasked"),
-        "{}",
-        stderr(&out)
-    );
+    let (success, err) = run_true(&l.workspace);
+    assert!(success && err.contains("unmasked by moat.yaml"), "{err}");
+    let yaml = format!("unmask: [\"{}\"]\n", l.moat_home.display());
+    std::fs::write(l.workspace.join("moat.yaml"), yaml).unwrap();
+    let (success, err) = run_true(&l.workspace);
+    assert!(!success && err.contains("cannot be unmasked"), "{err}");
 }
 
 /// A C probe from vm-tests/probes, built into `dir`.

@@ -72,23 +72,17 @@ fn setup() -> Setup {
 impl Setup {
     /// `moat ARGS` as nobody, with a clean environment.
     fn nobody(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("setpriv");
-        c.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            "--",
-        ])
-        .arg(MOAT)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap())
-        .env("HOME", &self.home)
-        .env("MOAT_HOME", &self.moat_home)
-        .env("MOAT_KEY_BACKEND", "file")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let mut c = setpriv_nobody();
+        c.arg(MOAT)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", &self.home)
+            .env("MOAT_HOME", &self.moat_home)
+            .env("MOAT_KEY_BACKEND", "file")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c
     }
 

@@ -29,17 +29,11 @@ impl Drop for Session {
 }
 
 fn as_nobody(dir: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
-        &format!("--reuid={NOBODY}"),
-        &format!("--regid={NOBODY}"),
-        "--clear-groups",
-        "--",
-    ])
-    .env_clear()
-    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-    .env("HOME", dir.join("home"))
-    .env("XDG_RUNTIME_DIR", dir.join("run"));
+    let mut c = setpriv_nobody();
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.join("home"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"));
     c
 }
 

@@ -294,6 +294,22 @@ pub fn assert_escapes_fail(text: &str) {
     assert_eq!(line(text, "raw:"), "raw: refused", "{text}");
 }
 
+/// The uid and gid of `nobody`, which vm-tests use as an unprivileged user.
+pub const NOBODY_ID: u32 = 65534;
+
+/// `setpriv` that runs what follows as `nobody`, with no groups (root only):
+/// add the program and its arguments.
+pub fn setpriv_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={NOBODY_ID}"),
+        &format!("--regid={NOBODY_ID}"),
+        "--clear-groups",
+        "--",
+    ]);
+    c
+}
+
 /// Is this test process root? (vm-tests assert it up front.)
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
