@@ -1,4 +1,6 @@
-//! What no sandbox may ever show, whatever its workspace: pure.
+//! What no sandbox may ever show, whatever its workspace. [`masks`] and
+//! [`check_workspace`] are pure; [`HostView::read`] and [`inside`] look at the
+//! host.
 //!
 //! The workspace is the one host directory a run sees read-write, and it may
 //! contain what Moat exists to keep out: `moat run ~` holds `~/.moat` (the
