@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -1119,5 +1119,85 @@ echo \"aws: unexpected call: $*\" >&2; exit 2
     assert!(
         err.contains("secrets: FROM_SSM") && err.contains("ParameterNotFound"),
         "{err}"
+    );
+}
+
+/// `moat ARGS` as an unprivileged user: as `nobody` (setpriv) when the test
+/// runs as root, as the test's own user otherwise. HOME, MOAT_HOME and the
+/// workspace are made that user's.
+fn unprivileged(env: &Env, args: &[&str]) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = [env.user_home(), env.home(), env.dir.path().join("ws")];
+    for d in &dirs {
+        fs::create_dir_all(d).unwrap();
+    }
+    let mut c = if is_root() {
+        fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for d in &dirs {
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            MOAT,
+        ]);
+        c
+    } else {
+        Command::new(MOAT)
+    };
+    c.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &dirs[0])
+        .env("MOAT_HOME", &dirs[1])
+        .env("MOAT_KEY_BACKEND", "file")
+        .current_dir(&dirs[2])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn doctor_says_what_run_uses_and_knows_the_file_backend() {
+    let env = Env::new();
+    if is_root() && !on_path("setpriv") {
+        eprintln!("skipped: no setpriv to run moat unprivileged");
+        return;
+    }
+    let out = unprivileged(&env, &["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ok(&out).stdout).unwrap();
+    // What moat run announces it uses (no --network-mode: it picks and says).
+    let run = unprivileged(&env, &["run", ".", "--", "true"]);
+    let said = stderr(&run);
+    let run_mode = if said.contains("network mode transparent") {
+        "transparent"
+    } else if said.contains("network mode env") {
+        "env"
+    } else {
+        panic!("moat run did not say its network mode: {said}")
+    };
+    assert_eq!(v["network_mode"], run_mode, "doctor: {v}\nrun: {said}");
+    if run_mode == "transparent" {
+        let text = v.to_string();
+        assert!(!text.contains("needs root"), "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("rootless"), "{v}");
+    }
+    // MOAT_KEY_BACKEND=file: the row says the file backend is in use, and passes.
+    let keychain = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "keychain")
+        .unwrap();
+    assert_eq!(keychain["ok"], true, "{keychain}");
+    assert!(
+        keychain["detail"]
+            .as_str()
+            .unwrap()
+            .contains("file backend in use"),
+        "{keychain}"
     );
 }

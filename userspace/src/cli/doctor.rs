@@ -88,6 +88,19 @@ fn keychain(ctx: &Ctx) -> Check {
     } else {
         String::new()
     };
+    match crate::store::Policy::from_env() {
+        Err(e) => {
+            return check(
+                "keychain",
+                Err((
+                    e.to_string(),
+                    "set MOAT_KEY_BACKEND to auto, keyring or file (or unset it)".into(),
+                )),
+            );
+        }
+        Ok(crate::store::Policy::File) => return key_file(&home),
+        Ok(_) => {}
+    }
     #[cfg(target_os = "linux")]
     {
         let backend = crate::store::keyring::KeyringBackend::new(home.owner());
@@ -107,6 +120,31 @@ fn keychain(ctx: &Ctx) -> Check {
     check(
         "keychain",
         Ok(format!("not checked on this platform{file_note}")),
+    )
+}
+
+/// `MOAT_KEY_BACKEND=file`: the keychain is not used, so the row is about
+/// the key file (created 0600 by the first grant).
+fn key_file(home: &crate::home::MoatHome) -> Check {
+    use crate::store::keys::KeyBackend as _;
+    let backend = crate::store::keys::FileBackend::new(home.clone());
+    let path = home.key_file();
+    check(
+        "keychain",
+        match backend.load() {
+            Ok(Some(_)) => Ok(format!(
+                "file backend in use (MOAT_KEY_BACKEND=file): Moat's key is in {} (0600); the keychain is not used",
+                path.display()
+            )),
+            Ok(None) => Ok(format!(
+                "file backend in use (MOAT_KEY_BACKEND=file): the first grant creates {} (0600); the keychain is not used",
+                path.display()
+            )),
+            Err(e) => Err((
+                format!("MOAT_KEY_BACKEND=file: {e}"),
+                "fix the key file as the message says (it holds the key of every credential: never delete it while credentials exist)".into(),
+            )),
+        },
     )
 }
 
@@ -169,59 +207,87 @@ mod linux {
 
     pub fn checks(out: &mut Vec<Check>) -> (bool, String) {
         let root = nix::unistd::geteuid().is_root();
+        // Without root, `moat run` picks the rootless sandbox exactly when
+        // this probe passes (cli/probe.rs): doctor reports the same answer.
+        let rootless = if root {
+            Err("not needed as root".to_owned())
+        } else {
+            crate::cli::probe::userns()
+        };
         out.push(check(
             "privileges",
-            Ok(if root {
-                "root: transparent mode with nft or eBPF".into()
-            } else {
-                "not root: transparent mode needs sudo; env mode works as is".into()
+            Ok(match (root, &rootless) {
+                (true, _) => "root: transparent mode with nft or eBPF".into(),
+                (false, Ok(())) => {
+                    "not root: transparent mode in a user namespace (rootless; --redirect nft)"
+                        .into()
+                }
+                (false, Err(_)) => {
+                    "not root, no usable user namespaces: transparent mode needs sudo; env mode works as is"
+                        .into()
+                }
             }),
         ));
-        let netns = in_child(|| nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok());
+        let netns = if root {
+            in_child(|| nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok())
+        } else {
+            rootless.is_ok()
+        };
         out.push(check(
             "netns",
-            if netns {
-                Ok("a new network namespace can be created".into())
-            } else if root {
-                Err((
+            match (netns, root) {
+                (true, true) => Ok("a new network namespace can be created".into()),
+                (true, false) => {
+                    Ok("a new network namespace can be created inside a user namespace".into())
+                }
+                (false, true) => Err((
                     "unshare(CLONE_NEWNET) failed".into(),
                     "the kernel needs CONFIG_NET_NS".into(),
-                ))
-            } else {
-                Err(("needs root".into(), "sudo moat run …".into()))
+                )),
+                (false, false) => Err((
+                    "needs root or a usable user namespace (see below)".into(),
+                    "sudo moat run …, or enable unprivileged user namespaces".into(),
+                )),
             },
         ));
-        let userns = in_child(|| nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok());
         out.push(check(
             "user namespaces",
-            if userns {
-                Ok("unprivileged user namespaces work".into())
-            } else {
-                Err((
-                    "unshare(CLONE_NEWUSER) failed".into(),
-                    "sysctl kernel.unprivileged_userns_clone=1 (and user.max_user_namespaces > 0); or run with sudo".into(),
-                ))
+            match (&rootless, root) {
+                (_, true) => Ok("not needed as root".into()),
+                (Ok(()), false) => Ok(
+                    "unprivileged user namespaces work (with network and mount namespaces)".into(),
+                ),
+                (Err(why), false) => Err((
+                    why.clone(),
+                    "sysctl kernel.unprivileged_userns_clone=1 (and user.max_user_namespaces > 0; \
+                     on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0); or run with sudo"
+                        .into(),
+                )),
             },
         ));
         let lib = crate::sandbox::libnft::available();
         let soname = crate::sandbox::libnft::SONAME;
         // Test-loaded in a forked child's own network namespace (no thread
-        // has started yet), never in the host's.
+        // has started yet), never in the host's; without root, in a user
+        // namespace, as the rootless sandbox does.
         let loads = lib.is_ok()
-            && root
+            && netns
             && in_child(|| {
-                nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok()
+                (root || nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok())
+                    && nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok()
                     && crate::sandbox::libnft::load(&crate::sandbox::nft::ruleset(1, 2)).is_ok()
             });
         out.push(check(
             "nftables",
-            match (lib, root, loads) {
+            match (lib, netns, loads) {
                 (Err(why), _, _) => Err((
                     format!("{soname} cannot be loaded: {why}"),
                     "apt-get install nftables (it brings libnftables), or use --network-mode env"
                         .into(),
                 )),
-                (Ok(()), false, _) => Ok(format!("{soname} (rules not test-loaded: needs root)")),
+                (Ok(()), false, _) => Ok(format!(
+                    "{soname} (rules not test-loaded: no network namespace to load them in)"
+                )),
                 (Ok(()), true, true) => Ok(format!(
                     "{soname}: the sandbox ruleset loads in a scratch namespace"
                 )),
@@ -251,18 +317,22 @@ mod linux {
                 (Err(e), _) => Err((e.to_string(), "mount cgroup2, or use --redirect nft".into())),
             },
         ));
-        if root && netns && loads {
-            (true, "root, network namespaces and nftables work".into())
-        } else if root {
-            (
+        match (root, &rootless) {
+            (true, _) if netns && loads => {
+                (true, "root, network namespaces and nftables work".into())
+            }
+            (true, _) => (
                 false,
                 "root, but the network namespace or nftables check failed (see above)".into(),
-            )
-        } else {
-            (
+            ),
+            (false, Ok(())) => (
+                true,
+                "not root, but unprivileged user namespaces work: the rootless sandbox".into(),
+            ),
+            (false, Err(why)) => (
                 false,
-                "not root (sudo moat run … gives the transparent sandbox)".into(),
-            )
+                format!("not root, and {why} (sudo moat run … gives the transparent sandbox)"),
+            ),
         }
     }
 }

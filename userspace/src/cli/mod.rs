@@ -6,6 +6,7 @@ mod doctor;
 mod grant;
 mod init;
 mod output;
+mod probe;
 mod prompt;
 mod proxy;
 mod revoke;
