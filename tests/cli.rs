@@ -1201,3 +1201,43 @@ fn doctor_says_what_run_uses_and_knows_the_file_backend() {
         "{keychain}"
     );
 }
+
+#[test]
+fn no_command_panics_on_a_closed_stdout() {
+    let env = Env::new();
+    ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GITHUB_TOKEN", GH)],
+    ));
+    for args in [
+        &["list", "--json"][..],
+        &["list"],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["grant", "list"],
+        &["grant", "list", "--json"],
+        &["grant", "providers"],
+        &["grant", "show", "github"],
+        &["doctor"],
+        &["ca", "path"],
+        &["ca", "export"],
+        &["--help"],
+        &["init", "--help"],
+    ] {
+        // The reader is gone before moat starts: its first write fails (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env
+            .cmd()
+            .args(args)
+            .current_dir(env.dir.path())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("error"), "{args:?}: {err}");
+    }
+}

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result};
 
 use super::Ctx;
+use super::output::outln;
 use crate::home::MoatHome;
 use crate::runs;
 
@@ -64,9 +65,9 @@ pub fn start(ctx: &Ctx, home: &MoatHome) -> Result<i32> {
     let started = matches!(reader.read(&mut byte), Ok(1) if byte[0] == runs::STARTED_BYTE);
     if started {
         if ctx.json {
-            println!("{}", serde_json::json!({ "id": id, "log": log_path }));
+            outln!("{}", serde_json::json!({ "id": id, "log": log_path }))?;
         } else {
-            println!("{id}");
+            outln!("{id}")?;
         }
         return Ok(0);
     }

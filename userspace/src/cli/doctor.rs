@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Ctx;
+use super::output::outln;
 
 #[derive(Serialize)]
 struct Check {
@@ -45,25 +46,25 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     let mode = if transparent { "transparent" } else { "env" };
     if ctx.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "checks": checks,
                 "network_mode": mode,
                 "reason": mode_reason,
             }))?
-        );
+        )?;
         return Ok(());
     }
     for c in &checks {
         let mark = if c.ok { "✓" } else { "✗" };
-        println!("{mark} {:<16} {}", c.name, c.detail);
+        outln!("{mark} {:<16} {}", c.name, c.detail)?;
         if let Some(fix) = &c.fix {
-            println!("  {:<16} fix: {fix}", "");
+            outln!("  {:<16} fix: {fix}", "")?;
         }
     }
-    println!();
-    println!("moat run will use --network-mode {mode}: {mode_reason}");
+    outln!()?;
+    outln!("moat run will use --network-mode {mode}: {mode_reason}")?;
     Ok(())
 }
 

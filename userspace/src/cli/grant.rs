@@ -16,6 +16,7 @@ use clap::{Args, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
+use super::output::outln;
 use super::{Ctx, output};
 use crate::net::Upstream;
 use crate::providers::validate::{self, Outcome};
@@ -209,11 +210,11 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
     if ctx.json {
         output::json(
             &json!({ "name": name.as_str(), "provider": provider.name, "profile": store.profile().map(|p| p.as_str()), "saved": true }),
-        );
+        )?;
     } else if name.as_str() == provider.name {
-        println!("{} credential saved", provider.title);
+        outln!("{} credential saved", provider.title)?;
     } else {
-        println!("{} credential '{name}' saved", provider.title);
+        outln!("{} credential '{name}' saved", provider.title)?;
     }
     Ok(())
 }
@@ -442,21 +443,21 @@ fn list(ctx: &Ctx) -> Result<()> {
         }
     }
     if ctx.json {
-        output::json(&serde_json::Value::Array(items));
+        output::json(&serde_json::Value::Array(items))?;
     } else if rows.is_empty() {
         let scope = profile
             .map(|p| format!(" in profile '{p}'"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "No credentials stored{scope}. Store one with: moat grant <provider> (see moat grant providers)"
-        );
+        )?;
     } else {
         output::table(
             &[
                 "NAME", "PROVIDER", "PROFILE", "SOURCE", "CREATED", "EXPIRES",
             ],
             &rows,
-        );
+        )?;
     }
     Ok(())
 }
@@ -509,7 +510,7 @@ fn providers(ctx: &Ctx) -> Result<()> {
                 })
             })
             .collect();
-        output::json(&serde_json::Value::Array(items));
+        output::json(&serde_json::Value::Array(items))?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = registry
@@ -544,7 +545,7 @@ fn providers(ctx: &Ctx) -> Result<()> {
             ]
         })
         .collect();
-    output::table(&["PROVIDER", "TYPE", "HOSTS", "DESCRIPTION"], &rows);
+    output::table(&["PROVIDER", "TYPE", "HOSTS", "DESCRIPTION"], &rows)?;
     Ok(())
 }
 
@@ -581,29 +582,29 @@ fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
         if reveal {
             v["token"] = json!(c.token.expose_secret());
         }
-        output::json(&v);
+        output::json(&v)?;
         return Ok(());
     }
-    let row = |label: &str, value: &str| println!("{:<13}{value}", format!("{label}:"));
-    row("name", name.as_str());
-    row("provider", &c.provider);
-    row("kind", kind(c.kind));
+    let row = |label: &str, value: &str| outln!("{:<13}{value}", format!("{label}:"));
+    row("name", name.as_str())?;
+    row("provider", &c.provider)?;
+    row("kind", kind(c.kind))?;
     row(
         "profile",
         store.profile().map(|p| p.as_str()).unwrap_or("default"),
-    );
-    row("source", &c.source);
-    row("created", &rfc3339(c.created_at));
-    row("updated", &rfc3339(c.updated_at));
+    )?;
+    row("source", &c.source)?;
+    row("created", &rfc3339(c.created_at))?;
+    row("updated", &rfc3339(c.updated_at))?;
     row(
         "expires",
         &c.expires_at.map(rfc3339).unwrap_or_else(|| "never".into()),
-    );
+    )?;
     if let Some(p) = &placeholder {
-        row("placeholder", p);
+        row("placeholder", p)?;
     }
     for (k, v) in &c.metadata {
-        row(k, v);
+        row(k, v)?;
     }
     if !secret_names.is_empty() {
         row(
@@ -613,10 +614,10 @@ fn show(ctx: &Ctx, name: &str, reveal: bool) -> Result<()> {
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-        );
+        )?;
     }
     if reveal {
-        row("token", c.token.expose_secret());
+        row("token", c.token.expose_secret())?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use super::Ctx;
+use super::output::outln;
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -52,9 +53,9 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     crate::config::Config::parse(&text, &path)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     if ctx.json {
-        println!("{}", serde_json::json!({ "written": path }));
+        outln!("{}", serde_json::json!({ "written": path }))?;
     } else {
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display())?;
     }
     Ok(())
 }

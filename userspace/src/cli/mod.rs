@@ -1,5 +1,10 @@
 //! The command line. One file per command group; this file holds the shared
 //! flags, the context every command gets, and error reporting.
+//!
+//! Commands write to stdout with `output::outln!`, never `println!`, which
+//! panics when the reader has gone (`moat list | head -1`); clippy holds it.
+
+#![deny(clippy::print_stdout)]
 
 mod detach;
 mod doctor;
@@ -180,6 +185,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => {
             return match run::run(&ctx, args) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                // `moat run -d … | true`: the run started; only its id went unread.
+                Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("moat: error: {e:#}");
                     ExitCode::from(125)
@@ -201,8 +208,10 @@ pub fn main() -> ExitCode {
         Command::Doctor => doctor::run(&ctx),
         Command::Ca(args) => proxy::run_ca(&ctx, args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "moat", &mut std::io::stdout());
-            Ok(())
+            // clap_complete panics on a write error: generate, then write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "moat", &mut script);
+            output::write_all(&script)
         }
         Command::Keyring { op } => {
             crate::store::keyring::helper_main(&op).context("keychain helper")
@@ -213,11 +222,18 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `moat list | head -1`: the reader has what it wanted.
+        Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("moat: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Did `e` come from writing to a standard output nobody reads any more?
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<output::StdoutClosed>())
 }
 
 /// Moat's own logs at the level `-v`s ask for; its dependencies' (hyper,

@@ -10,7 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Args;
 use std::io::Write as _;
 
-use super::Ctx;
+use super::output::outln;
+use super::{Ctx, output};
 use crate::net::{Resolve, Upstream};
 use crate::providers::{HostPattern, Registry, placeholder};
 use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
@@ -261,8 +262,8 @@ enum CaCommand {
 pub fn run_ca(ctx: &Ctx, args: CaArgs) -> Result<()> {
     let ca = MoatCa::load_or_create(&ctx.home()?)?;
     match args.command {
-        CaCommand::Path => println!("{}", ca.cert_path().display()),
-        CaCommand::Export { file: None } => print!("{}", ca.cert_pem()),
+        CaCommand::Path => outln!("{}", ca.cert_path().display())?,
+        CaCommand::Export { file: None } => output::write_all(ca.cert_pem().as_bytes())?,
         CaCommand::Export { file: Some(f) } => {
             if f.is_dir() {
                 bail!("{} is a directory; name a file", f.display());

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::Ctx;
+use super::output::outln;
 use crate::store::CredName;
 
 #[derive(Args)]
@@ -20,9 +21,9 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> Result<()> {
     let store = ctx.store()?;
     store.delete(&name)?;
     if ctx.json {
-        super::output::json(&serde_json::json!({ "name": name.as_str(), "revoked": true }));
+        super::output::json(&serde_json::json!({ "name": name.as_str(), "revoked": true }))?;
     } else {
-        println!("Credential '{name}' revoked");
+        outln!("Credential '{name}' revoked")?;
     }
     Ok(())
 }

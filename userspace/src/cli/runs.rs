@@ -14,6 +14,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::Ctx;
+use super::output::outln;
 use crate::runs::{self, is_live};
 
 /// Files a run removes when it ends; a killed run leaves them behind.
@@ -184,17 +185,23 @@ fn info(dir: &Path) -> RunInfo {
 pub fn list(ctx: &Ctx) -> Result<()> {
     let runs: Vec<RunInfo> = run_dirs(&runs_dir(ctx)?)?.iter().map(|d| info(d)).collect();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        outln!("{}", serde_json::to_string_pretty(&runs)?)?;
         return Ok(());
     }
     if runs.is_empty() {
-        println!("No runs. Start one with: moat run --grant <name> -- <command>");
+        outln!("No runs. Start one with: moat run --grant <name> -- <command>")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<10} {:<9} {:<5} {:<8} {:<13} {:<25} {:<12} COMMAND",
-        "RUN", "STATE", "CODE", "RUNTIME", "CONTAINER", "STARTED", "GRANTS"
-    );
+        "RUN",
+        "STATE",
+        "CODE",
+        "RUNTIME",
+        "CONTAINER",
+        "STARTED",
+        "GRANTS"
+    )?;
     for r in runs {
         let container: String = r
             .container
@@ -203,7 +210,7 @@ pub fn list(ctx: &Ctx) -> Result<()> {
             .chars()
             .take(12)
             .collect();
-        println!(
+        outln!(
             "{:<10} {:<9} {:<5} {:<8} {:<13} {:<25} {:<12} {}",
             r.id,
             r.state,
@@ -217,7 +224,7 @@ pub fn list(ctx: &Ctx) -> Result<()> {
                 r.grants.join(",")
             },
             r.command.join(" ")
-        );
+        )?;
     }
     Ok(())
 }
@@ -383,13 +390,13 @@ pub fn stop(ctx: &Ctx, args: StopArgs) -> Result<()> {
     }
     let info = info(&dir);
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?)?;
     } else {
-        println!(
+        outln!(
             "{id} {} {}",
             info.state,
             info.exit_code.map(|c| c.to_string()).unwrap_or("-".into())
-        );
+        )?;
     }
     Ok(())
 }
@@ -433,10 +440,10 @@ pub fn destroy(ctx: &Ctx, args: DestroyArgs) -> Result<()> {
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     removed.push(format!("run {id}"));
     if ctx.json {
-        println!("{}", serde_json::json!({ "removed": removed }));
+        outln!("{}", serde_json::json!({ "removed": removed }))?;
     } else {
         for r in removed {
-            println!("removed {r}");
+            outln!("removed {r}")?;
         }
     }
     Ok(())
@@ -476,12 +483,12 @@ pub fn clean(ctx: &Ctx, args: CleanArgs) -> Result<()> {
         }
     }
     if ctx.json {
-        println!("{}", serde_json::json!({ "removed": removed }));
+        outln!("{}", serde_json::json!({ "removed": removed }))?;
     } else if removed.is_empty() {
-        println!("Nothing to clean.");
+        outln!("Nothing to clean.")?;
     } else {
         for r in removed {
-            println!("removed {r}");
+            outln!("removed {r}")?;
         }
     }
     Ok(())

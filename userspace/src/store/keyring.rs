@@ -78,7 +78,9 @@ pub fn helper_main(op: &str) -> Result<(), KeyError> {
     match op {
         "load" => {
             if let Some(key) = imp::load()? {
-                println!("{}", *encode_key(&key));
+                // The Moat that started this helper reads it: a write error is an error, not a panic.
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", *encode_key(&key)).map_err(unavailable)?;
             }
             Ok(())
         }
