@@ -1241,3 +1241,43 @@ fn no_command_panics_on_a_closed_stdout() {
         assert!(!err.contains("error"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn list_is_ordered_by_start_time_newest_last() {
+    let env = Env::new();
+    // Ids in the opposite order of their start times.
+    for (id, ts) in [
+        ("aaaa0001", "2026-03-02T10:00:00.000Z"),
+        ("ffff0002", "2026-03-01T10:00:00.000Z"),
+        ("bbbb0003", "2026-03-03T09:59:59.999Z"),
+        ("0000beef", "2026-03-02T10:00:00.001Z"),
+    ] {
+        let dir = env.home().join("runs").join(id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("events.jsonl"),
+            format!(
+                "{{\"ts\":\"{ts}\",\"event\":\"start\",\"command\":[\"true\"],\"grants\":[]}}\n\
+                 {{\"ts\":\"{ts}\",\"event\":\"exit\",\"code\":0}}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let want = ["ffff0002", "aaaa0001", "0000beef", "bbbb0003"];
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["list", "--json"], &[])).stdout).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, want);
+    let text = stdout(ok(&env.run(&["list"], &[])));
+    let rows: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(rows, want, "{text}");
+}

@@ -124,6 +124,16 @@ fn run_dirs(runs: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// When the run started: its start event, else (a run killed before it
+/// wrote one) when its directory was made.
+fn started_at(run: &RunInfo, dir: &Path) -> std::time::SystemTime {
+    run.started
+        .as_deref()
+        .and_then(|ts| humantime::parse_rfc3339(ts).ok())
+        .or_else(|| std::fs::metadata(dir).and_then(|m| m.modified()).ok())
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
 /// The run's events (start and exit are enough for `list`; the file may be
 /// long, but only its first lines and its end matter, and reading it whole
 /// is simple and fast enough for a listing).
@@ -183,7 +193,16 @@ fn info(dir: &Path) -> RunInfo {
 }
 
 pub fn list(ctx: &Ctx) -> Result<()> {
-    let runs: Vec<RunInfo> = run_dirs(&runs_dir(ctx)?)?.iter().map(|d| info(d)).collect();
+    let mut runs: Vec<(std::time::SystemTime, RunInfo)> = run_dirs(&runs_dir(ctx)?)?
+        .iter()
+        .map(|d| {
+            let run = info(d);
+            (started_at(&run, d), run)
+        })
+        .collect();
+    // As docker ps users expect: by start time, the newest last.
+    runs.sort_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.id.cmp(&y.id)));
+    let runs: Vec<RunInfo> = runs.into_iter().map(|(_, r)| r).collect();
     if ctx.json {
         outln!("{}", serde_json::to_string_pretty(&runs)?)?;
         return Ok(());
