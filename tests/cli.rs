@@ -1281,3 +1281,45 @@ fn list_is_ordered_by_start_time_newest_last() {
         .collect();
     assert_eq!(rows, want, "{text}");
 }
+
+/// How often `needle` occurs in `hay`.
+fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}
+
+#[test]
+fn store_errors_say_their_reason_once() {
+    let env = Env::new();
+    ok(&env.run(
+        &["grant", "openai", "--no-validate"],
+        &[("OPENAI_API_KEY", "sk-x")],
+    ));
+    let file = env.home().join("credentials").join("openai.enc");
+    let original = fs::read(&file).unwrap();
+    let mut flipped = original.clone();
+    *flipped.last_mut().unwrap() ^= 0x40;
+    let cases: [(Vec<u8>, &str); 3] = [
+        (flipped, "the file was modified or corrupted"),
+        (original[..12].to_vec(), "file is truncated"),
+        (b"not a credential".to_vec(), "bad magic bytes"),
+    ];
+    for (bytes, reason) in cases {
+        fs::write(&file, bytes).unwrap();
+        let err = fails(&env.run(&["grant", "show", "openai"], &[]));
+        assert_eq!(count(&err, reason), 1, "{err}");
+    }
+    // A key file that cannot be read (a directory): its I/O error once.
+    fs::write(&file, &original).unwrap();
+    let key = env.home().join("encryption.key");
+    let saved = fs::read(&key).unwrap();
+    fs::remove_file(&key).unwrap();
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(0o700).create(&key).unwrap();
+    }
+    let err = fails(&env.run(&["grant", "show", "openai"], &[]));
+    assert!(err.contains("encryption.key"), "{err}");
+    assert_eq!(count(&err, "Is a directory"), 1, "{err}");
+    fs::remove_dir(&key).unwrap();
+    fs::write(&key, saved).unwrap();
+}

@@ -28,8 +28,9 @@ pub enum KeyError {
         backend: &'static str,
         reason: String,
     },
-    #[error("cannot use key file {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // `cause`, not `source`: the message already says it (see StoreError).
+    #[error("cannot use key file {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error(
         "key file {path} is not a Moat key ({reason}); move it aside only if no credential needs it"
     )]
@@ -112,9 +113,9 @@ impl KeyBackend for FileBackend {
 
     fn load(&self) -> Result<Option<Key>, KeyError> {
         let path = self.home.key_file();
-        let io_err = |source| KeyError::Io {
+        let io_err = |cause| KeyError::Io {
             path: path.clone(),
-            source,
+            cause,
         };
         let mut file = match fs::File::open(&path) {
             Ok(f) => f,
@@ -136,7 +137,7 @@ impl KeyBackend for FileBackend {
         let path = self.home.key_file();
         let text = Zeroizing::new(format!("{}\n", B64.encode(key.bytes())));
         fsio::write_atomic(&self.home, &path, text.as_bytes(), 0o600)
-            .map_err(|source| KeyError::Io { path, source })
+            .map_err(|cause| KeyError::Io { path, cause })
     }
 
     fn location(&self) -> String {

@@ -24,13 +24,15 @@ use crypto::{FormatError, Header, OpenError, OpenOrFormat};
 
 const EXT: &str = "enc";
 
+/// Each message is whole: it names its cause (`cause`) itself, so the cause
+/// is not also a `source()` that an `{:#}` chain would print a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot {op} {path}: {source}")]
+    #[error("cannot {op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("no credential '{name}'{in_profile}; {available}")]
     NotFound {
@@ -38,30 +40,30 @@ pub enum StoreError {
         in_profile: String,
         available: String,
     },
-    #[error("credential file {path}: {source}")]
-    Format { path: PathBuf, source: FormatError },
+    #[error("credential file {path}: {cause}")]
+    Format { path: PathBuf, cause: FormatError },
     #[error(
-        "decrypting credential '{name}': cipher: message authentication failed — {source}; run '{regrant}' again"
+        "decrypting credential '{name}': cipher: message authentication failed — {cause}; run '{regrant}' again"
     )]
     Decrypt {
         name: CredName,
-        source: OpenError,
+        cause: OpenError,
         regrant: String,
     },
-    #[error("credential file {path}: {source}")]
+    #[error("credential file {path}: {cause}")]
     Record {
         path: PathBuf,
-        source: credential::RecordError,
+        cause: credential::RecordError,
     },
-    #[error("decrypting credential '{name}': {source}")]
-    Key { name: CredName, source: KeyError },
+    #[error("decrypting credential '{name}': {cause}")]
+    Key { name: CredName, cause: KeyError },
     #[error(transparent)]
     KeyForWrite(KeyError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
     let path = path.to_owned();
-    move |source| StoreError::Io { op, path, source }
+    move |cause| StoreError::Io { op, path, cause }
 }
 
 /// A view of the store for one profile (or the default set).
@@ -155,30 +157,30 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(name)),
             Err(e) => return Err(io_err("read", &path)(e)),
         };
-        let header = crypto::parse_header(&bytes).map_err(|source| StoreError::Format {
+        let header = crypto::parse_header(&bytes).map_err(|cause| StoreError::Format {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let key = self
             .keys
             .for_open(&header)
-            .map_err(|source| StoreError::Key {
+            .map_err(|cause| StoreError::Key {
                 name: name.clone(),
-                source,
+                cause,
             })?;
         let plain = crypto::open(&key, name.as_str(), &bytes).map_err(|e| match e {
-            OpenOrFormat::Format(source) => StoreError::Format {
+            OpenOrFormat::Format(cause) => StoreError::Format {
                 path: path.clone(),
-                source,
+                cause,
             },
-            OpenOrFormat::Open(source) => StoreError::Decrypt {
+            OpenOrFormat::Open(cause) => StoreError::Decrypt {
                 name: name.clone(),
-                source,
+                cause,
                 regrant: name.regrant_command(),
             },
         })?;
         let cred = Credential::from_plaintext(&plain)
-            .map_err(|source| StoreError::Record { path, source })?;
+            .map_err(|cause| StoreError::Record { path, cause })?;
         Ok((cred, key.derive("moat/placeholder/v1")))
     }
 
