@@ -1323,3 +1323,50 @@ fn store_errors_say_their_reason_once() {
     fs::remove_dir(&key).unwrap();
     fs::write(&key, saved).unwrap();
 }
+
+/// With --json, stderr is one JSON object (`error`, `hint`).
+#[track_caller]
+fn json_error(out: &Output, code: i32) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    let err = stderr(out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&err).expect("stderr is JSON");
+    assert!(v["error"].is_string() && v.get("hint").is_some(), "{v}");
+    v
+}
+
+#[test]
+fn json_errors_are_one_object_on_stderr() {
+    let env = Env::new();
+    // A command's error: exit 1, as without --json.
+    let v = json_error(&env.run(&["grant", "show", "nope", "--json"], &[]), 1);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no credential 'nope'"),
+        "{v}"
+    );
+    assert_eq!(v["hint"], "run 'moat grant nope' first", "{v}");
+    // moat run's: 125.
+    let v = json_error(
+        &env.run(&["--json", "run", "-d", "--network-mode", "env"], &[]),
+        125,
+    );
+    assert!(
+        v["error"].as_str().unwrap().contains("-d needs a command"),
+        "{v}"
+    );
+    // A command line clap refuses: its exit code (2).
+    let v = json_error(&env.run(&["list", "--json", "--bogus"], &[]), 2);
+    assert!(v["error"].as_str().unwrap().contains("--bogus"), "{v}");
+    assert!(v["hint"].as_str().unwrap().contains("--help"), "{v}");
+    // Without --json, nothing changes; help is still help.
+    let err = fails(&env.run(&["grant", "show", "nope"], &[]));
+    assert!(
+        err.starts_with("moat: error: no credential 'nope'"),
+        "{err}"
+    );
+    let help = env.run(&["list", "--json", "--help"], &[]);
+    assert!(stdout(ok(&help)).contains("Usage"), "{}", stdout(&help));
+}

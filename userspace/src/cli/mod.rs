@@ -157,7 +157,10 @@ impl Ctx {
 pub fn main() -> ExitCode {
     // First, before anything opens descriptors: the start pipe of `moat run -d`.
     let detached_run = crate::runs::take_started_fd();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     init_logging(cli.verbose);
     let ctx = Ctx {
         json: cli.json,
@@ -188,7 +191,7 @@ pub fn main() -> ExitCode {
                 // `moat run -d … | true`: the run started; only its id went unread.
                 Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("moat: error: {e:#}");
+                    report(ctx.json, &e);
                     ExitCode::from(125)
                 }
             };
@@ -225,10 +228,81 @@ pub fn main() -> ExitCode {
         // `moat list | head -1`: the reader has what it wanted.
         Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("moat: error: {e:#}");
+            report(ctx.json, &e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error on stderr: `moat: error: MESSAGE`, or with `--json` one JSON
+/// object on one line, `{"error": MESSAGE, "hint": WHAT_TO_DO | null}`.
+/// The exit code is the caller's either way.
+fn report(json: bool, e: &anyhow::Error) {
+    let message = format!("{e:#}");
+    if json {
+        let hint = hint(&message);
+        eprintln!("{}", serde_json::json!({ "error": message, "hint": hint }));
+    } else {
+        eprintln!("moat: error: {message}");
+    }
+}
+
+/// The "what to do next" that ends most of Moat's messages (`…; run 'moat
+/// grant github' again`), for `--json`'s `hint`: from the first clause after
+/// "; ", " — " or ". " that starts with one of the verbs those messages use,
+/// to the end.
+fn hint(message: &str) -> Option<&str> {
+    const VERBS: &[&str] = &[
+        "run", "use", "set", "pass", "start", "install", "check", "give", "add", "remove",
+        "restore", "unlock", "grant", "change", "enable", "name", "log in", "fix", "try", "move",
+        "create", "edit", "upgrade", "see",
+    ];
+    let starts_with_verb = |clause: &str| {
+        let lower = clause.trim_start().to_ascii_lowercase();
+        VERBS.iter().any(|v| {
+            lower.starts_with(v)
+                && lower[v.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !c.is_ascii_alphabetic())
+        })
+    };
+    ["; ", " — ", ". "]
+        .iter()
+        .filter_map(|sep| {
+            message
+                .match_indices(sep)
+                .map(|(i, m)| i + m.len())
+                .find(|&i| starts_with_verb(&message[i..]))
+        })
+        .min()
+        .map(|i| message[i..].trim().trim_end_matches('.'))
+        .filter(|h| !h.is_empty())
+}
+
+/// A command line clap refuses: as clap prints it, or with `--json` (seen
+/// in the raw arguments, as parsing failed) one JSON object as [`report`]
+/// writes; clap's exit code either way. Help and version print as usual.
+fn usage_error(e: clap::Error) -> ! {
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !(json && e.use_stderr()) {
+        e.exit()
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let error = lines
+        .next()
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .unwrap_or("invalid command line");
+    let hint: Vec<&str> = lines.collect();
+    eprintln!(
+        "{}",
+        serde_json::json!({ "error": error, "hint": (!hint.is_empty()).then(|| hint.join("; ")) })
+    );
+    std::process::exit(e.exit_code())
 }
 
 /// Did `e` come from writing to a standard output nobody reads any more?
@@ -274,6 +348,35 @@ pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hint_is_the_closing_what_to_do() {
+        use super::hint;
+        assert_eq!(
+            hint("no credential 'x'; nothing is stored; run 'moat grant x' first"),
+            Some("run 'moat grant x' first")
+        );
+        assert_eq!(
+            hint("key file /k is accessible by other users (mode 0644); run: chmod 600 /k"),
+            Some("run: chmod 600 /k")
+        );
+        assert_eq!(
+            hint("a — the file was modified or corrupted; run 'moat grant x' again"),
+            Some("run 'moat grant x' again")
+        );
+        assert_eq!(
+            hint(
+                "2 credential(s) were sealed with a key that is not available (x). Restore $MOAT_HOME/encryption.key from a backup; or, to start over, remove them."
+            ),
+            Some("Restore $MOAT_HOME/encryption.key from a backup; or, to start over, remove them")
+        );
+        assert_eq!(
+            hint("cannot read /x: Permission denied (os error 13)"),
+            None
+        );
+        // "running" is not "run".
+        assert_eq!(hint("it failed; running out of time"), None);
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
