@@ -1370,3 +1370,53 @@ fn json_errors_are_one_object_on_stderr() {
     let help = env.run(&["list", "--json", "--help"], &[]);
     assert!(stdout(ok(&help)).contains("Usage"), "{}", stdout(&help));
 }
+
+#[test]
+fn providers_listing_is_true_and_revoke_help_uses_a_real_example() {
+    let env = Env::new();
+    let text = stdout(ok(&env.run(&["grant", "providers"], &[])));
+    let (table, rest) = text.split_once("\n\n").expect("a note after the table");
+    let names: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        names.contains(&"github") && names.contains(&"mcp"),
+        "{text}"
+    );
+    for pending in ["aws", "ssh"] {
+        assert!(
+            !names.contains(&pending),
+            "{pending} listed as usable:\n{text}"
+        );
+        assert!(
+            rest.lines().any(|l| l.trim_start().starts_with(pending)),
+            "{text}"
+        );
+    }
+    assert!(rest.starts_with("Not yet available"), "{text}");
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["grant", "providers", "--json"], &[])).stdout)
+            .unwrap();
+    for p in list.as_array().unwrap() {
+        let pending = p["name"] == "aws" || p["name"] == "ssh";
+        assert_eq!(p["available"], !pending, "{p}");
+    }
+    // Each example of moat revoke --help names something moat grant can store.
+    let help = stdout(ok(&env.run(&["revoke", "--help"], &[])));
+    assert!(!help.contains("ssh:"), "{help}");
+    assert!(help.contains("moat revoke github:ghe.corp.test"), "{help}");
+    ok(&env.run(
+        &[
+            "grant",
+            "github",
+            "--host",
+            "ghe.corp.test",
+            "--no-validate",
+        ],
+        &[("GITHUB_TOKEN", GH)],
+    ));
+    let out = ok(&env.run(&["revoke", "github:ghe.corp.test"], &[])).clone();
+    assert!(stdout(&out).contains("revoked"), "{}", stdout(&out));
+}

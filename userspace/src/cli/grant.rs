@@ -513,8 +513,13 @@ fn providers(ctx: &Ctx) -> Result<()> {
         output::json(&serde_json::Value::Array(items))?;
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = registry
+    // Listed so runs and scripts can name them, but not grantable yet: apart,
+    // so the table holds only what 'moat grant' can do.
+    let (pending, ready): (Vec<&Provider>, Vec<&Provider>) = registry
         .all()
+        .iter()
+        .partition(|p| matches!(p.flow, Flow::Pending(_)));
+    let rows: Vec<Vec<String>> = ready
         .iter()
         .map(|p| {
             let hosts = if p.hosts.is_empty() {
@@ -546,6 +551,13 @@ fn providers(ctx: &Ctx) -> Result<()> {
         })
         .collect();
     output::table(&["PROVIDER", "TYPE", "HOSTS", "DESCRIPTION"], &rows)?;
+    if !pending.is_empty() {
+        outln!()?;
+        outln!("Not yet available (named, but 'moat grant' cannot store them in this build):")?;
+        for p in pending {
+            outln!("  {:<10} {}", p.name, p.description)?;
+        }
+    }
     Ok(())
 }
 
