@@ -1420,3 +1420,36 @@ fn providers_listing_is_true_and_revoke_help_uses_a_real_example() {
     let out = ok(&env.run(&["revoke", "github:ghe.corp.test"], &[])).clone();
     assert!(stdout(&out).contains("revoked"), "{}", stdout(&out));
 }
+
+#[test]
+fn an_http_mcp_url_says_mcp_urls_must_be_https() {
+    let env = Env::new();
+    ok(&env.run_stdin(
+        &["grant", "mcp", "plain", "--token-stdin"],
+        &[],
+        "mcp-secret\n",
+    ));
+    let ws = env.dir.path().join("ws");
+    fs::create_dir_all(&ws).unwrap();
+    fs::write(
+        ws.join("moat.yaml"),
+        "mcp:\n  - name: plain\n    url: http://mcp.plain.test/mcp\n    auth: {grant: mcp-plain, header: X-Api-Key}\n",
+    )
+    .unwrap();
+    let out = env.run(
+        &[
+            "run",
+            ws.to_str().unwrap(),
+            "--network-mode",
+            "env",
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("moat.yaml mcp 'plain'"), "{err}");
+    assert!(err.contains("MCP URLs must be https://"), "{err}");
+    assert!(!err.contains("again"), "{err}");
+}

@@ -39,6 +39,9 @@ pub enum BindError {
         "credential for '{provider}' is incomplete ({what}); run 'moat grant {provider}' again"
     )]
     Incomplete { provider: String, what: String },
+    /// moat.yaml's `mcp:` entry is wrong: re-granting changes nothing.
+    #[error("moat.yaml mcp '{name}': {what}; fix that entry in moat.yaml")]
+    McpEntry { name: String, what: String },
 }
 
 impl Provider {

@@ -37,8 +37,9 @@ pub fn bind_server(
     server: &McpServer,
     cred: &Credential,
 ) -> Result<Binding, BindError> {
-    let bad = |what: String| BindError::Incomplete {
-        provider: format!("mcp {}", server.name),
+    // Each of these is moat.yaml's to fix, not the stored credential's.
+    let bad = |what: String| BindError::McpEntry {
+        name: server.name.clone(),
         what,
     };
     let uri: http::Uri = server
@@ -47,7 +48,7 @@ pub fn bind_server(
         .map_err(|_| bad(format!("url '{}' is not a URL", server.url)))?;
     if uri.scheme_str() != Some("https") {
         return Err(bad(format!(
-            "url '{}' must be https:// (credentials are only injected over TLS)",
+            "url '{}' is not https: MCP URLs must be https:// (Moat injects credentials only over TLS)",
             server.url
         )));
     }
@@ -123,7 +124,8 @@ mod tests {
             let err = bind_server(&provider(), &server(url, header), &cred)
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("context7"), "{err}");
+            assert!(err.contains("moat.yaml mcp 'context7'"), "{err}");
+            assert!(!err.contains("again"), "{err}");
         }
     }
 }
