@@ -1453,3 +1453,73 @@ fn an_http_mcp_url_says_mcp_urls_must_be_https() {
     assert!(err.contains("MCP URLs must be https://"), "{err}");
     assert!(!err.contains("again"), "{err}");
 }
+
+#[test]
+fn grant_list_marks_expired_tokens() {
+    let env = Env::new();
+    let file = [("MOAT_KEY_BACKEND", "file")];
+    // A static token whose expiry has passed (sealed through the library:
+    // no grant flow stores an expired token on purpose).
+    let home = moat::home::MoatHome::new(env.home(), None);
+    let store = moat::store::Store::new(
+        home.clone(),
+        None,
+        moat::store::Keys::new(
+            moat::store::Policy::File,
+            Box::new(moat::store::keyring::KeyringBackend::new(None)),
+            Box::new(moat::store::keys::FileBackend::new(home)),
+        ),
+    );
+    let mut old =
+        moat::store::Credential::new_static("openai", String::from("sk-old").into(), "test");
+    old.expires_at = Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    store
+        .put(&moat::store::CredName::parse("openai").unwrap(), &old)
+        .unwrap();
+    // A Gemini login whose access token has expired: Moat refreshes it.
+    let gemini = env.user_home().join(".gemini");
+    fs::create_dir_all(&gemini).unwrap();
+    fs::write(
+        gemini.join("oauth_creds.json"),
+        r#"{"access_token":"ya29.a0old","refresh_token":"1//0real","scope":"openid","token_type":"Bearer","expiry_date":1700000000000}"#,
+    )
+    .unwrap();
+    ok(&env.run(&["grant", "gemini", "--import", "--no-validate"], &file));
+    // And one that does not expire.
+    ok(&env.run(
+        &["grant", "github", "--no-validate"],
+        &[("GITHUB_TOKEN", GH), file[0]],
+    ));
+
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["grant", "list", "--json"], &file)).stdout).unwrap();
+    let by = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by("openai")["expired"], true, "{list}");
+    assert_eq!(by("openai")["refreshed_by_moat"], false, "{list}");
+    assert_eq!(by("gemini")["expired"], true, "{list}");
+    assert_eq!(by("gemini")["refreshed_by_moat"], true, "{list}");
+    assert_eq!(by("github")["expired"], false, "{list}");
+    let text = stdout(ok(&env.run(&["grant", "list"], &file)));
+    let row = |n: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{n} ")))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        row("openai").contains("EXPIRED; run 'moat grant openai' again"),
+        "{text}"
+    );
+    assert!(
+        row("gemini").contains("expired; Moat refreshes it on next use"),
+        "{text}"
+    );
+    assert!(!row("github").contains("xpired"), "{text}");
+}

@@ -407,24 +407,43 @@ fn validate_token(provider: &Provider, token: &str) -> Result<Option<String>> {
 fn list(ctx: &Ctx) -> Result<()> {
     let store = ctx.store()?;
     let profile = store.profile().map(|p| p.as_str().to_owned());
+    let registry = ctx.registry()?;
+    let now = std::time::SystemTime::now();
     let mut rows = Vec::new();
     let mut items = Vec::new();
     for name in store.names()? {
         match store.get(&name) {
             Ok(c) => {
                 let expires = c.expires_at.map(rfc3339);
+                let expired = c.expires_at.is_some_and(|t| t <= now);
+                // OAuth credentials with a refresh token (Gemini, oauth-*,
+                // Meta): Moat gets a new token when a run next uses it.
+                let refreshed = registry
+                    .get(&c.provider)
+                    .and_then(|p| p.refresh_policy(&c))
+                    .is_some();
+                let shown = match (&expires, expired, refreshed) {
+                    (None, _, _) => "never".to_owned(),
+                    (Some(t), false, _) => t.clone(),
+                    (Some(t), true, true) => {
+                        format!("{t} (expired; Moat refreshes it on next use)")
+                    }
+                    (Some(t), true, false) => {
+                        format!("{t} (EXPIRED; run '{}' again)", name.regrant_command())
+                    }
+                };
                 rows.push(vec![
                     name.to_string(),
                     c.provider.clone(),
                     profile.clone().unwrap_or_else(|| "default".into()),
                     c.source.clone(),
                     rfc3339(c.created_at),
-                    expires.clone().unwrap_or_else(|| "never".into()),
+                    shown,
                 ]);
                 items.push(json!({
                     "name": name.as_str(), "provider": c.provider, "kind": kind(c.kind), "profile": profile,
                     "source": c.source, "created": rfc3339(c.created_at), "updated": rfc3339(c.updated_at),
-                    "expires": expires, "error": null,
+                    "expires": expires, "expired": expired, "refreshed_by_moat": refreshed, "error": null,
                 }));
             }
             Err(e) => {
