@@ -1523,3 +1523,44 @@ fn grant_list_marks_expired_tokens() {
     );
     assert!(!row("github").contains("xpired"), "{text}");
 }
+
+#[test]
+fn readme_providers_paragraph_is_true() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("\nProviders: ")
+        .expect("a Providers: paragraph");
+    let para = &readme[start..][..readme[start..].find("\n\n").unwrap()];
+    let env = Env::new();
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&env.run(&["grant", "providers", "--json"], &[])).stdout)
+            .unwrap();
+    let available = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .map(|p| p["available"] == true)
+    };
+    // What it says is being built is what moat grant cannot store yet.
+    let building = para
+        .lines()
+        .find(|l| l.contains("being built"))
+        .expect("a being-built line");
+    assert!(!building.contains("PKCE"), "{building}");
+    for name in ["aws", "ssh"] {
+        assert!(building.to_lowercase().contains(name), "{building}");
+        assert_eq!(available(name), Some(false), "{name}");
+    }
+    // The browser login it names exists.
+    assert!(
+        para.contains("PKCE") && para.contains("--auth-url"),
+        "{para}"
+    );
+    let help = stdout(ok(&env.run(&["grant", "--help"], &[])));
+    assert!(
+        help.contains("--auth-url") && help.contains("PKCE"),
+        "{help}"
+    );
+    assert_eq!(available("oauth"), Some(true));
+}
