@@ -39,7 +39,32 @@ struct Door {
 
 /// A transparent listener whose connections all claim to be for `host`:443.
 fn door(host: &'static str, grants: Vec<Grant>, limits: Limits) -> Door {
+    let synthetic: IpAddr = "198.18.0.7".parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    door_to(
+        SocketAddr::new(synthetic, 443),
+        Some(host),
+        grants,
+        limits,
+        Policy::default(),
+        dir,
+        None,
+    )
+}
+
+/// A transparent listener whose connections all claim to be for `dst`,
+/// named `name` (the redirector's lookup); `MOAT_RESOLVE` holds the sink's
+/// names and `down.test`, whose port refuses connections. With `events`,
+/// the engine records its events there (flushed when the door is dropped).
+fn door_to(
+    dst: SocketAddr,
+    name: Option<&'static str>,
+    grants: Vec<Grant>,
+    limits: Limits,
+    policy: Policy,
+    dir: tempfile::TempDir,
+    events: Option<std::path::PathBuf>,
+) -> Door {
     let ca = TestCa::new().unwrap();
     let ca_file = ca.write_pem(dir.path()).unwrap();
     let sink = Sink::start(
@@ -51,6 +76,15 @@ fn door(host: &'static str, grants: Vec<Grant>, limits: Limits) -> Door {
     let mut resolve = Resolve::default();
     for h in ["api.github.com", "plain.test", "auth.example.test"] {
         resolve.add(&sink.server.resolve_entry(h), "test").unwrap();
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for port in [80, 443] {
+        resolve
+            .add(&format!("down.test:{port}={closed}"), "test")
+            .unwrap();
     }
     let upstream = Upstream::new(
         resolve,
@@ -66,23 +100,15 @@ fn door(host: &'static str, grants: Vec<Grant>, limits: Limits) -> Door {
         .build()
         .unwrap();
     let listen = rt.block_on(async {
-        let engine = Engine::new(
-            moat_ca.clone(),
-            &grants,
-            upstream,
-            Policy::default(),
-            limits,
-        )
-        .unwrap();
+        let engine = Engine::new(moat_ca.clone(), &grants, upstream, policy, limits).unwrap();
+        if let Some(path) = &events {
+            engine.set_events(moat::events::Events::create(path).unwrap());
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let synthetic: IpAddr = "198.18.0.7".parse().unwrap();
-        let names: NameLookup = Arc::new(move |ip| (ip == synthetic).then(|| host.to_owned()));
-        tokio::spawn(engine.serve_transparent(
-            listener,
-            Arc::new(Fixed(SocketAddr::new(synthetic, 443))),
-            Some(names),
-        ));
+        let names: NameLookup =
+            Arc::new(move |ip| (ip == dst.ip()).then(|| name.map(str::to_owned)).flatten());
+        tokio::spawn(engine.serve_transparent(listener, Arc::new(Fixed(dst)), Some(names)));
         addr
     });
     Door {
@@ -276,4 +302,104 @@ fn pipelined_requests_and_trailers() {
     let err = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
     assert!(String::from_utf8_lossy(&out.stdout).contains("body-before-trailers"));
     assert!(err.contains("x-checksum: abc123"), "{err}");
+}
+
+/// The run's events, one JSON value per line.
+fn read_events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn unreachable_and_refused_destinations_get_an_answer_that_says_why() {
+    // Permissive (the default): these hosts would be spliced, but their
+    // connection cannot be made. The client still speaks to Moat (TLS
+    // terminated with a Moat leaf, or plain HTTP), so it gets a status and a
+    // reason instead of an empty reply.
+    let keep = tempfile::tempdir().unwrap();
+    let events = keep.path().join("down.jsonl");
+    let down = door_to(
+        "198.18.0.9:443".parse().unwrap(),
+        Some("down.test"),
+        vec![github_grant()],
+        Limits::default(),
+        Policy::default(),
+        tempfile::tempdir().unwrap(),
+        Some(events.clone()),
+    );
+    let out = curl(
+        &down,
+        "down.test",
+        &["-w", "\n%{http_code}", "https://down.test/x"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("502"), "{text}");
+    assert!(
+        text.contains("moat: cannot connect to down.test:443: ")
+            && text.to_lowercase().contains("refused"),
+        "{text}"
+    );
+    drop(down);
+    let ev = read_events(&events);
+    assert!(
+        ev.iter().any(|e| e["event"] == "connect"
+            && e["host"] == "down.test"
+            && e["action"] == "unreachable"),
+        "{ev:?}"
+    );
+    assert!(!ev.iter().any(|e| e["action"] == "splice"), "{ev:?}");
+
+    // Cloud metadata over plain HTTP, by address: refused by the guard, a
+    // 403 that says so, and a deny event with the reason.
+    let events = keep.path().join("meta.jsonl");
+    let meta = door_to(
+        "169.254.169.254:80".parse().unwrap(),
+        None,
+        vec![github_grant()],
+        Limits::default(),
+        Policy::default(),
+        tempfile::tempdir().unwrap(),
+        Some(events.clone()),
+    );
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "--connect-to",
+        ])
+        .arg(format!("169.254.169.254:80:{}", meta.listen))
+        .arg("http://169.254.169.254/latest/meta-data/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("403"), "{text}");
+    assert!(
+        text.contains("moat: blocked by Moat policy: not connecting to 169.254.169.254:80: ")
+            && text.contains("link-local"),
+        "{text}"
+    );
+    drop(meta);
+    let ev = read_events(&events);
+    let deny = ev
+        .iter()
+        .find(|e| e["event"] == "deny")
+        .unwrap_or_else(|| panic!("no deny event: {ev:?}"));
+    assert_eq!(deny["host"], "169.254.169.254");
+    assert_eq!(deny["port"], 80);
+    assert!(
+        deny["reason"].as_str().unwrap().contains("link-local"),
+        "{deny}"
+    );
+    assert!(!ev.iter().any(|e| e["action"] == "splice"), "{ev:?}");
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "connect" && e["action"] == "deny"),
+        "{ev:?}"
+    );
 }

@@ -699,13 +699,20 @@ fn proxy_password_is_required() {
 #[test]
 fn loop_guard_and_restricted_destinations() {
     let rig = Rig::new(&[b"http/1.1"]);
-    // The proxy itself.
+    // The proxy itself: not spliced; Moat terminates the TLS it would have
+    // spliced and says why (the client trusts the Moat CA, as in a run).
     let out = rig.curl(&[
         "--max-time",
         "10",
+        "-w",
+        "\n%{http_code}",
         &format!("https://127.0.0.1:{}/", rig.port()),
     ]);
-    assert!(!out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.ends_with("403") && text.contains("request loop"),
+        "{text}"
+    );
     // Cloud metadata over plain HTTP: refused before any connection is made.
     let out = rig.curl(&[
         "-w",
@@ -717,6 +724,19 @@ fn loop_guard_and_restricted_destinations() {
         text.ends_with("403") && text.contains("blocked by Moat policy"),
         "{text}"
     );
+    // The same through a CONNECT tunnel (as a transparent run sees it): a
+    // 403 that says why, not an empty reply.
+    let out = rig.curl(&[
+        "-p",
+        "-w",
+        "\n%{http_code}",
+        "http://169.254.169.254/latest/meta-data/",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        text.ends_with("403") && text.contains("link-local"),
+        "{text}"
+    );
     // The host's loopback services (here: the sink itself, by address).
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-x", &rig.url, "-k"])
@@ -724,11 +744,13 @@ fn loop_guard_and_restricted_destinations() {
             "https://127.0.0.1:{}/",
             rig.sink.server.addr.port()
         ))
+        .args(["-w", "\n%{http_code}"])
         .output()
         .unwrap();
+    let text = stdout(&out);
     assert!(
-        !out.status.success(),
-        "loopback services must not be reachable through the proxy"
+        text.ends_with("403") && text.contains("loopback") && !text.contains("\"headers\""),
+        "loopback services must not be reachable through the proxy: {text}"
     );
     let log = rig.log_text();
     assert!(log.contains("request loop"), "{log}");

@@ -29,11 +29,51 @@ pub struct Target {
     /// Upstream over TLS (the client spoke TLS to us).
     pub tls: bool,
     pub plan: Plan,
-    /// Refused by the network policy: every request gets a 403 saying why.
-    pub deny: Option<String>,
+    /// Refused (by the network policy, the safety guard, or an upstream
+    /// that cannot be reached): every request gets Moat's answer saying why.
+    pub deny: Option<Refusal>,
     /// The upstream connection(s) used for it; `None` when host and port
     /// make no valid authority.
     pub upstream: Option<Slot>,
+}
+
+/// Moat's answer to every request on a connection it will not forward:
+/// `403` for a refusal, `502`/`504` for an upstream it cannot reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A `403`: the network policy or the safety guard said no.
+    pub fn forbidden(reason: String) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            reason,
+        }
+    }
+
+    /// Why a connection to the upstream could not be made: `403` when Moat
+    /// refused it (the guard), `504` for a timeout, `502` otherwise.
+    pub fn connect(net: &crate::net::NetError) -> Self {
+        use crate::net::NetError;
+        match net {
+            NetError::Denied { .. } => Self::forbidden(format!("blocked by Moat policy: {net}")),
+            NetError::Timeout { .. } => Self {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                reason: net.to_string(),
+            },
+            _ => Self {
+                status: StatusCode::BAD_GATEWAY,
+                reason: net.to_string(),
+            },
+        }
+    }
+
+    pub fn response(&self) -> Response<ProxyBody> {
+        moat_response(self.status, &self.reason)
+    }
 }
 
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -69,8 +109,8 @@ pub async fn forward(
             "CONNECT inside an intercepted connection is not supported",
         );
     }
-    if let Some(reason) = &target.deny {
-        return moat_response(StatusCode::FORBIDDEN, reason);
+    if let Some(refusal) = &target.deny {
+        return refusal.response();
     }
     let method = req.method().as_str();
     let route = engine
@@ -173,7 +213,7 @@ pub async fn forward(
                 ),
             );
         }
-        Ok(Err(e)) => return upstream_error(&target, &e),
+        Ok(Err(e)) => return upstream_error(&engine, &target, &e),
         Ok(Ok(r)) => r,
     };
 
@@ -362,21 +402,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// 502 or 504 saying which host and why, 403 for a policy refusal (never a
-/// header value or URL).
-pub(super) fn upstream_error(target: &Target, e: &UpstreamError) -> Response<ProxyBody> {
-    use crate::net::NetError;
+/// header value or URL); a refusal is recorded as a `deny` event.
+pub(super) fn upstream_error(
+    engine: &Engine,
+    target: &Target,
+    e: &UpstreamError,
+) -> Response<ProxyBody> {
     match e {
         UpstreamError::Connect(net) => {
-            let status = match net {
-                NetError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                NetError::Denied { .. } => StatusCode::FORBIDDEN,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            let msg = match net {
-                NetError::Denied { .. } => format!("blocked by Moat policy: {net}"),
-                _ => net.to_string(),
-            };
-            moat_response(status, &msg)
+            let refusal = Refusal::connect(net);
+            engine.note_refusal(&target.host, target.port, net);
+            refusal.response()
         }
         UpstreamError::Http(e) => moat_response(
             StatusCode::BAD_GATEWAY,

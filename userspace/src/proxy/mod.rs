@@ -177,8 +177,8 @@ impl Engine {
     }
 
     /// The network policy's word on a connection to `host:port`: `None` to
-    /// allow, or the reason it is denied (recorded as a `deny` event).
-    fn denied(&self, host: &str, port: u16) -> Option<String> {
+    /// allow, or why it is denied (recorded as a `deny` event).
+    fn denied(&self, host: &str, port: u16) -> Option<http::Refusal> {
         let granted = self.table.covers(host, port);
         match self.policy.network.connection(host, port, granted) {
             rules::Verdict::Allow => None,
@@ -187,8 +187,24 @@ impl Engine {
                     "deny",
                     || serde_json::json!({"host": host, "port": port, "reason": reason}),
                 );
-                Some(reason)
+                Some(http::Refusal::forbidden(reason))
             }
+        }
+    }
+
+    /// Record an upstream connection the safety guard refused (loopback,
+    /// link-local metadata, the proxy itself) as a `deny` event; other
+    /// connection failures are logged only.
+    fn note_refusal(&self, host: &str, port: u16, net: &NetError) {
+        match net {
+            NetError::Denied { reason, .. } => {
+                tracing::info!(%host, port, "refused: {reason}");
+                self.emit(
+                    "deny",
+                    || serde_json::json!({"host": host, "port": port, "reason": net.to_string()}),
+                );
+            }
+            _ => tracing::info!(%host, port, "{net}"),
         }
     }
 

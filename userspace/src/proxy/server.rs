@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Engine;
-use super::http::{Target, forward, moat_response};
+use super::http::{Refusal, Target, forward, moat_response};
 use super::peek::{self, Peeked};
 use super::upstream::{ProxyBody, Slot};
 
@@ -166,6 +166,9 @@ impl Engine {
             _ if http && self.policy.network.inspects(&host, port) => "inspect",
             _ => "splice",
         };
+        if action == "splice" {
+            return self.splice(stream, host, port, tls, http).await;
+        }
         self.emit(
             "connect",
             || json!({"host": host, "port": port, "action": action}),
@@ -173,7 +176,6 @@ impl Engine {
         match action {
             // Raw TCP the policy refuses: closed at once.
             "refuse" => drop(stream),
-            "splice" => self.splice(stream, host, port).await,
             _ if tls => self.intercept(stream, host, port, deny).await,
             _ => {
                 let target = self.target(host, port, false, deny);
@@ -182,7 +184,7 @@ impl Engine {
         }
     }
 
-    fn target(&self, host: String, port: u16, tls: bool, deny: Option<String>) -> Arc<Target> {
+    fn target(&self, host: String, port: u16, tls: bool, deny: Option<Refusal>) -> Arc<Target> {
         let plan = if tls && deny.is_none() {
             self.table.plan(&host, port)
         } else {
@@ -201,8 +203,13 @@ impl Engine {
     }
 
     /// Terminate TLS with a Moat CA leaf, then serve the HTTP inside.
-    async fn intercept<S>(self: Arc<Self>, stream: S, host: String, port: u16, deny: Option<String>)
-    where
+    async fn intercept<S>(
+        self: Arc<Self>,
+        stream: S,
+        host: String,
+        port: u16,
+        deny: Option<Refusal>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let config = match self.ca.server_config(&host).await {
@@ -272,20 +279,56 @@ impl Engine {
         }
     }
 
-    async fn splice<S>(self: Arc<Self>, mut stream: S, host: String, port: u16)
-    where
+    /// Connect to `host:port` and copy bytes both ways. When the connection
+    /// cannot be made, a client speaking HTTP (in the clear, or over TLS that
+    /// Moat may terminate) gets Moat's `403`/`502`/`504` saying why instead
+    /// of a closed connection; a refusal by the safety guard is recorded as
+    /// a `deny` event, with its reason.
+    async fn splice<S>(
+        self: Arc<Self>,
+        mut stream: S,
+        host: String,
+        port: u16,
+        tls: bool,
+        http: bool,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut upstream = match self.upstream.connect(&host, port, port == 443).await {
-            Ok(u) => super::upstream::with_idle_timeout(u, self.limits.idle_timeout),
-            Err(e) => {
-                tracing::info!(%host, port, "not spliced: {e}");
-                let _ = stream.shutdown().await;
+        let connected = self.upstream.connect(&host, port, port == 443).await;
+        let net = match connected {
+            Ok(u) => {
+                self.emit(
+                    "connect",
+                    || json!({"host": host, "port": port, "action": "splice"}),
+                );
+                tracing::debug!(%host, port, "splicing");
+                let mut upstream = super::upstream::with_idle_timeout(u, self.limits.idle_timeout);
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
                 return;
             }
+            Err(e) => e,
         };
-        tracing::debug!(%host, port, "splicing");
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        let refused = matches!(net, crate::net::NetError::Denied { .. });
+        self.emit("connect", || {
+            let action = if refused { "deny" } else { "unreachable" };
+            json!({"host": host, "port": port, "action": action})
+        });
+        self.note_refusal(&host, port, &net);
+        let refusal = Some(Refusal::connect(&net));
+        // A pinned host (no_intercept) is never answered with a Moat leaf.
+        let pinned = self
+            .policy
+            .no_intercept
+            .iter()
+            .any(|p| p.matches(&host, port));
+        if tls && !pinned {
+            self.intercept(stream, host, port, refusal).await
+        } else if http {
+            let target = self.target(host, port, false, refusal);
+            self.serve_http(stream, target).await
+        } else {
+            let _ = stream.shutdown().await;
+        }
     }
 
     /// The next connection within the run's connection limit (over the limit,

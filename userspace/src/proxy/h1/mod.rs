@@ -180,7 +180,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             Ok(u) => u,
             // Maybe no HTTP/1.1 (ALPN): hyper tries HTTP/2, and says why not.
             Err(UpstreamError::Connect(NetError::Handshake { .. })) => return Next::Hyper,
-            Err(e) => return self.fail(upstream_error(self.target, &e)).await,
+            Err(e) => {
+                return self
+                    .fail(upstream_error(self.engine, self.target, &e))
+                    .await;
+            }
         };
         if !self.target.plan.grants.is_empty() {
             let text = |r: &std::ops::Range<usize>| {
@@ -221,7 +225,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     }
                     Err(e) => {
                         return self
-                            .fail(upstream_error(self.target, &UpstreamError::Connect(e)))
+                            .fail(upstream_error(
+                                self.engine,
+                                self.target,
+                                &UpstreamError::Connect(e),
+                            ))
                             .await;
                     }
                 }
