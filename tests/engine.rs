@@ -330,18 +330,20 @@ fn unreachable_and_refused_destinations_get_an_answer_that_says_why() {
         tempfile::tempdir().unwrap(),
         Some(events.clone()),
     );
-    let out = curl(
-        &down,
-        "down.test",
-        &["-w", "\n%{http_code}", "https://down.test/x"],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("502"), "{text}");
-    assert!(
-        text.contains("moat: cannot connect to down.test:443: ")
-            && text.to_lowercase().contains("refused"),
-        "{text}"
-    );
+    for version in ["--http1.1", "--http2"] {
+        let out = curl(
+            &down,
+            "down.test",
+            &[version, "-w", "\n%{http_code}", "https://down.test/x"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with("502"), "{version}: {text}");
+        assert!(
+            text.contains("moat: cannot connect to down.test:443: ")
+                && text.to_lowercase().contains("refused"),
+            "{version}: {text}"
+        );
+    }
     drop(down);
     let ev = read_events(&events);
     assert!(
