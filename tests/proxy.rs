@@ -1165,3 +1165,40 @@ fn h1_requests_it_does_not_take_go_to_hyper() {
         assert!(matches!(end, Ok(Ok(0))), "{end:?}");
     });
 }
+
+#[test]
+fn trace_and_track_to_a_granted_host_are_refused() {
+    let rig = Rig::new(&[b"h2", b"http/1.1"]);
+    for version in ["--http1.1", "--http2"] {
+        for method in ["TRACE", "TRACK", "trace"] {
+            let out = rig.curl(&[
+                version,
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                "https://api.github.com/user",
+            ]);
+            let text = stdout(&out);
+            assert!(text.ends_with("405"), "{version} {method}: {text}");
+            assert!(
+                text.contains(&format!(
+                    "moat: {method} is not forwarded to api.github.com"
+                )) && !text.contains(GH),
+                "{version} {method}: {text}"
+            );
+        }
+    }
+    assert!(
+        rig.sink
+            .server
+            .seen()
+            .iter()
+            .all(|s| !s.method.eq_ignore_ascii_case("trace")
+                && !s.method.eq_ignore_ascii_case("track")),
+        "nothing reaches the upstream"
+    );
+    // Other methods still go through.
+    let v = json(&rig.curl(&["-X", "OPTIONS", "https://api.github.com/user"]));
+    assert_eq!(v["method"], "OPTIONS");
+}

@@ -113,6 +113,13 @@ pub async fn forward(
         return refusal.response();
     }
     let method = req.method().as_str();
+    if let Some(reason) = refused_method(&target, method) {
+        engine.emit(
+            "deny",
+            || serde_json::json!({"host": target.host, "port": target.port, "method": method, "path": req.uri().path(), "reason": reason}),
+        );
+        return moat_response(StatusCode::METHOD_NOT_ALLOWED, &reason);
+    }
     let route = engine
         .policy
         .network
@@ -249,6 +256,19 @@ pub async fn forward(
         None => body.map_err(BoxError::from).boxed(),
     };
     Response::from_parts(parts, body)
+}
+
+/// Why a request with `method` is never forwarded to `target`: `TRACE`
+/// (and Microsoft's `TRACK`) make the upstream echo the request, injected
+/// credential and all, back to the sandbox. Only hosts Moat injects into.
+pub(super) fn refused_method(target: &Target, method: &str) -> Option<String> {
+    let echoes = method.eq_ignore_ascii_case("TRACE") || method.eq_ignore_ascii_case("TRACK");
+    (echoes && !target.plan.grants.is_empty()).then(|| {
+        format!(
+            "{method} is not forwarded to {}: the upstream would echo the injected credential back",
+            target.host
+        )
+    })
 }
 
 /// Log and record (for the run's events) that `method path` goes to

@@ -36,7 +36,7 @@ mod parse;
 use parse::{Chunked, Framing, Parsed, Prepared, prepare_request, prepare_response};
 
 use super::Engine;
-use super::http::{Target, moat_response, note_injection, upstream_error};
+use super::http::{Target, moat_response, note_injection, refused_method, upstream_error};
 use super::rules::Verdict;
 use super::server::Prefixed;
 use super::upstream::{ProxyBody, RawConn, Slot, UpstreamError, is_open};
@@ -143,6 +143,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         loop {
             let (engine, target) = (self.engine, self.target);
             let allowed = |method: &str, path: &str| {
+                // TRACE to a granted host: hyper's to refuse and record.
+                if refused_method(target, method).is_some() {
+                    return false;
+                }
                 let verdict =
                     engine
                         .policy
