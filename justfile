@@ -21,7 +21,8 @@ lint:
 bench:
     ./scripts/bench.sh
 
-# Fuzz the ClientHello/HTTP sniffer and the substitution engine (needs nightly
+# Fuzz the ClientHello/HTTP sniffer, the substitution engine and the route
+# path normalizer (targets peek, substitute, path; needs nightly
 # and cargo-fuzz; never run by CI, whose tests replay the seed corpora)
 fuzz target="peek" seconds="60":
     cd fuzz && cargo +nightly fuzz run {{target}} -- -max_total_time={{seconds}}

@@ -405,3 +405,69 @@ fn unreachable_and_refused_destinations_get_an_answer_that_says_why() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn route_rules_match_normalized_paths_and_refuse_the_rest() {
+    use moat::proxy::rules::{HostRule, NetworkPolicy, Route};
+    let policy = Policy {
+        network: NetworkPolicy {
+            rules: vec![HostRule {
+                host: HostPattern::parse("api.github.com").unwrap(),
+                routes: vec![
+                    Route::parse("deny * /admin").unwrap(),
+                    Route::parse("deny * /admin/**").unwrap(),
+                ],
+            }],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let d = door_to(
+        "198.18.0.7:443".parse().unwrap(),
+        Some("api.github.com"),
+        vec![github_grant()],
+        Limits::default(),
+        policy,
+        tempfile::tempdir().unwrap(),
+        None,
+    );
+    for version in ["--http1.1", "--http2"] {
+        for path in [
+            "/admin",
+            "/x/../admin",
+            "/%61dmin",
+            "//admin",
+            "/admin/./keys",
+            "/x/%2e%2e/admin/keys",
+            "/x%2F..%2Fadmin",
+        ] {
+            let url = format!("https://api.github.com{path}");
+            let out = curl(
+                &d,
+                "api.github.com",
+                &[version, "--path-as-is", "-w", "\n%{http_code}", &url],
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.ends_with("403"), "{version} {path}: {text}");
+            assert!(!text.contains(GH), "{version} {path}: {text}");
+        }
+        // Case-sensitive: /ADMIN is another path (docs/config.md says so).
+        let out = curl(
+            &d,
+            "api.github.com",
+            &[
+                version,
+                "-w",
+                "\n%{http_code}",
+                "https://api.github.com/ADMIN",
+            ],
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).ends_with("200"));
+    }
+    let seen = d.sink.server.seen();
+    assert!(
+        seen.iter().all(|s| s.path == "/ADMIN"),
+        "only /ADMIN reaches the upstream: {:?}",
+        seen.iter().map(|s| &s.path).collect::<Vec<_>>()
+    );
+}

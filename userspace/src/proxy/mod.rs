@@ -13,6 +13,7 @@ mod h1;
 pub mod http;
 pub mod inject;
 pub mod local;
+pub mod path;
 pub mod peek;
 pub mod refresh;
 pub mod rules;

@@ -160,11 +160,26 @@ impl NetworkPolicy {
             .is_some_and(|r| !r.routes.is_empty())
     }
 
-    /// May this request (path without the query) be forwarded?
+    /// May this request (path without the query) be forwarded? On a host
+    /// with route entries, a path not in normal form ([`super::path`]) is
+    /// refused, so the entries match the bytes the upstream gets.
     pub fn request(&self, host: &str, port: u16, method: &str, path: &str) -> Verdict {
-        let Some(rule) = self.rule_for(host, port) else {
+        let Some(rule) = self.rule_for(host, port).filter(|r| !r.routes.is_empty()) else {
             return Verdict::Allow;
         };
+        match super::path::normalize(path) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(normal)) => {
+                return Verdict::Deny(format!(
+                    "{method} {path} on {host} is refused: the network rules of {host} match normalized paths, and this one is not (send it as {normal})"
+                ));
+            }
+            Err(e) => {
+                return Verdict::Deny(format!(
+                    "{method} {path} on {host} is refused: the network rules of {host} match normalized paths, and {e}"
+                ));
+            }
+        }
         match rule.routes.iter().find(|r| r.matches(method, path)) {
             Some(route) if !route.allow => Verdict::Deny(format!(
                 "{method} {path} on {host} is denied by the network rule '{route}'"
@@ -251,5 +266,43 @@ mod tests {
         assert!(p.inspects("api.github.com", 443));
         assert!(!p.inspects("other.test", 443));
         assert_eq!(p.request("other.test", 443, "DELETE", "/"), Verdict::Allow);
+    }
+
+    #[test]
+    fn route_entries_see_only_normalized_paths() {
+        let p = NetworkPolicy {
+            rules: vec![
+                rule("api.corp.test", &["deny * /admin/**", "deny * /admin"]),
+                rule("open.corp.test", &[]),
+            ],
+            ..Default::default()
+        };
+        let req = |path| p.request("api.corp.test", 443, "GET", path);
+        assert!(matches!(req("/admin"), Verdict::Deny(m) if m.contains("deny * /admin")));
+        for bypass in [
+            "/x/../admin",
+            "/%61dmin",
+            "//admin",
+            "/admin/./",
+            "/x%2F..%2Fadmin",
+            "/%zz",
+        ] {
+            assert!(
+                matches!(req(bypass), Verdict::Deny(m) if m.contains("normalized paths")),
+                "{bypass}"
+            );
+        }
+        assert!(
+            matches!(req("/x/../admin"), Verdict::Deny(m) if m.contains("(send it as /admin)"))
+        );
+        // Case-sensitive, as paths are: a rule for /admin is not one for /ADMIN.
+        assert_eq!(req("/ADMIN"), Verdict::Allow);
+        assert_eq!(req("/repos/a%2Fb"), Verdict::Allow);
+        // Hosts without route entries: nothing to match, nothing refused.
+        assert_eq!(
+            p.request("open.corp.test", 443, "GET", "/x/../y"),
+            Verdict::Allow
+        );
+        assert_eq!(p.request("other.test", 443, "GET", "//x"), Verdict::Allow);
     }
 }
