@@ -26,7 +26,8 @@ use zeroize::Zeroizing;
 /// (behind an [`Arc`]) by every body that needs them.
 pub struct Substitutions {
     automaton: AhoCorasick,
-    /// Indexed by the automaton's pattern id.
+    /// Indexed by the automaton's pattern id, as are the replacements.
+    patterns: Vec<Zeroizing<Vec<u8>>>,
     replacements: Vec<Zeroizing<Vec<u8>>>,
     max_from_len: usize,
     changes_length: bool,
@@ -74,10 +75,19 @@ impl Substitutions {
             .expect("substitution patterns within aho-corasick's limits");
         Some(Substitutions {
             automaton,
+            patterns,
             replacements,
             max_from_len,
             changes_length,
         })
+    }
+
+    /// The `(from, to)` pairs, copied (to build a larger set from them).
+    pub fn pairs(&self) -> impl Iterator<Item = (Vec<u8>, Zeroizing<Vec<u8>>)> + '_ {
+        self.patterns
+            .iter()
+            .zip(&self.replacements)
+            .map(|(from, to)| (from.to_vec(), to.clone()))
     }
 
     /// Longest `from`.
@@ -195,6 +205,27 @@ impl Streamer {
                 .replace_into(chunk, self.subs.settled_limit(chunk.len()), out);
             self.held.extend_from_slice(&chunk[consumed..]);
         }
+        let free = self.releasable();
+        out.extend_from_slice(&self.held[..free]);
+        self.held.drain(..free);
+    }
+
+    /// How many of the held-back bytes no match can start at: before the
+    /// first position where the tail and a pattern begin alike (the tail a
+    /// prefix of the pattern, or the pattern of the tail). Those go out at
+    /// once, so a short message (an SSE event) is not kept waiting for the
+    /// next chunk when it cannot be the start of a pattern.
+    fn releasable(&self) -> usize {
+        let held = &self.held[..];
+        (0..held.len())
+            .find(|&i| {
+                let tail = &held[i..];
+                self.subs
+                    .patterns
+                    .iter()
+                    .any(|p| p.starts_with(tail) || tail.starts_with(p))
+            })
+            .unwrap_or(held.len())
     }
 
     /// Ends the stream: appends the held-back tail, with any replacement it
@@ -219,7 +250,9 @@ impl Streamer {
             if first.is_none_or(|m| m.start() >= limit) {
                 let end = limit.min(chunk.len());
                 self.held.extend_from_slice(&chunk[end..]);
-                return chunk.slice(..end);
+                let free = self.releasable();
+                self.held.drain(..free);
+                return chunk.slice(..end + free);
             }
         }
         let mut out = Vec::with_capacity(chunk.len() + self.held.len());
@@ -699,10 +732,11 @@ mod tests {
         );
         let frames = frames(SubstBody::new(inner, s));
         assert_eq!(frames.len(), 3);
-        assert_eq!(frames[0].as_ref().unwrap().data_ref().unwrap(), "abc");
+        // Only what may start a placeholder is held back.
+        assert_eq!(frames[0].as_ref().unwrap().data_ref().unwrap(), "abc ");
         assert_eq!(frames[1].as_ref().unwrap_err(), &"boom");
         // The inner body ended after the error: the tail is flushed.
-        assert_eq!(frames[2].as_ref().unwrap().data_ref().unwrap(), " moat-");
+        assert_eq!(frames[2].as_ref().unwrap().data_ref().unwrap(), "moat-");
     }
 
     #[test]
@@ -715,9 +749,9 @@ mod tests {
         let Poll::Ready(Some(Ok(first))) = body.as_mut().poll_frame(&mut cx) else {
             panic!("no first frame");
         };
-        assert_eq!(first.data_ref().unwrap(), "xx");
-        // Six bytes held back, two still inside.
-        assert_eq!(body.size_hint().exact(), Some(8));
+        assert_eq!(first.data_ref().unwrap(), "xx ");
+        // Five bytes held back (they may start the pattern), two still inside.
+        assert_eq!(body.size_hint().exact(), Some(7));
 
         let mut inexact = SizeHint::new();
         inexact.set_lower(3);
