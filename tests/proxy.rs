@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use moat_testkit::{Canned, RawUpstream, Sink, TestCa};
 
-const GH: &str = "ghp_RealTokenValue0123456789abcdefghijklm";
+/// As long as its placeholder (40 bytes), as real GitHub tokens are.
+const GH: &str = "ghp_RealTokenValue0123456789abcdefghijkl";
 const TG: &str = "123456:RealTelegramTokenValue-abc";
 const CORP: &str = "corp-real-key-0042";
 const NAMES: &[&str] = &[
@@ -232,7 +233,8 @@ fn injects_per_host_and_replaces_placeholders() {
         &format!("Authorization: Bearer {gh_ph}"),
         "https://api.github.com/user",
     ]));
-    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    // The echo shows the placeholder: the real token never comes back.
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {gh_ph}"));
     let seen = rig.sink.server.seen();
     assert_eq!(
         seen.last().unwrap().header("authorization"),
@@ -243,11 +245,26 @@ fn injects_per_host_and_replaces_placeholders() {
     let v = json(&rig.curl(&["https://github.com/o/r.git/info/refs?service=git-upload-pack"]));
     let basic = v["headers"]["authorization"].as_str().unwrap();
     let decoded = String::from_utf8(base64_decode(basic.strip_prefix("Basic ").unwrap())).unwrap();
-    assert_eq!(decoded, format!("x-access-token:{GH}"));
+    // The echo carries the placeholder's Basic form; the upstream got the real one.
+    assert_eq!(decoded, format!("x-access-token:{gh_ph}"));
+    let real = base64_encode(&format!("x-access-token:{GH}"));
+    assert_eq!(
+        rig.sink
+            .server
+            .seen()
+            .last()
+            .unwrap()
+            .header("authorization"),
+        [format!("Basic {real}")]
+    );
 
     // Wildcard host.
     let v = json(&rig.curl(&["https://x.corp.test/anything"]));
-    assert_eq!(v["headers"]["x-corp-key"], CORP);
+    assert_eq!(v["headers"]["x-corp-key"], "moat-redacted-moat");
+    assert_eq!(
+        rig.sink.server.seen().last().unwrap().header("x-corp-key"),
+        [CORP]
+    );
     assert!(v["headers"]["authorization"].is_null());
 
     // No grant: spliced, untouched, the upstream's own certificate.
@@ -273,10 +290,15 @@ fn injects_per_host_and_replaces_placeholders() {
         &body,
         &format!("https://api.telegram.org/bot{ph}/sendMessage?again={ph}"),
     ]));
-    assert_eq!(v["path"], format!("/bot{TG}/sendMessage?again={TG}"));
-    assert_eq!(v["headers"]["x-bot-token"], TG);
+    // The upstream got the token; its echo shows the placeholder again.
+    let seen = rig.sink.server.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.path, format!("/bot{TG}/sendMessage?again={TG}"));
+    assert_eq!(v["path"], format!("/bot{ph}/sendMessage?again={ph}"));
+    assert_eq!(last.header("x-bot-token"), [TG]);
     let expect = format!("{{\"chat\":1,\"text\":\"{TG} and {TG}\"}}");
-    assert_eq!(v["body"], expect.as_str());
+    assert_eq!(last.body, expect.as_bytes());
+    assert_eq!(v["body"], body.as_str());
     assert_eq!(
         v["headers"]["content-length"],
         expect.len().to_string(),
@@ -340,13 +362,29 @@ fn h2_client_to_h1_upstream_and_back() {
     assert_eq!(version, "2", "client should speak h2 to Moat");
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["version"], "HTTP/1.1");
-    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    assert_eq!(
+        rig.sink
+            .server
+            .seen()
+            .last()
+            .unwrap()
+            .header("authorization"),
+        [format!("Bearer {GH}")]
+    );
     assert_eq!(v["headers"]["host"], "api.github.com");
 
     let rig = Rig::new(&[b"h2"]);
     let v = json(&rig.curl(&["--http1.1", "https://api.github.com/v"]));
     assert_eq!(v["version"], "HTTP/2.0");
-    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    assert_eq!(
+        rig.sink
+            .server
+            .seen()
+            .last()
+            .unwrap()
+            .header("authorization"),
+        [format!("Bearer {GH}")]
+    );
     // Many concurrent h2 streams on one connection.
     let urls: Vec<String> = (0..50)
         .map(|i| format!("https://api.github.com/s{i}"))
@@ -907,8 +945,16 @@ fn inspect_intercepts_hosts_without_grants_and_injects_nothing() {
         v["headers"]["authorization"].is_null() && v["headers"]["x-corp-key"].is_null(),
         "{v}"
     );
-    let v = json(&rig.curl(&["https://api.github.com/user"]));
-    assert_eq!(v["headers"]["authorization"], format!("Bearer {GH}"));
+    json(&rig.curl(&["https://api.github.com/user"]));
+    assert_eq!(
+        rig.sink
+            .server
+            .seen()
+            .last()
+            .unwrap()
+            .header("authorization"),
+        [format!("Bearer {GH}")]
+    );
 }
 
 /// Write `request` and read exactly as many bytes as `expected` has (or
@@ -999,9 +1045,10 @@ fn h1_keep_alive_heads_rewritten_and_every_response_framing_relayed() {
     let raw = rig.raw.as_ref().unwrap();
     // What the upstream gets for a GET from the client below: Moat's Host,
     // the client's end-to-end headers, the credential instead of the
-    // placeholder; no proxy or hop-by-hop headers.
+    // placeholder; no proxy or hop-by-hop headers. Echoed back, the
+    // credential is the grant's stand-in again (corp has no placeholder).
     let upstream_get = "GET /echo?q=1 HTTP/1.1\r\nhost: raw.corp.test\r\nAccept: */*\r\n\
-                        x-corp-key: corp-real-key-0042\r\n\r\n";
+                        x-corp-key: moat-redacted-moat\r\n\r\n";
     let echoed = |req: &str| {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{req}",
@@ -1020,7 +1067,7 @@ fn h1_keep_alive_heads_rewritten_and_every_response_framing_relayed() {
              GET /chunked HTTP/1.1\r\nHost: raw.corp.test\r\n\r\n",
             &(echoed(
                 "POST /echo HTTP/1.1\r\nhost: raw.corp.test\r\nContent-Length: 5\r\n\
-                 x-corp-key: corp-real-key-0042\r\n\r\nhello",
+                 x-corp-key: moat-redacted-moat\r\n\r\nhello",
             ) + "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
                  5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"),
         )
@@ -1077,6 +1124,8 @@ fn h1_keep_alive_heads_rewritten_and_every_response_framing_relayed() {
         assert!(matches!(end, Ok(Ok(0))), "{end:?} {rest:?}");
     });
     assert_eq!(raw.requests().len(), 10, "{:#?}", raw.requests());
+    let real = format!("x-corp-key: {CORP}\r\n");
+    assert!(raw.requests()[0].contains(&real), "{:#?}", raw.requests());
 }
 
 /// Requests the fast path does not take go to hyper, on the same connection,
@@ -1096,7 +1145,7 @@ fn h1_requests_it_does_not_take_go_to_hyper() {
         let (head, body) = read_response(&mut s).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(
-            body.contains("x-corp-key: corp-real-key-0042\r\n"),
+            body.contains("x-corp-key: moat-redacted-moat\r\n"),
             "{body}"
         );
         s.write_all(
@@ -1109,7 +1158,7 @@ fn h1_requests_it_does_not_take_go_to_hyper() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(body.starts_with("POST /b HTTP/1.1\r\n"), "{body}");
         assert!(
-            body.contains("x-corp-key: corp-real-key-0042\r\n"),
+            body.contains("x-corp-key: moat-redacted-moat\r\n"),
             "{body}"
         );
         assert!(
@@ -1121,7 +1170,7 @@ fn h1_requests_it_does_not_take_go_to_hyper() {
             .unwrap();
         let (_, body) = read_response(&mut s).await;
         assert!(
-            body.starts_with("GET /c HTTP/1.1\r\n") && body.contains("corp-real-key-0042"),
+            body.starts_with("GET /c HTTP/1.1\r\n") && body.contains("moat-redacted-moat"),
             "{body}"
         );
 
@@ -1201,4 +1250,50 @@ fn trace_and_track_to_a_granted_host_are_refused() {
     // Other methods still go through.
     let v = json(&rig.curl(&["-X", "OPTIONS", "https://api.github.com/user"]));
     assert_eq!(v["method"], "OPTIONS");
+}
+
+#[test]
+fn an_upstream_echoing_the_credential_hands_back_only_the_placeholder() {
+    // h1-only upstream: HTTP/1.1 clients take Moat's own fast path; h2
+    // clients go through hyper.
+    for alpn in [&[b"http/1.1".as_slice()][..], &[b"h2", b"http/1.1"]] {
+        let rig = Rig::new(alpn);
+        let ph = rig.placeholder("github");
+        assert_eq!(ph.len(), GH.len());
+        for version in ["--http1.1", "--http2"] {
+            for query in ["", "?length"] {
+                let url = format!("https://api.github.com/reflect{query}");
+                let out = rig.curl(&[version, "-i", &url]);
+                let text = stdout(&out);
+                let ctx = format!("{alpn:?} {version} {query}: {text}");
+                assert!(!text.contains(GH), "the real token came back: {ctx}");
+                assert!(
+                    text.to_lowercase().contains(&format!(
+                        "x-echo-authorization: bearer {}",
+                        ph.to_lowercase()
+                    )),
+                    "{ctx}"
+                );
+                assert!(text.ends_with(&format!("got: Bearer {ph} end")), "{ctx}");
+            }
+        }
+        // The upstream did get the real one.
+        let seen = rig.sink.server.seen();
+        assert!(
+            seen.iter()
+                .all(|s| s.header("authorization") == [format!("Bearer {GH}")])
+        );
+        // Basic (git on github.com): the base64 form is replaced too.
+        let out = rig.curl(&["https://github.com/reflect"]);
+        let text = stdout(&out);
+        let real = base64_encode(&format!("x-access-token:{GH}"));
+        assert!(!text.contains(&real), "{text}");
+        assert!(
+            text.contains(&format!(
+                "Basic {}",
+                base64_encode(&format!("x-access-token:{ph}"))
+            )),
+            "{text}"
+        );
+    }
 }

@@ -388,6 +388,8 @@ fn sink_full(b: impl Into<Bytes>) -> SinkBody {
 /// - `/reset`: promises 1 MiB, sends 64 KiB, then breaks the connection
 /// - `/big?n=N`: N bytes of `x`
 /// - `/ws`: `101 Switching Protocols`, then echoes every byte
+/// - `/reflect`: `authorization` echoed in `x-echo-authorization` and in the
+///   body, split across two frames (`?length`: with a Content-Length)
 /// - `/slow`: answers after 5 s
 /// - `/stall`: promises 1000 bytes, sends 7, then goes quiet for 30 s
 /// - `/trailers`: a body followed by an `x-checksum` trailer
@@ -583,6 +585,36 @@ async fn sink(
             let mut resp = Response::new(body.boxed());
             resp.headers_mut()
                 .insert("content-length", "1000".parse().expect("static"));
+            resp
+        }
+        "/reflect" => {
+            // Echoes `authorization` in a header and in the body, the value
+            // split across two body frames (`?length`: with a Content-Length).
+            push(record(&req, Bytes::new()));
+            let value = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let half = value.len() / 2;
+            let (first, second) = (
+                [b"got: ".as_slice(), &value[..half]].concat(),
+                [&value[half..], b" end".as_slice()].concat(),
+            );
+            let length = first.len() + second.len();
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from(first)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                let _ = tx.send_data(Bytes::from(second)).await;
+            });
+            let mut resp = Response::new(body.boxed());
+            if let Ok(v) = hyper::header::HeaderValue::from_bytes(&value) {
+                resp.headers_mut().insert("x-echo-authorization", v);
+            }
+            if query == "length" {
+                resp.headers_mut().insert("content-length", length.into());
+            }
             resp
         }
         "/slow" => {

@@ -155,6 +155,9 @@ pub async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // Did a credential go upstream on this request? Then the response is
+    // scanned for it (`plan.reflect`).
+    let mut injected = target.tls && !plan.headers.is_empty();
     let path = match plan
         .request_subst
         .as_ref()
@@ -162,7 +165,10 @@ pub async fn forward(
     {
         None => path,
         Some(new) => match PathAndQuery::try_from(new) {
-            Ok(p) => p,
+            Ok(p) => {
+                injected = true;
+                p
+            }
             Err(_) => return bad_target(),
         },
     };
@@ -171,7 +177,7 @@ pub async fn forward(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::HOST);
     if let Some(s) = &plan.request_subst {
-        substitute_headers(&mut parts.headers, s);
+        injected |= substitute_headers(&mut parts.headers, s);
     }
     if target.tls {
         for (name, value) in &plan.headers {
@@ -191,7 +197,10 @@ pub async fn forward(
     let client_uri = std::mem::replace(&mut parts.uri, uri);
     let request_path = client_uri.path();
     let body = match request_body(body, plan.request_subst.as_ref(), &mut parts.headers).await {
-        Ok(b) => b,
+        Ok((b, substituted)) => {
+            injected |= substituted;
+            b
+        }
         Err(e) => {
             return moat_response(
                 StatusCode::BAD_REQUEST,
@@ -243,7 +252,12 @@ pub async fn forward(
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let body: ProxyBody = match &plan.response_subst {
+    let subst = if injected {
+        &plan.reflect
+    } else {
+        &plan.response_subst
+    };
+    let body: ProxyBody = match subst {
         Some(s) => {
             substitute_headers(&mut parts.headers, s);
             if s.changes_length() {
@@ -309,18 +323,21 @@ impl serde::Serialize for Names<'_> {
     }
 }
 
+/// The request body to send, with placeholders replaced, and whether a
+/// token may be in it (known for a body rewritten whole; assumed for one
+/// that streams).
 async fn request_body(
     body: Incoming,
     subst: Option<&Arc<Substitutions>>,
     headers: &mut HeaderMap,
-) -> Result<ProxyBody, BoxError> {
-    let Some(s) = subst else {
-        return Ok(body.map_err(BoxError::from).boxed());
+) -> Result<(ProxyBody, bool), BoxError> {
+    use hyper::body::Body as _;
+    let Some(s) = subst.filter(|_| !body.is_end_stream()) else {
+        return Ok((body.map_err(BoxError::from).boxed(), false));
     };
     if !s.changes_length() {
-        return Ok(SubstBody::new(body, s.clone())
-            .map_err(BoxError::from)
-            .boxed());
+        let body = SubstBody::new(body, s.clone()).map_err(BoxError::from);
+        return Ok((body.boxed(), true));
     }
     let length = headers
         .get(header::CONTENT_LENGTH)
@@ -332,29 +349,34 @@ async fn request_body(
                 .collect()
                 .await?
                 .to_bytes();
-            let bytes = s.apply(&bytes).map(Bytes::from).unwrap_or(bytes);
+            let (bytes, substituted) = match s.apply(&bytes) {
+                Some(new) => (Bytes::from(new), true),
+                None => (bytes, false),
+            };
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            Ok(full(bytes))
+            Ok((full(bytes), substituted))
         }
         _ => {
             headers.remove(header::CONTENT_LENGTH);
-            Ok(SubstBody::new(body, s.clone())
-                .map_err(BoxError::from)
-                .boxed())
+            let body = SubstBody::new(body, s.clone()).map_err(BoxError::from);
+            Ok((body.boxed(), true))
         }
     }
 }
 
-fn substitute_headers(headers: &mut HeaderMap, s: &Substitutions) {
+/// Apply `s` to every header value; true when one changed.
+fn substitute_headers(headers: &mut HeaderMap, s: &Substitutions) -> bool {
+    let mut changed = false;
     for value in headers.values_mut() {
-        let Ok(text) = value.to_str() else { continue };
-        if let Some(new) = s.apply_str(text)
-            && let Ok(mut v) = HeaderValue::from_str(&new)
+        if let Some(new) = s.apply(value.as_bytes())
+            && let Ok(mut v) = HeaderValue::from_bytes(&new)
         {
             v.set_sensitive(true);
             *value = v;
+            changed = true;
         }
     }
+    changed
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

@@ -40,6 +40,50 @@ struct HeaderRule {
     name: HeaderName,
     value: RuleValue,
     grant: Arc<str>,
+    /// What the sandbox sees in place of this credential ([`stand_in`]).
+    placeholder: Arc<str>,
+    /// For a static value: its [`reflect_pairs`], compiled once (`None`
+    /// when it carries no token).
+    reflect: Option<Arc<Substitutions>>,
+}
+
+/// Tokens shorter than this are not looked for in responses: they would
+/// match ordinary bytes.
+const MIN_REFLECTED: usize = 8;
+
+/// What replaces `token` in a response when its grant has no placeholder:
+/// as long as the token (so lengths do not change), and plainly Moat's.
+fn stand_in(token: &str) -> String {
+    "moat-redacted-".chars().cycle().take(token.len()).collect()
+}
+
+/// Real → placeholder pairs for a header value carrying `token`: the token
+/// itself and, for Basic, the base64 form the header carries.
+fn reflect_pairs(
+    how: &providers::HeaderValue,
+    token: &str,
+    placeholder: &str,
+) -> Vec<(Vec<u8>, Zeroizing<Vec<u8>>)> {
+    if token.len() < MIN_REFLECTED {
+        return Vec::new();
+    }
+    let mut pairs = Vec::new();
+    match how {
+        providers::HeaderValue::Fixed(_) => return pairs,
+        providers::HeaderValue::Prefixed(_) => {}
+        providers::HeaderValue::Basic { user } => {
+            let real = Zeroizing::new(format!("{user}:{token}"));
+            pairs.push((
+                B64.encode(real.as_bytes()).into_bytes(),
+                Zeroizing::new(B64.encode(format!("{user}:{placeholder}")).into_bytes()),
+            ));
+        }
+    }
+    pairs.push((
+        token.as_bytes().to_vec(),
+        Zeroizing::new(placeholder.as_bytes().to_vec()),
+    ));
+    pairs
 }
 
 #[derive(Clone)]
@@ -86,6 +130,11 @@ pub struct Plan {
     pub request_subst: Option<Arc<Substitutions>>,
     /// Token → placeholder, in response headers and body.
     pub response_subst: Option<Arc<Substitutions>>,
+    /// Every credential this plan puts on the wire (header values, the
+    /// tokens substituted in) → its placeholder, with `response_subst`'s
+    /// pairs: applied to a response whose request carried a credential, so
+    /// an upstream that echoes the request does not hand the token back.
+    pub reflect: Option<Arc<Substitutions>>,
     /// Names of the grants that apply (for the audit log; never values).
     pub grants: Vec<Arc<str>>,
     /// Requests Moat answers itself (see `proxy::local`).
@@ -142,6 +191,14 @@ impl InjectionTable {
                                     .into(),
                             )
                         })?;
+                        let placeholder: Arc<str> = g
+                            .placeholder
+                            .clone()
+                            .unwrap_or_else(|| stand_in(token))
+                            .into();
+                        let reflect =
+                            Substitutions::new(reflect_pairs(&rule.value, token, &placeholder))
+                                .map(Arc::new);
                         let value = match (&g.live, &rule.value) {
                             (
                                 Some(live),
@@ -159,6 +216,8 @@ impl InjectionTable {
                                 name: name.clone(),
                                 value: value.clone(),
                                 grant: grant.clone(),
+                                placeholder: placeholder.clone(),
+                                reflect: reflect.clone(),
                             });
                         }
                     }
@@ -262,6 +321,10 @@ impl InjectionTable {
             }
         };
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        // The reflected pairs: compiled ones (static values), and pairs to
+        // compile (live tokens, substitutions).
+        let mut compiled: Vec<&Arc<Substitutions>> = Vec::new();
+        let mut reflect_pairs_live = Vec::new();
         for r in self
             .headers
             .iter()
@@ -271,8 +334,19 @@ impl InjectionTable {
                 continue;
             }
             let value = match &r.value {
-                RuleValue::Static(v) => Some(v.clone()),
-                RuleValue::Live { live, render: how } => render(how, live.token().expose_secret()),
+                RuleValue::Static(v) => {
+                    compiled.extend(&r.reflect);
+                    Some(v.clone())
+                }
+                RuleValue::Live { live, render: how } => {
+                    let token = live.token();
+                    reflect_pairs_live.extend(reflect_pairs(
+                        how,
+                        token.expose_secret(),
+                        &r.placeholder,
+                    ));
+                    render(how, token.expose_secret())
+                }
             };
             match value {
                 Some(v) => {
@@ -290,10 +364,30 @@ impl InjectionTable {
                 note(&r.grant);
                 pairs.extend(r.pairs.iter().map(|(a, b)| (a.clone(), b.clone())));
             }
-            Substitutions::new(pairs).map(Arc::new)
+            pairs
         };
-        let request_subst = collect(&self.request);
-        let response_subst = collect(&self.response);
+        let request_pairs = collect(&self.request);
+        let response_pairs = collect(&self.response);
+        // Substituted tokens go back to their placeholders.
+        let substituted = request_pairs
+            .iter()
+            .filter(|(_, token)| token.len() >= MIN_REFLECTED)
+            .map(|(ph, token)| ((**token).clone(), Zeroizing::new(ph.clone())));
+        let mut pairs: Vec<_> = response_pairs.clone();
+        pairs.extend(substituted);
+        pairs.extend(reflect_pairs_live);
+        plan.reflect = match (&compiled[..], pairs.is_empty()) {
+            // One static credential (the common case): compiled once.
+            ([one], true) => Some(Arc::clone(one)),
+            _ => {
+                for s in &compiled {
+                    pairs.extend(s.pairs());
+                }
+                Substitutions::new(pairs).map(Arc::new)
+            }
+        };
+        let request_subst = Substitutions::new(request_pairs).map(Arc::new);
+        let response_subst = Substitutions::new(response_pairs).map(Arc::new);
         plan.local = self
             .local
             .iter()

@@ -20,6 +20,7 @@
 //! substitutions, local answers or a policy refusal.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
@@ -33,12 +34,13 @@ use tokio::time::{Instant, Sleep};
 
 mod parse;
 
-use parse::{Chunked, Framing, Parsed, Prepared, prepare_request, prepare_response};
+use parse::{Chunked, Framing, Parsed, Piece, Prepared, prepare_request, prepare_response};
 
 use super::Engine;
 use super::http::{Target, moat_response, note_injection, refused_method, upstream_error};
 use super::rules::Verdict;
 use super::server::Prefixed;
+use super::substitute::{Streamer, Substitutions};
 use super::upstream::{ProxyBody, RawConn, Slot, UpstreamError, is_open};
 use crate::net::NetError;
 
@@ -56,6 +58,9 @@ pub(super) fn applies(target: &Target) -> bool {
         && plan.request_subst.is_none()
         && plan.response_subst.is_none()
         && plan.local.is_none()
+        // Scrubbing a response in place keeps its framing only when no
+        // replacement changes its length.
+        && plan.reflect.as_ref().is_none_or(|s| !s.changes_length())
 }
 
 /// Serve `client`'s requests for `target` while they qualify. `None`: the
@@ -83,6 +88,12 @@ where
         ubuf: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(1024),
         held: None,
+        // Every request here carries the plan's headers, credentials in them.
+        reflect: if target.plan.headers.is_empty() {
+            None
+        } else {
+            target.plan.reflect.clone()
+        },
     };
     let mut timer = pin!(tokio::time::sleep(header_timeout));
     let handed = loop {
@@ -135,6 +146,9 @@ struct Conn<'a, S> {
     out: Vec<u8>,
     /// The upstream connection this client connection last used.
     held: Option<RawConn>,
+    /// Injected credential → placeholder, applied to each response (heads,
+    /// bodies, trailers); never changes a length ([`applies`]).
+    reflect: Option<Arc<Substitutions>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
@@ -269,7 +283,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     async fn relay(&mut self, mut up: RawConn, p: &Prepared) -> Next {
         let mut started = false;
         let head = loop {
-            match prepare_response(&self.ubuf, p.head, p.close, &mut self.out) {
+            let prepared = prepare_response(&self.ubuf, p.head, p.close, &mut self.out);
+            if let (Ok(Some(_)), Some(s)) = (&prepared, &self.reflect)
+                && let Some(scrubbed) = s.apply(&self.out)
+            {
+                self.out = scrubbed;
+            }
+            match prepared {
                 Ok(Some(head)) if head.informational => {
                     // 103 Early Hints and the like: relayed, then the real one.
                     self.ubuf.advance(head.len);
@@ -292,11 +312,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             }
         };
         self.ubuf.advance(head.len);
+        let mut streamer = self.reflect.as_ref().map(|s| s.stream());
         let copied = match head.framing {
             Framing::Empty => Ok(()),
-            Framing::Length(n) => self.copy_length(&mut up, n).await,
-            Framing::Chunked => self.copy_chunked(&mut up).await,
-            Framing::UntilClose => self.copy_to_end(&mut up).await,
+            Framing::Length(n) => self.copy_length(&mut up, n, streamer.as_mut()).await,
+            Framing::Chunked => self.copy_chunked(&mut up, streamer.as_mut()).await,
+            Framing::UntilClose => self.copy_to_end(&mut up, streamer.as_mut()).await,
         };
         if copied.is_err() {
             return Next::Close;
@@ -321,13 +342,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// Send `out` (the response head) with the first body bytes, then the
     /// rest as it arrives.
-    async fn copy_length(&mut self, up: &mut RawConn, mut n: u64) -> Result<(), ()> {
+    async fn copy_length(
+        &mut self,
+        up: &mut RawConn,
+        mut n: u64,
+        mut streamer: Option<&mut Streamer>,
+    ) -> Result<(), ()> {
         loop {
             let take = self.ubuf.len().min(clamp(n));
-            self.out.extend_from_slice(&self.ubuf[..take]);
+            body_out(&mut self.out, streamer.as_deref_mut(), &self.ubuf[..take]);
             self.ubuf.advance(take);
             n -= take as u64;
             if n == 0 {
+                if let Some(s) = streamer {
+                    s.finish(&mut self.out);
+                }
                 return Ok(());
             }
             self.flush_out().await?;
@@ -337,11 +366,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
     }
 
-    async fn copy_chunked(&mut self, up: &mut RawConn) -> Result<(), ()> {
+    /// Relay a chunked body as it is, or, with a `streamer`, its data
+    /// scrubbed and chunked anew (a token split across chunks is found).
+    async fn copy_chunked(
+        &mut self,
+        up: &mut RawConn,
+        mut streamer: Option<&mut Streamer>,
+    ) -> Result<(), ()> {
         let mut chunks = Chunked::default();
+        let mut data = Vec::new();
         loop {
-            let (take, end) = chunks.scan(&self.ubuf).map_err(drop)?;
-            self.out.extend_from_slice(&self.ubuf[..take]);
+            let (take, end) = match (streamer.as_deref_mut(), &self.reflect) {
+                (Some(st), Some(subs)) => {
+                    let ubuf = &self.ubuf;
+                    let (mut last, mut trailers) = (false, None);
+                    let scanned = chunks.scan_pieces(ubuf, |p| match p {
+                        Piece::Data(r) => st.push(&ubuf[r], &mut data),
+                        Piece::Last => {
+                            st.finish(&mut data);
+                            last = true;
+                        }
+                        Piece::Trailers(r) => trailers = Some(r),
+                    });
+                    if !data.is_empty() {
+                        let _ = write!(self.out, "{:x}\r\n", data.len());
+                        self.out.extend_from_slice(&data);
+                        self.out.extend_from_slice(b"\r\n");
+                        data.clear();
+                    }
+                    if last {
+                        self.out.extend_from_slice(b"0\r\n");
+                    }
+                    if let Some(r) = trailers {
+                        let raw = &self.ubuf[r];
+                        match subs.apply(raw) {
+                            Some(scrubbed) => self.out.extend_from_slice(&scrubbed),
+                            None => self.out.extend_from_slice(raw),
+                        }
+                    }
+                    scanned.map_err(drop)?
+                }
+                _ => {
+                    let (take, end) = chunks.scan(&self.ubuf).map_err(drop)?;
+                    self.out.extend_from_slice(&self.ubuf[..take]);
+                    (take, end)
+                }
+            };
             self.ubuf.advance(take);
             if end {
                 return Ok(());
@@ -356,13 +426,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
     }
 
-    async fn copy_to_end(&mut self, up: &mut RawConn) -> Result<(), ()> {
+    async fn copy_to_end(
+        &mut self,
+        up: &mut RawConn,
+        mut streamer: Option<&mut Streamer>,
+    ) -> Result<(), ()> {
         loop {
-            self.out.extend_from_slice(&self.ubuf);
+            body_out(&mut self.out, streamer.as_deref_mut(), &self.ubuf);
             self.ubuf.clear();
             self.flush_out().await?;
             match fill(up, &mut self.ubuf).await {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    if let Some(s) = streamer {
+                        s.finish(&mut self.out);
+                    }
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(_) => return Err(()),
             }
@@ -482,6 +561,14 @@ async fn within<F: Future>(
         Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
     })
     .await
+}
+
+/// Body bytes to the client's buffer, through the scrubber when there is one.
+fn body_out(out: &mut Vec<u8>, streamer: Option<&mut Streamer>, data: &[u8]) {
+    match streamer {
+        Some(s) => s.push(data, out),
+        None => out.extend_from_slice(data),
+    }
 }
 
 /// Read once from `io` into `buf`; 0 at end of stream.

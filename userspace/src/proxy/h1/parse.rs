@@ -310,6 +310,18 @@ pub(super) fn prepare_response(
     }))
 }
 
+/// Where a part of a chunked body lies in the bytes [`Chunked::scan_pieces`]
+/// takes.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Piece {
+    /// Chunk data (the bytes of the body itself).
+    Data(std::ops::Range<usize>),
+    /// The last chunk's size line was read (it is not in any range).
+    Last,
+    /// The trailer section, with the empty line that ends it.
+    Trailers(std::ops::Range<usize>),
+}
+
 /// Finds where a chunked body ends (RFC 9112 §7.1), fed its bytes as they
 /// arrive; the bytes themselves are relayed unchanged.
 #[derive(Debug, Default)]
@@ -335,6 +347,16 @@ impl Chunked {
     /// ends with them. Bytes of an incomplete size line or trailer section
     /// are left for the next call (with more bytes after them).
     pub(super) fn scan(&mut self, buf: &[u8]) -> Result<(usize, bool), &'static str> {
+        self.scan_pieces(buf, |_| {})
+    }
+
+    /// [`Self::scan`], telling `piece` where the chunks' data, the last
+    /// chunk and the trailer section are among the bytes it takes, in order.
+    pub(super) fn scan_pieces(
+        &mut self,
+        buf: &[u8],
+        mut piece: impl FnMut(Piece),
+    ) -> Result<(usize, bool), &'static str> {
         let mut at = 0;
         loop {
             let rest = &buf[at..];
@@ -343,6 +365,7 @@ impl Chunked {
                     Ok(httparse::Status::Complete((n, 0))) => {
                         at += n;
                         self.state = ChunkState::Trailers;
+                        piece(Piece::Last);
                     }
                     Ok(httparse::Status::Complete((n, size))) => {
                         at += n;
@@ -353,6 +376,9 @@ impl Chunked {
                 },
                 ChunkState::Data(left) => {
                     let take = rest.len().min(clamp(left));
+                    if take > 0 {
+                        piece(Piece::Data(at..at + take));
+                    }
                     at += take;
                     if take as u64 == left {
                         self.state = ChunkState::DataEnd;
@@ -371,11 +397,15 @@ impl Chunked {
                 },
                 ChunkState::Trailers => {
                     if rest.starts_with(b"\r\n") {
+                        piece(Piece::Trailers(at..at + 2));
                         return Ok((at + 2, true));
                     }
                     let mut fields = [httparse::EMPTY_HEADER; 32];
                     return match httparse::parse_headers(rest, &mut fields) {
-                        Ok(httparse::Status::Complete((n, _))) => Ok((at + n, true)),
+                        Ok(httparse::Status::Complete((n, _))) => {
+                            piece(Piece::Trailers(at..at + n));
+                            Ok((at + n, true))
+                        }
                         Ok(httparse::Status::Partial) => Ok((at, false)),
                         Err(_) => Err("malformed trailers"),
                     };
@@ -604,6 +634,33 @@ mod tests {
         }
         assert!(scan_in_steps(b"2\r\nabc\r\n0\r\n\r\n", 64).is_err());
         assert!(scan_in_steps(b"zz\r\n", 64).is_err());
+    }
+
+    #[test]
+    fn chunked_pieces_give_the_data_and_trailers_whatever_the_reads() {
+        let body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        for step in 1..=body.len() {
+            let mut c = Chunked::default();
+            let (mut pending, mut data, mut trailers, mut last) =
+                (Vec::new(), Vec::new(), Vec::new(), 0);
+            for read in body.chunks(step) {
+                pending.extend_from_slice(read);
+                let (n, end) = c
+                    .scan_pieces(&pending, |p| match p {
+                        Piece::Data(r) => data.extend_from_slice(&pending[r]),
+                        Piece::Last => last += 1,
+                        Piece::Trailers(r) => trailers.extend_from_slice(&pending[r]),
+                    })
+                    .unwrap();
+                pending.drain(..n);
+                if end {
+                    break;
+                }
+            }
+            assert_eq!(data, b"hello!", "step {step}");
+            assert_eq!(trailers, b"X-Trailer: 1\r\n\r\n", "step {step}");
+            assert_eq!(last, 1, "step {step}");
+        }
     }
 
     /// A small deterministic generator (xorshift), so failures reproduce.
