@@ -633,7 +633,7 @@ fn choose_mode(asked: Option<NetworkMode>, redirect: Redirect) -> Result<Network
     if asked == Some(NetworkMode::Env) {
         return Ok(NetworkMode::Env);
     }
-    match (asked, userns_probe()) {
+    match (asked, crate::cli::probe::userns()) {
         (Some(_), Ok(())) => Ok(NetworkMode::Transparent),
         (Some(_), Err(why)) => bail!(
             "--network-mode transparent needs root or unprivileged user namespaces, \
@@ -656,49 +656,6 @@ fn choose_mode(asked: Option<NetworkMode>, redirect: Redirect) -> Result<Network
             Ok(NetworkMode::Env)
         }
     }
-}
-
-/// Can this (unprivileged) process build a rootless sandbox? A forked
-/// child tries what `__sandbox-init --rootless` will do first: a user
-/// namespace, and inside it network and mount namespaces (refused where
-/// AppArmor lets user namespaces be created but strips their capabilities).
-/// `Err` says why not, for the user.
-#[cfg(target_os = "linux")]
-fn userns_probe() -> std::result::Result<(), String> {
-    use nix::sched::{CloneFlags, unshare};
-    use nix::sys::wait::{WaitStatus, waitpid};
-    // SAFETY: the child only makes raw syscalls (unshare, _exit): no
-    // allocation or lock that another thread could be holding.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            let code = if unshare(CloneFlags::CLONE_NEWUSER).is_err() {
-                1
-            } else if unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).is_err() {
-                2
-            } else {
-                0
-            };
-            // SAFETY: _exit is async-signal-safe and skips atexit handlers.
-            unsafe { nix::libc::_exit(code) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            Ok(WaitStatus::Exited(_, 1)) => Err("this system refuses unprivileged user \
-                 namespaces (sysctls user.max_user_namespaces, \
-                 kernel.unprivileged_userns_clone)"
-                .into()),
-            Ok(WaitStatus::Exited(_, 2)) => Err("user namespaces here get no capabilities \
-                 (AppArmor: kernel.apparmor_restrict_unprivileged_userns)"
-                .into()),
-            other => Err(format!("probing user namespaces failed ({other:?})")),
-        },
-        Err(e) => Err(format!("probing user namespaces failed (fork: {e})")),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn userns_probe() -> std::result::Result<(), String> {
-    Err("user namespaces are Linux-only".into())
 }
 
 /// `HOSTPORT:PORT` or `PORT`.
