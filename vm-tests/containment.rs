@@ -217,6 +217,110 @@ fn a_workspace_holding_moat_home_the_agent_and_credentials_shows_none_of_them() 
     }
 }
 
+/// What env mode's command could also try: Moat runs beside it, as the same
+/// user, and the masks are plain mounts it might undo from a namespace of its own.
+const ENV_ESCAPES: &str = r#"
+cat /proc/$PPID/environ >/dev/null 2>&1 && echo "moat-memory: readable" || echo "moat-memory: refused"
+undo='umount -l "$MH" 2>/dev/null; ls -A "$MH" | wc -l'
+# Root without CAP_SETFCAP may not map uid 0 into a namespace: then unmapped.
+echo "unmounted: $( (unshare -Urm sh -c "$undo" || unshare -Um sh -c "$undo") 2>/dev/null)"
+"#;
+
+#[test]
+fn env_mode_masks_moat_home_the_agent_and_credentials_as_root_and_rootless() {
+    assert!(is_root(), "vm-tests run as root");
+    let script = format!("{EXPOSURE}{ENV_ESCAPES}");
+    for kind in ["home", "nested"] {
+        for as_nobody in [false, true] {
+            let what = format!(
+                "env mode, {kind}, as {}",
+                ["root", "nobody"][as_nobody as usize]
+            );
+            let l = layout(kind, as_nobody.then_some(NOBODY));
+            l.grant(as_nobody);
+            let mut args: Vec<String> = vec!["--network-mode".into(), "env".into()];
+            args.extend(env_args(&l));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = l.run(as_nobody, &args, &script);
+            assert_nothing_exposed(&what, &l, &out);
+            let text = stdout(&out);
+            assert_eq!(
+                line(&text, "moat-memory:"),
+                "moat-memory: refused",
+                "{what}"
+            );
+            assert_eq!(line(&text, "unmounted:"), "unmounted: 0", "{what}: {text}");
+            assert!(stderr(&out).contains("egress is not enforced"), "{what}");
+        }
+    }
+}
+
+/// `CMD` run 33 user namespaces deep, as uid 65534 in each: there the
+/// kernel refuses one more (its nesting limit), as a system without
+/// unprivileged user namespaces would. Nothing of the host changes.
+fn without_user_namespaces(dir: &Path, cmd: &Command) -> Command {
+    let nest = dir.join("nest.sh");
+    std::fs::write(
+        &nest,
+        "#!/bin/sh\nn=$1; shift\n[ \"$n\" -eq 0 ] && exec \"$@\"\n\
+         exec unshare --user --map-user=65534 --map-group=65534 -- \"$0\" $((n-1)) \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&nest, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = Command::new(&nest);
+    c.arg("33").arg("env").arg("-i");
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            let mut kv = k.to_owned();
+            kv.push("=");
+            kv.push(v);
+            c.arg(kv);
+        }
+    }
+    c.arg(cmd.get_program()).args(cmd.get_args());
+    c.stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn env_mode_without_user_namespaces_runs_only_with_insecure_env() {
+    let l = layout("home", None);
+    l.grant(false);
+    let tools = tempfile::tempdir().unwrap();
+    let ws = l.workspace.to_str().unwrap().to_owned();
+    let attempt = |flags: &[&str]| {
+        let mut args = vec!["run", ws.as_str()];
+        args.extend(flags);
+        args.extend([
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat .ssh/id_ed25519; ls -A .moat | wc -l",
+        ]);
+        without_user_namespaces(tools.path(), &l.moat(false, &args))
+            .output()
+            .unwrap()
+    };
+    // Neither the default nor env mode starts a command that could read the key.
+    for flags in [&[][..], &["--network-mode", "env"]] {
+        let out = attempt(flags);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{flags:?}: {}", stdout(&out));
+        assert!(err.contains("--insecure-env"), "{flags:?}: {err}");
+        assert!(!stdout(&out).contains("PRIVATE KEY"), "{flags:?}");
+    }
+    let out = attempt(&["--insecure-env"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("nothing is masked") && err.contains("can read Moat's key"),
+        "{err}"
+    );
+    assert!(err.contains("egress is not enforced"), "{err}");
+    assert!(!err.contains("masked inside the workspace"), "{err}");
+    assert!(stdout(&out).contains("PRIVATE KEY"), "{}", stdout(&out));
+}
+
 #[test]
 fn a_workspace_that_is_or_lies_in_moat_home_is_refused() {
     let l = layout("nested", None);

@@ -110,6 +110,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Internal: env mode's masks, between moat run and the command
+    #[command(name = "__env-init", hide = true)]
+    EnvInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Internal: a docker run's entrypoint (waits for the redirect, then runs the command)
     #[command(name = "__container-init", hide = true)]
     ContainerInit {
@@ -177,6 +183,14 @@ pub fn main() -> ExitCode {
             }
         },
         #[cfg(target_os = "linux")]
+        Command::EnvInit { args } => match crate::sandbox::envinit::parse_args(args) {
+            Ok(init_args) => crate::sandbox::envinit::main(init_args),
+            Err(e) => {
+                eprintln!("moat: __env-init: {e}");
+                return ExitCode::from(125);
+            }
+        },
+        #[cfg(target_os = "linux")]
         Command::ContainerInit { args } => match crate::sandbox::docker::parse_init_args(args) {
             Ok(init_args) => crate::sandbox::docker::init_main(init_args),
             Err(e) => {
@@ -219,7 +233,10 @@ pub fn main() -> ExitCode {
         Command::Keyring { op } => {
             crate::store::keyring::helper_main(&op).context("keychain helper")
         }
-        Command::Run(_) | Command::SandboxInit { .. } | Command::ContainerInit { .. } => {
+        Command::Run(_)
+        | Command::SandboxInit { .. }
+        | Command::EnvInit { .. }
+        | Command::ContainerInit { .. } => {
             unreachable!("handled above")
         }
     };

@@ -71,6 +71,11 @@ pub struct RunArgs {
     /// How the command's traffic reaches the proxy [default: transparent as root or with user namespaces, else env]
     #[arg(long, value_enum, env = "MOAT_NETWORK_MODE")]
     network_mode: Option<NetworkMode>,
+    /// Run in env mode even where it cannot mask $MOAT_HOME and the credential
+    /// files from the command (no user namespaces, macOS): the command can then
+    /// read Moat's key and every stored credential
+    #[arg(long)]
+    insecure_env: bool,
     /// How transparent mode redirects connections
     #[arg(long, value_enum, default_value = "nft")]
     redirect: Redirect,
@@ -178,7 +183,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     }
     let config = Config::find(&workspace)?;
     let caller_home = caller_home(&home);
-    let masks = masks_for(&home, caller_home.as_deref(), &workspace, &config)?;
+    let (masks, mask_notes) = masks_for(&home, caller_home.as_deref(), &workspace, &config)?;
     // `moat run -d`: this process only starts the real run in the background
     // and waits until it has started (cli/detach.rs).
     if args.detach && ctx.detached_run.is_none() {
@@ -199,10 +204,18 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     let mode = if runtime == Runtime::Docker {
         check_docker(&args, &config)?
     } else {
-        choose_mode(args.network_mode, args.redirect)?
+        choose_mode(args.network_mode, args.redirect, args.insecure_env)?
     };
     if mode == NetworkMode::Env && args.redirect == Redirect::Ebpf {
         bail!("--redirect ebpf needs --network-mode transparent");
+    }
+    let masked = runtime == Runtime::Docker
+        || mode == NetworkMode::Transparent
+        || env_can_mask(&home, args.insecure_env)?;
+    if masked {
+        for note in mask_notes {
+            eprintln!("moat: {note}");
+        }
     }
     if runtime == Runtime::Native && !config.mounts.is_empty() {
         bail!(
@@ -265,7 +278,21 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         .with_context(|| format!("creating {}", events_path.display()))?;
     home.chown(&events_path)?;
 
-    let (bundle_path, truststore_path) = write_trust_files(&home, &dir, &ca)?;
+    // Env mode's command sees $MOAT_HOME masked: its trust files (public
+    // certificates only) live in a temporary directory of their own,
+    // removed with it at the end of the run.
+    let trust_dir = if runtime == Runtime::Native && mode == NetworkMode::Env {
+        let t = tempfile::Builder::new()
+            .prefix("moat-trust-")
+            .tempdir()
+            .context("creating the run's trust directory")?;
+        home.chown(t.path())?;
+        Some(t)
+    } else {
+        None
+    };
+    let trust_at = trust_dir.as_ref().map_or(dir.as_path(), |t| t.path());
+    let (bundle_path, truststore_path) = write_trust_files(&home, trust_at, &ca)?;
 
     // Placeholder config files (.npmrc, …) for the sandbox's fresh HOME.
     let mut home_files = Vec::new();
@@ -329,13 +356,14 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         (Runtime::Native, NetworkMode::Transparent) => {
             transparent(&home, prepared, publish, args.redirect)
         }
-        (Runtime::Native, NetworkMode::Env) => env_mode(prepared, &publish),
+        (Runtime::Native, NetworkMode::Env) => env_mode(&home, prepared, &publish, masked),
     };
     // The run's directory keeps its events; the trust files are not needed again.
     for f in trust_files {
         let _ = std::fs::remove_file(f);
     }
     let _ = std::fs::remove_dir_all(home_files_dir);
+    drop(trust_dir);
     match &result {
         Ok(code) => events.emit("exit", serde_json::json!({"code": code})),
         Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
@@ -351,14 +379,15 @@ fn caller_home(home: &crate::home::MoatHome) -> Option<PathBuf> {
 }
 
 /// What the run masks (see `sandbox::mask`): refuses a workspace that is or
-/// lies in `$MOAT_HOME` or another mask, and says in one line what it
-/// masks inside the workspace and what moat.yaml unmasked.
+/// lies in `$MOAT_HOME` or another mask; the lines that say what it masks
+/// inside the workspace and what moat.yaml unmasked.
 fn masks_for(
     home: &crate::home::MoatHome,
     caller_home: Option<&std::path::Path>,
     workspace: &std::path::Path,
     config: &Config,
-) -> Result<Vec<PathBuf>> {
+) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let mut notes = Vec::new();
     use crate::sandbox::mask;
     let view = mask::HostView::read(home.root(), caller_home, config.unmask.clone());
     let masks = mask::masks(&view)?;
@@ -372,10 +401,10 @@ fn masks_for(
                 format!("{} ({})", rel.display(), m.what)
             })
             .collect();
-        eprintln!(
-            "moat: masked inside the workspace (empty and read-only in the sandbox): {}",
+        notes.push(format!(
+            "masked inside the workspace (empty and read-only in the sandbox): {}",
             names.join(", ")
-        );
+        ));
     }
     if !view.unmask.is_empty() {
         let names: Vec<String> = view
@@ -383,12 +412,12 @@ fn masks_for(
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        eprintln!(
-            "moat: unmasked by moat.yaml (visible to the sandbox if it can reach them): {}",
+        notes.push(format!(
+            "unmasked by moat.yaml (visible to the sandbox if it can reach them): {}",
             names.join(", ")
-        );
+        ));
     }
-    Ok(masks.into_iter().map(|m| m.path).collect())
+    Ok((masks.into_iter().map(|m| m.path).collect(), notes))
 }
 
 /// The policy from moat.yaml's `network:`, plus the host's loopback services
@@ -612,7 +641,11 @@ fn docker(
 /// transparent when it can work here (Linux, as root or with unprivileged
 /// user namespaces), env otherwise; without root, say which and why when the
 /// user did not choose (as root transparent is the quiet default).
-fn choose_mode(asked: Option<NetworkMode>, redirect: Redirect) -> Result<NetworkMode> {
+fn choose_mode(
+    asked: Option<NetworkMode>,
+    redirect: Redirect,
+    insecure_env: bool,
+) -> Result<NetworkMode> {
     if !cfg!(target_os = "linux") {
         return match asked {
             Some(NetworkMode::Transparent) => {
@@ -647,14 +680,20 @@ fn choose_mode(asked: Option<NetworkMode>, redirect: Redirect) -> Result<Network
             );
             Ok(NetworkMode::Transparent)
         }
-        (None, Err(why)) => {
+        (None, Err(why)) if insecure_env => {
             eprintln!(
                 "moat: network mode env (HTTP_PROXY): the transparent sandbox needs root \
-                 (sudo moat run …) or unprivileged user namespaces, and {why}. \
-                 Pass --network-mode env to silence this."
+                 (sudo moat run …) or unprivileged user namespaces, and {why}."
             );
             Ok(NetworkMode::Env)
         }
+        (None, Err(why)) => bail!(
+            "the sandbox needs root (sudo moat run …) or unprivileged user namespaces, and \
+             {why}. Without them Moat can neither enforce egress nor hide its key and the \
+             credential files from the command. Use sudo, enable user namespaces, or pass \
+             --insecure-env to run in env mode anyway (the command can then read every \
+             stored credential)"
+        ),
     }
 }
 
@@ -698,13 +737,36 @@ fn merged(
     env
 }
 
-fn env_mode(p: Prepared, publish: &[(u16, u16)]) -> Result<i32> {
+fn env_mode(
+    home: &crate::home::MoatHome,
+    p: Prepared,
+    publish: &[(u16, u16)],
+    masked: bool,
+) -> Result<i32> {
     if let Some((h, c)) = publish.iter().find(|(h, c)| h != c) {
         bail!(
             "-p {h}:{c}: in env mode the command shares the host's network; use its own port ({c}) directly"
         );
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    eprintln!(
+        "moat: env mode: egress is not enforced. Programs that use HTTP_PROXY go through \
+         Moat; any other connection goes out directly, without credentials and without \
+         moat.yaml's network policy"
+    );
+    let masking = if masked {
+        Some(crate::sandbox::envmode::Masking {
+            masks: p.masks.clone(),
+            empty: crate::sandbox::mask::empty_sources(&p.dir).context("making the masks")?,
+            run_as: home.owner().map(|o| (o.uid, o.gid)),
+        })
+    } else {
+        None
+    };
+    // Under sudo the command runs as the caller, in the caller's home.
+    let home = match (&masking, &p.caller_home) {
+        (Some(m), Some(h)) if m.run_as.is_some() => h.clone().into_os_string(),
+        _ => std::env::var_os("HOME").unwrap_or_else(|| "/".into()),
+    };
     let mut env = base_env(home);
     for var in CA_VARS {
         env.push(((*var).into(), p.bundle.clone().into()));
@@ -723,7 +785,37 @@ fn env_mode(p: Prepared, publish: &[(u16, u16)]) -> Result<i32> {
         env,
         workspace: p.workspace,
         command: p.command,
+        masking,
     })
+}
+
+/// Can env mode mask (a mount namespace, through a user namespace unless
+/// Moat runs as root)? Where it cannot, the run starts only with
+/// `--insecure-env`, which says what that means: `Ok(false)`.
+fn env_can_mask(home: &crate::home::MoatHome, insecure: bool) -> Result<bool> {
+    let why = if !cfg!(target_os = "linux") {
+        "masks need Linux mount namespaces".to_string()
+    } else if nix::unistd::geteuid().is_root() {
+        return Ok(true);
+    } else {
+        match crate::cli::probe::userns() {
+            Ok(()) => return Ok(true),
+            Err(why) => why,
+        }
+    };
+    if !insecure {
+        bail!(
+            "env mode cannot mask $MOAT_HOME and the credential files here: {why}. Pass \
+             --insecure-env to run anyway, knowing the command can read Moat's key and \
+             every stored credential"
+        );
+    }
+    eprintln!(
+        "moat: --insecure-env: nothing is masked ({why}): the command can read Moat's key \
+         and every stored credential in {}",
+        home.root().display()
+    );
+    Ok(false)
 }
 
 #[cfg(target_os = "linux")]

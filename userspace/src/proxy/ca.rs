@@ -32,11 +32,11 @@ const LEAF_RENEW: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("cannot {op} {path}: {source}")]
+    #[error("cannot {op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "the Moat CA in {path} is unusable ({reason}); move the ca/ directory aside to create a new one (clients must then trust the new CA)"
@@ -78,7 +78,7 @@ impl MoatCa {
         let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
         let io = |op, path: &PathBuf| {
             let path = path.clone();
-            move |source| CaError::Io { op, path, source }
+            move |cause| CaError::Io { op, path, cause }
         };
         if !key.exists() {
             let _lock = fsio::lock(home).map_err(io("lock", &home.lock_file()))?;
@@ -263,6 +263,17 @@ fn generate_ca() -> Result<(String, zeroize::Zeroizing<String>), CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_says_its_reason_once() {
+        let e = CaError::Io {
+            op: "lock",
+            path: "/h/.moat/.lock".into(),
+            cause: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(text.matches("permission denied").count(), 1, "{text}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn creates_once_caches_leaves_and_mints_once_under_concurrency() {

@@ -50,12 +50,11 @@ pub enum CgroupError {
     #[error("the cgroup {0} already exists: another run uses this id")]
     Exists(PathBuf),
 
-    #[error("{what} {path}: {source}{hint}", hint = hint(source))]
+    #[error("{what} {path}: {cause}{hint}", hint = hint(cause))]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -69,7 +68,7 @@ fn hint(e: &io::Error) -> &'static str {
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + use<> {
     let path = path.to_owned();
-    move |source| CgroupError::Io { what, path, source }
+    move |cause| CgroupError::Io { what, path, cause }
 }
 
 /// Where cgroup2 is mounted, from `/proc/self/mountinfo`.

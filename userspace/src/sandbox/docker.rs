@@ -85,12 +85,12 @@ const GO_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error(
-        "no Docker engine answers at {host}: {source}. Start one (e.g. `sudo systemctl start docker`) \
+        "no Docker engine answers at {host}: {cause}. Start one (e.g. `sudo systemctl start docker`) \
          or point DOCKER_HOST at its socket (DOCKER_HOST=unix:///path/to/docker.sock)"
     )]
     NoEngine {
         host: String,
-        source: bollard::errors::Error,
+        cause: bollard::errors::Error,
     },
     #[error("docker: {0}")]
     Api(#[from] bollard::errors::Error),
@@ -174,7 +174,7 @@ pub async fn connect() -> Result<Docker, DockerError> {
     let host = docker_host();
     let no_engine = |source| DockerError::NoEngine {
         host: host.clone(),
-        source,
+        cause: source,
     };
     let docker = Docker::connect_with_defaults().map_err(no_engine)?;
     let docker = docker.negotiate_version().await.map_err(no_engine)?;
@@ -503,18 +503,6 @@ pub async fn kill_now(docker: &Docker, container: &str) -> Result<(), DockerErro
     }
 }
 
-/// An empty directory and an empty file in the run's directory, for the
-/// masks to be bound from (read-only there, and read-only binds).
-fn empty_masks(run_dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
-    use std::os::unix::fs::PermissionsExt;
-    let (dir, file) = (run_dir.join("mask-dir"), run_dir.join("mask-file"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(&file, b"")?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444))?;
-    Ok((dir, file))
-}
-
 fn container_body(
     spec: &DockerSpec,
     image: &str,
@@ -557,7 +545,7 @@ fn container_body(
         shown.push((src, m.dst.clone()));
     }
     // Deeper than the directory that holds them, so mounted over it.
-    let (empty_dir, empty_file) = empty_masks(&spec.run_dir)?;
+    let (empty_dir, empty_file) = super::mask::empty_sources(&spec.run_dir)?;
     for mask in &spec.mask {
         let Ok(meta) = std::fs::metadata(mask) else {
             continue;

@@ -2,11 +2,12 @@
 //! with `HTTP_PROXY`/`HTTPS_PROXY` pointing at Moat's explicit proxy on
 //! 127.0.0.1, guarded by a per-run password, and the CA trust variables set.
 //!
-//! This is the macOS path and the Linux fallback when neither root nor user
-//! namespaces are available, so it uses nothing Linux-specific. It protects
+//! This is the macOS path and `--network-mode env` on Linux. It protects
 //! only programs that honour the proxy variables; the command can still open
 //! direct connections (without credentials: the real tokens never leave
-//! Moat), and it sees the host's filesystem.
+//! Moat), and it sees the host's filesystem, except, on Linux, the masks
+//! (`$MOAT_HOME`, the agent socket, credential files) that
+//! `moat __env-init` covers before it execs the command (`envinit`).
 
 use std::ffi::OsString;
 use std::process::Command;
@@ -28,6 +29,17 @@ pub struct EnvRunSpec {
     pub env: Vec<(OsString, OsString)>,
     pub workspace: std::path::PathBuf,
     pub command: Vec<OsString>,
+    /// Linux: what to mask (`None`: nothing, `--insecure-env`).
+    pub masking: Option<Masking>,
+}
+
+/// What `moat __env-init` covers before it execs the command.
+pub struct Masking {
+    pub masks: Vec<std::path::PathBuf>,
+    /// An empty directory and an empty file to bind over them.
+    pub empty: (std::path::PathBuf, std::path::PathBuf),
+    /// Under sudo: the caller's uid and gid.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// The proxy variables for a proxy at `url` (every spelling tools read).
@@ -76,12 +88,34 @@ pub fn run(spec: EnvRunSpec) -> anyhow::Result<i32> {
     })?;
     let url = format!("http://moat:{password}@{addr}");
 
-    let Some((program, args)) = spec.command.split_first() else {
+    let Some(program) = spec.command.first().cloned() else {
         anyhow::bail!("no command");
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(&spec.workspace)
+    // The command runs as Moat's own user: without this it could read the
+    // tokens out of Moat's memory (/proc/PID/mem, ptrace).
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_dumpable(false).context("PR_SET_DUMPABLE")?;
+    let mut cmd = match spec.masking {
+        #[cfg(target_os = "linux")]
+        Some(m) => {
+            let mut cmd = Command::new(std::env::current_exe().context("finding moat")?);
+            cmd.args(super::envinit::to_args(&super::envinit::EnvInitArgs {
+                mask: m.masks,
+                empty: Some(m.empty),
+                run_as: m.run_as,
+                command: spec.command,
+            }));
+            cmd
+        }
+        #[cfg(not(target_os = "linux"))]
+        Some(_) => anyhow::bail!("env mode masks are Linux-only"),
+        None => {
+            let mut cmd = Command::new(&program);
+            cmd.args(&spec.command[1..]);
+            cmd
+        }
+    };
+    cmd.current_dir(&spec.workspace)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .envs(proxy_env(&url).iter().map(|(k, v)| (k, v)));

@@ -742,7 +742,10 @@ fn command(args: &InitArgs, userns: Option<OwnedFd>) -> ! {
 /// - A fresh, empty session keyring.
 /// - No capability at all, bounding set included, and `no_new_privs`: no
 ///   setuid binary or file capability brings one back.
-fn drop_privileges(run_as: Option<(u32, u32)>, userns: Option<OwnedFd>) -> Result<(), String> {
+pub(super) fn drop_privileges(
+    run_as: Option<(u32, u32)>,
+    userns: Option<OwnedFd>,
+) -> Result<(), String> {
     use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("cgroup namespace: {e}"))?;
     let ids = match (userns, run_as) {

@@ -255,6 +255,19 @@ pub fn inside<'a>(workspace: &Path, masks: &'a [Mask]) -> Vec<&'a Mask> {
         .collect()
 }
 
+/// An empty directory and an empty file in the run's directory, for the
+/// masks to be bound from (read-only there, and read-only binds).
+#[cfg(unix)]
+pub fn empty_sources(run_dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, file) = (run_dir.join("mask-dir"), run_dir.join("mask-file"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(&file, b"")?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444))?;
+    Ok((dir, file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@ pub mod cgroup;
 pub mod dns;
 #[cfg(target_os = "linux")]
 pub mod docker;
+#[cfg(target_os = "linux")]
+pub mod envinit;
 pub mod envmode;
 pub mod image;
 #[cfg(target_os = "linux")]

@@ -85,20 +85,18 @@ pub enum NetnsError {
     NoLoopback(#[source] nix::Error),
 
     #[error(
-        "netlink: cannot {what} inside the sandbox namespace: {source} \
+        "netlink: cannot {what} inside the sandbox namespace: {cause} \
          (Moat needs CAP_NET_ADMIN there)"
     )]
     Netlink {
         what: &'static str,
-        #[source]
-        source: rtnetlink::Error,
+        cause: rtnetlink::Error,
     },
 
-    #[error("cannot {what} inside the sandbox namespace: {source}")]
+    #[error("cannot {what} inside the sandbox namespace: {cause}")]
     Socket {
         what: &'static str,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 
     #[error(transparent)]
@@ -207,7 +205,7 @@ pub fn plumb_here(nft_rules: bool) -> Result<SandboxNet, NetnsError> {
     let (proxy_listener, dns_udp, dns_tcp) = bind_sockets()?;
     let local = |what, r: io::Result<std::net::SocketAddr>| {
         r.map(|a| a.port())
-            .map_err(|source| NetnsError::Socket { what, source })
+            .map_err(|cause| NetnsError::Socket { what, cause })
     };
     let proxy_port = local("read the proxy port", proxy_listener.local_addr())?;
     let dns_port = local("read the DNS port", dns_udp.local_addr())?;
@@ -232,7 +230,7 @@ pub fn plumb_here(nft_rules: bool) -> Result<SandboxNet, NetnsError> {
             dns_tcp.set_nonblocking(true),
         ),
     ] {
-        r.map_err(|source| NetnsError::Socket { what, source })?;
+        r.map_err(|cause| NetnsError::Socket { what, cause })?;
     }
     Ok(SandboxNet {
         proxy_listener,
@@ -263,7 +261,7 @@ fn route_loopback() -> Result<(), NetnsError> {
                 .await
                 .map_err(|source| NetnsError::Netlink {
                     what: "bring lo up",
-                    source,
+                    cause: source,
                 })?;
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .output_interface(lo)
@@ -278,7 +276,7 @@ fn route_loopback() -> Result<(), NetnsError> {
                 .await
                 .map_err(|source| NetnsError::Netlink {
                     what: "add the route `default dev lo src 127.0.0.1`",
-                    source,
+                    cause: source,
                 })
         }
         .await;
@@ -293,7 +291,7 @@ fn bind_sockets() -> Result<(TcpListener, UdpSocket, TcpListener), NetnsError> {
     let proxy =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| NetnsError::Socket {
             what: "bind the proxy listener on 127.0.0.1",
-            source,
+            cause: source,
         })?;
     // A fresh namespace has its whole port range free, but the UDP port
     // picked by the kernel may be taken for TCP: try a few.
@@ -302,13 +300,13 @@ fn bind_sockets() -> Result<(TcpListener, UdpSocket, TcpListener), NetnsError> {
         let udp =
             UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| NetnsError::Socket {
                 what: "bind the DNS UDP socket on 127.0.0.1",
-                source,
+                cause: source,
             })?;
         let port = udp
             .local_addr()
             .map_err(|source| NetnsError::Socket {
                 what: "read the DNS port",
-                source,
+                cause: source,
             })?
             .port();
         match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
@@ -317,14 +315,14 @@ fn bind_sockets() -> Result<(TcpListener, UdpSocket, TcpListener), NetnsError> {
             Err(source) => {
                 return Err(NetnsError::Socket {
                     what: "bind the DNS TCP listener on 127.0.0.1",
-                    source,
+                    cause: source,
                 });
             }
         }
     }
     Err(NetnsError::Socket {
         what: "find a port free for both UDP and TCP DNS on 127.0.0.1",
-        source: last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)),
+        cause: last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)),
     })
 }
 
