@@ -448,6 +448,45 @@ fn docker_pulls_an_image_it_does_not_have() {
     assert_eq!(s.containers_left(), "");
 }
 
+#[test]
+fn docker_says_what_it_pulls_and_fails_in_one_line_when_the_registry_is_unreachable() {
+    let s = setup();
+    // A registry on a loopback port nothing listens on: offline, as far as
+    // this engine can tell (127.0.0.0/8 registries are plain HTTP to Docker).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let image = format!("127.0.0.1:{port}/moat-test/absent:1");
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        format!("runtime: docker\nimage: {image}\n"),
+    )
+    .unwrap();
+    let out = s.run("true");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("pulling {image} from 127.0.0.1:{port}")),
+        "{err}"
+    );
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("moat: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    let line = errors[0];
+    assert!(line.contains("cannot be reached (offline?)"), "{line}");
+    assert!(
+        line.contains("image:") && line.contains("dependencies:"),
+        "{line}"
+    );
+    assert!(!line.contains("500") && line.len() < 300, "{line}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert_eq!(s.containers_left(), "");
+}
+
 /// The containers (any state) labelled with run `id`.
 fn containers_of(id: &str) -> Vec<String> {
     let out = docker(&["ps", "-aq", "--filter", &format!("label=io.moat.run={id}")]);
@@ -645,6 +684,14 @@ fn docker_image_from_dependencies_is_cached_by_content() {
     let first = s.run("cat /var/lib/moat-test-apt.log");
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(built(&first), "{}", stderr(&first));
+    // The engine's build log as docker build prints it: no "  | " prefix,
+    // and its forwarding warning (this engine runs without ip_forward) once.
+    let log = stderr(&first);
+    assert!(log.contains("Step 1/") && !log.contains("  | "), "{log}");
+    assert!(
+        log.matches("IPv4 forwarding is disabled").count() <= 1,
+        "{log}"
+    );
     let log = stdout(&first);
     assert!(
         log.contains(&format!(

@@ -102,10 +102,14 @@ pub enum DockerError {
     #[error("building image {tag}: {message}")]
     Build { tag: String, message: String },
     #[error(
-        "image {image} is not here and could not be pulled: {message}. Pull or build it first \
-         (docker pull {image}), or name another in moat.yaml (image:)"
+        "cannot pull {image} from {registry}: {reason}. Name an image this engine has \
+         (docker images) in moat.yaml image:, or list dependencies: to build one"
     )]
-    Pull { image: String, message: String },
+    Pull {
+        image: String,
+        registry: String,
+        reason: String,
+    },
     #[error("the container did not start: {0}")]
     NoPid(String),
     #[error(transparent)]
@@ -225,7 +229,11 @@ pub async fn ensure_image(
 }
 
 async fn pull(docker: &Docker, name: &str) -> Result<(), DockerError> {
-    eprintln!("moat: pulling {name}");
+    let registry = registry_of(name);
+    eprintln!(
+        "moat: pulling {name} from {registry} (this engine does not have it; moat.yaml \
+         image: names another)"
+    );
     let (image, tag) = match name.rsplit_once(':') {
         Some((i, t)) if !t.contains('/') => (i, t),
         _ => (name, "latest"),
@@ -262,7 +270,8 @@ async fn pull(docker: &Docker, name: &str) -> Result<(), DockerError> {
                 }
                 return Err(DockerError::Pull {
                     image: name.into(),
-                    message: e.to_string(),
+                    registry: registry.into(),
+                    reason: pull_failure(&e),
                 });
             }
         }
@@ -271,6 +280,41 @@ async fn pull(docker: &Docker, name: &str) -> Result<(), DockerError> {
         eprintln!();
     }
     Ok(())
+}
+
+/// Where `docker pull NAME` pulls from: the first path component when it
+/// names a host (a dot, a port, or localhost), else Docker Hub.
+fn registry_of(name: &str) -> &str {
+    match name.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
+/// Why a pull failed, in a line: the engine's message without its
+/// transport detail, or that the registry cannot be reached.
+fn pull_failure(e: &bollard::errors::Error) -> String {
+    let message = match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    const UNREACHABLE: [&str; 7] = [
+        "connection refused",
+        "no such host",
+        "server misbehaving",
+        "i/o timeout",
+        "network is unreachable",
+        "TLS handshake timeout",
+        "dial tcp",
+    ];
+    if UNREACHABLE.iter().any(|m| message.contains(m)) {
+        return "the registry cannot be reached (offline?)".into();
+    }
+    let first = message.lines().next().unwrap_or_default().trim();
+    match first.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &first[..i]),
+        None => first.to_owned(),
+    }
 }
 
 async fn build(
@@ -295,15 +339,24 @@ async fn build(
         tag: tag.into(),
         message,
     };
+    let mut warned = false;
     while let Some(item) = log.next().await {
         let info = item.map_err(|e| failed(e.to_string()))?;
         if let Some(detail) = info.error_detail {
             return Err(failed(detail.message.unwrap_or_default()));
         }
-        if let Some(line) = info.stream {
-            eprint!("  | {line}");
-        } else if let Some(status) = info.status {
-            eprintln!("  | {status}");
+        // The engine's own lines, as docker build prints them; its
+        // forwarding warning (a RUN step on an engine without ip_forward)
+        // once, not on every step.
+        let line = info.stream.or(info.status.map(|s| s + "\n"));
+        if let Some(line) = line {
+            if line.contains("IPv4 forwarding is disabled") {
+                if warned {
+                    continue;
+                }
+                warned = true;
+            }
+            eprint!("{line}");
         }
     }
     if !image_exists(docker, tag).await? {
@@ -1099,6 +1152,42 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn pulls_come_from_the_named_registry_or_docker_hub() {
+        assert_eq!(registry_of("debian:bookworm-slim"), "docker.io");
+        assert_eq!(registry_of("library/debian"), "docker.io");
+        assert_eq!(registry_of("ghcr.io/o/i:1"), "ghcr.io");
+        assert_eq!(registry_of("127.0.0.1:5000/i"), "127.0.0.1:5000");
+        assert_eq!(registry_of("localhost/i"), "localhost");
+    }
+
+    #[test]
+    fn a_pull_failure_is_one_short_line() {
+        let e = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup \
+                      registry-1.docker.io on 10.0.0.2:53: server misbehaving"
+                .into(),
+        };
+        assert_eq!(
+            pull_failure(&e),
+            "the registry cannot be reached (offline?)"
+        );
+        let e = bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: format!("manifest unknown{}\nmore", "x".repeat(300)),
+        };
+        let line = pull_failure(&e);
+        assert!(
+            line.starts_with("manifest unknown") && line.ends_with('…'),
+            "{line}"
+        );
+        assert!(
+            !line.contains('\n') && line.chars().count() == 201,
+            "{line}"
+        );
+    }
 
     #[test]
     fn init_args() {
