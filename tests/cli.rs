@@ -994,7 +994,7 @@ fn secrets_reach_the_command_from_env_op_and_ssm() {
             .env("PATH", &path)
             .env("MOAT_TEST_SECRET_SRC", "from-host")
             .envs(extra.iter().copied())
-            .args(["run", ws.to_str().unwrap(), "--network-mode", "env", "--"])
+            .args(["run", ws.to_str().unwrap(), "--yes", "--network-mode", "env", "--"])
             .args([
                 "sh",
                 "-c",
@@ -1440,6 +1440,7 @@ fn an_http_mcp_url_says_mcp_urls_must_be_https() {
         &[
             "run",
             ws.to_str().unwrap(),
+            "--yes",
             "--network-mode",
             "env",
             "--",

@@ -327,7 +327,10 @@ fn a_workspace_that_is_or_lies_in_moat_home_is_refused() {
     l.grant(false);
     let run_true = |ws: &Path| {
         let out = l
-            .moat(false, &["run", ws.to_str().unwrap(), "--", "/bin/true"])
+            .moat(
+                false,
+                &["run", ws.to_str().unwrap(), "--yes", "--", "/bin/true"],
+            )
             .output()
             .unwrap();
         (out.status.success(), stderr(&out))
@@ -601,4 +604,123 @@ fn under_sudo_the_command_is_the_caller_and_their_home_is_hidden() {
     assert_eq!(line(&text, "bait:"), "bait: hidden", "{text}");
     assert_eq!(line(&text, "root_home:"), "root_home: refused", "{text}");
     assert_eq!(host_snapshot(), before, "the host's state changed");
+}
+
+/// The widened moat.yaml a hostile command leaves behind for the next run.
+const WIDENED: &str =
+    "grants: [github]\nsecrets:\n  STOLEN: env://INVOKER_SECRET\nnetwork:\n  host: [7777]\n";
+
+#[test]
+fn a_moat_yaml_rewritten_inside_a_run_does_not_widen_the_next_one() {
+    assert!(is_root(), "vm-tests run as root");
+    for as_nobody in [false, true] {
+        let who = ["root", "rootless"][as_nobody as usize];
+        let l = layout("home", as_nobody.then_some(NOBODY));
+        l.grant(as_nobody);
+        let yaml = l.workspace.join("moat.yaml");
+        std::fs::write(&yaml, "grants: [github]\n").unwrap();
+        if as_nobody {
+            std::os::unix::fs::chown(&yaml, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let trusted = l.home.join(".config/moat/trusted");
+        let run = |extra: &[&str], script: &str| {
+            let ws = l.workspace.to_str().unwrap().to_owned();
+            let (t, widened) = (
+                format!("T={}", trusted.display()),
+                format!("WIDENED={WIDENED}"),
+            );
+            let mut args = vec!["run", ws.as_str(), "-e", &t, "-e", &widened];
+            args.extend(extra);
+            args.extend(["--", "/bin/sh", "-c", script]);
+            let mut c = l.moat(as_nobody, &args);
+            c.env("INVOKER_SECRET", "invoker-hunter2");
+            c
+        };
+        // First sight: a grant is new access, so it needs a yes.
+        let out = run(&[], "true").output().unwrap();
+        assert!(!out.status.success(), "{who}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("+ grant github"),
+            "{who}: {}",
+            stderr(&out)
+        );
+        // Accepted; inside, the command rewrites moat.yaml and tries to
+        // accept its own version.
+        let hostile = r#"printf '%s' "$WIDENED" > moat.yaml && echo "yaml: written"
+ls -A "$T" 2>/dev/null | wc -l | sed 's/^/records: /'
+for f in "$T"/*; do echo '{}' > "$f" 2>/dev/null && echo "record: forged"; done
+touch "$T/forged.json" 2>/dev/null && echo "record: planted" || echo "record: refused""#;
+        let out = run(&["--network-mode", "transparent", "--yes"], hostile)
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        assert!(out.status.success(), "{who}: {}", stderr(&out));
+        assert_eq!(line(&text, "yaml:"), "yaml: written", "{who}");
+        assert_eq!(line(&text, "records:"), "records: 0", "{who}: {text}");
+        assert_eq!(line(&text, "record:"), "record: refused", "{who}: {text}");
+        assert_eq!(std::fs::read_dir(&trusted).unwrap().count(), 1, "{who}");
+        // The next plain run shows what was added and runs nothing.
+        let probe = "echo \"stolen: ${STOLEN:-none}\"";
+        let out = run(&[], probe).output().unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{who}: {err}");
+        assert!(
+            err.contains("+ secret STOLEN from env://INVOKER_SECRET")
+                && err.contains("+ host port 7777")
+                && err.contains("--yes"),
+            "{who}: {err}"
+        );
+        assert!(!err.contains("+ grant github"), "accepted before: {err}");
+        assert!(!stdout(&out).contains("hunter2"), "{who}");
+        // At a terminal it asks; "n" runs nothing.
+        let mut c = run(&[], probe);
+        let line_of = |c: &Command| {
+            std::iter::once(c.get_program())
+                .chain(c.get_args())
+                .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let script_line = line_of(&c);
+        let mut tty = Command::new("script");
+        tty.args(["-qec", &script_line, "/dev/null"])
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("SHELL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c = tty;
+        let mut child = c.spawn().unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let shown = stdout(&out);
+        assert!(
+            shown.contains("Run with this access? [y/N]"),
+            "{who}: {shown}"
+        );
+        assert!(
+            shown.contains("not accepted") && !shown.contains("hunter2"),
+            "{who}: {shown}"
+        );
+        // The user accepts it; then it runs as is, with no question.
+        let out = run(&["--yes"], probe).output().unwrap();
+        assert_eq!(
+            line(&stdout(&out), "stolen:"),
+            "stolen: invoker-hunter2",
+            "{who}"
+        );
+        assert!(stderr(&out).contains("accepted with --yes"), "{who}");
+        let out = run(&[], probe).output().unwrap();
+        assert!(out.status.success(), "{who}: {}", stderr(&out));
+        // Narrowing never asks.
+        std::fs::write(&yaml, "grants: [github]\n").unwrap();
+        let out = run(&[], probe).output().unwrap();
+        assert_eq!(
+            line(&stdout(&out), "stolen:"),
+            "stolen: none",
+            "{who}: {}",
+            stderr(&out)
+        );
+    }
 }

@@ -585,7 +585,7 @@ fn strict_policy_refuses_what_is_neither_granted_nor_allowed() {
     for redirect in REDIRECTS {
         let _ = std::fs::remove_dir_all(s.env.home().join("runs"));
         let out = s.run_with(
-            &["--redirect", redirect],
+            &["--yes", "--redirect", redirect],
             r#"
 echo "granted: $(curl -sS https://api.github.com/user)"
 echo "allowed: $(curl -sS -o /dev/null -w '%{http_code}' https://files.pypi.test/simple/)"
@@ -707,13 +707,16 @@ fn host_services_only_through_network_host() {
         format!("network:\n  host: [{open}]\n"),
     )
     .unwrap();
-    let out = s.run(&format!(
-        r#"
+    let out = s.run_with(
+        &["--yes"],
+        &format!(
+            r#"
 echo "open: $(curl -sS --max-time 5 http://host.moat.internal:{open}/ 2>&1)"
 echo "closed: $(curl -sS --max-time 5 http://host.moat.internal:{closed}/ 2>&1)"
 echo "loopback: $(curl -sS --max-time 5 http://127.0.0.1:{open}/ 2>&1)"
 "#
-    ));
+        ),
+    );
     let text = stdout(&out);
     assert!(
         text.contains("open: hello-from-host"),
@@ -934,7 +937,7 @@ fn provider_files_and_mcp_servers_reach_the_sandbox() {
     let out = s
         .env
         .cmd()
-        .args(["run", s.workspace.to_str().unwrap()])
+        .args(["run", s.workspace.to_str().unwrap(), "--yes"])
         .args(["--resolve", &apis.resolve_entry("npm.corp.test")])
         .args(["--resolve", &apis.resolve_entry("mcp.context7.test")])
         .args(["--upstream-ca", ca_file.to_str().unwrap()])

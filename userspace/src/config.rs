@@ -39,6 +39,8 @@ pub enum ConfigError {
 pub struct Config {
     /// The file it came from, if any.
     pub path: Option<PathBuf>,
+    /// SHA-256 (hex) of the exact text parsed, for config trust.
+    pub sha256: Option<String>,
     pub name: Option<String>,
     /// argv; a YAML string becomes `/bin/sh -c STRING`.
     pub command: Vec<OsString>,
@@ -436,6 +438,7 @@ impl Config {
             ports,
             container,
             path: Some(path.to_owned()),
+            sha256: Some(hex_sha256(text.as_bytes())),
             name: doc.name,
             command,
             grants: doc.grants,
@@ -453,6 +456,71 @@ impl Config {
                 })
                 .collect(),
         })
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Config {
+    /// What this config lets a run reach beyond Moat's defaults, one line
+    /// per item, sorted: grants, secrets and where they come from, host
+    /// ports, the network policy and its rules, MCP servers, mounts and
+    /// unmasks. Config trust compares these lines: a line the user has not
+    /// accepted widens access.
+    pub fn access(&self) -> Vec<String> {
+        use crate::secrets::SecretRef;
+        let mut lines = Vec::new();
+        for g in &self.grants {
+            lines.push(format!("grant {g}"));
+        }
+        for (var, r) in &self.secrets {
+            let from = match r {
+                SecretRef::Env(name) => format!("env://{name}"),
+                SecretRef::Op(whole) => whole.clone(),
+                SecretRef::Ssm(name) => format!("ssm://{name}"),
+            };
+            lines.push(format!("secret {var} from {from}"));
+        }
+        for port in &self.network.host_ports {
+            lines.push(format!("host port {port} (the host's 127.0.0.1:{port})"));
+        }
+        if self.network.policy.mode == Mode::Permissive {
+            lines.push("network policy permissive (any host, without credentials)".into());
+        }
+        for rule in &self.network.policy.rules {
+            let routes: Vec<String> = rule.routes.iter().map(ToString::to_string).collect();
+            if routes.is_empty() {
+                lines.push(format!("network rule {}", rule.host));
+            } else {
+                lines.push(format!("network rule {}: {}", rule.host, routes.join(", ")));
+            }
+        }
+        for m in &self.mcp {
+            lines.push(format!(
+                "mcp {} at {} with grant {} in {}",
+                m.name, m.url, m.grant, m.header
+            ));
+        }
+        for m in &self.mounts {
+            let ro = if m.read_only { " (read-only)" } else { "" };
+            lines.push(format!(
+                "mount {} at {}{ro}",
+                m.src.display(),
+                m.dst.display()
+            ));
+        }
+        for p in &self.unmask {
+            lines.push(format!("unmask {}", p.display()));
+        }
+        lines.sort();
+        lines.dedup();
+        lines
     }
 }
 

@@ -6,6 +6,7 @@
 
 #![deny(clippy::print_stdout)]
 
+mod config_trust;
 mod detach;
 mod doctor;
 mod grant;

@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// read Moat's key and every stored credential
     #[arg(long)]
     insecure_env: bool,
+    /// Accept what moat.yaml asks for beyond what you accepted before (new
+    /// grants, secrets, host ports, network rules, MCP servers, mounts,
+    /// unmasks) without being asked; without a terminal, such a moat.yaml is
+    /// refused unless this is given
+    #[arg(short = 'y', long)]
+    yes: bool,
     /// How transparent mode redirects connections
     #[arg(long, value_enum, default_value = "nft")]
     redirect: Redirect,
@@ -184,6 +190,14 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
     let config = Config::find(&workspace)?;
     let caller_home = caller_home(&home);
     let (masks, mask_notes) = masks_for(&home, caller_home.as_deref(), &workspace, &config)?;
+    // moat.yaml is in the workspace, which earlier runs could write: only
+    // access the user accepted is used (cli/config_trust.rs).
+    let user_home = caller_home
+        .clone()
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+    if let Some(user_home) = &user_home {
+        super::config_trust::check(&config, user_home, &home, args.yes)?;
+    }
     // `moat run -d`: this process only starts the real run in the background
     // and waits until it has started (cli/detach.rs).
     if args.detach && ctx.detached_run.is_none() {
@@ -326,6 +340,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
             "grants": grant_names,
             "secrets": config.secrets.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             "config": config.path,
+            "config_sha256": config.sha256,
             "pid": std::process::id(),
             "detached": ctx.detached_run.is_some(),
         }),
