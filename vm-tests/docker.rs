@@ -202,10 +202,28 @@ cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' > /workspace/proc-environ.tx
         ph.starts_with("ghp_") && ph.len() == 40 && ph != REAL,
         "{ph}"
     );
-    assert_eq!(line(&text, "id:"), "id: 0:0", "{text}");
+    // Moat runs as root: the command is an unprivileged id (never the host's
+    // root), and what it writes through the id-mapped workspace is root's.
+    assert_eq!(line(&text, "id:"), "id: 2147352576:2147352576", "{text}");
     assert_eq!(line(&text, "pwd:"), "pwd: /workspace", "{text}");
     assert_eq!(line(&text, "home:"), "home: /tmp/home", "{text}");
-    assert!(s.workspace.join("made-inside").exists());
+    use std::os::unix::fs::MetadataExt as _;
+    let made = std::fs::metadata(s.workspace.join("made-inside")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0));
+    assert_eq!(
+        std::fs::read_dir(s.env.home().join("runs"))
+            .unwrap()
+            .flat_map(|r| std::fs::read_dir(r.unwrap().path()).unwrap())
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("idmapped"))
+            .count(),
+        0,
+        "the id-mapped views outlived the run"
+    );
     for file in ["env.txt", "proc-environ.txt"] {
         let env = std::fs::read_to_string(s.workspace.join(file)).unwrap();
         assert!(

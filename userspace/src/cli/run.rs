@@ -605,12 +605,20 @@ fn docker(
                 .collect::<Result<_, _>>()?,
         },
     };
-    let user = home.owner().map(|o| (o.uid, o.gid)).unwrap_or_else(|| {
-        (
+    // Under sudo the caller; as root, never the host's root: an
+    // unprivileged id, with id-mapped views of the workspace and mounts.
+    let idmap = home.owner().is_none() && nix::unistd::geteuid().is_root();
+    let user = match home.owner() {
+        Some(o) => (o.uid, o.gid),
+        None if idmap => {
+            let id = crate::sandbox::init::SANDBOX_ID_BASE;
+            (id, id)
+        }
+        None => (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
-        )
-    });
+        ),
+    };
     let home_files = p.dir.join("home-files");
     let code = d::run(
         d::DockerSpec {
@@ -624,6 +632,7 @@ fn docker(
             limits: config.container.clone(),
             env,
             user,
+            idmap,
             command: p.command,
             bundle: p.bundle,
             truststore: p.truststore,

@@ -2,7 +2,8 @@
 //! transparent redirect as a native run.
 //!
 //! The container is created with network `none`, every capability dropped
-//! and `no-new-privileges`, as the invoking user, labelled
+//! and `no-new-privileges`, as the sudo caller (or, when Moat runs as root,
+//! an unprivileged id with id-mapped views of the workspace), labelled
 //! `io.moat.run=<run id>` and `io.moat.home=<$MOAT_HOME>`, and (unless
 //! `--keep`) with AutoRemove. Its entrypoint is this very binary,
 //! bind-mounted read-only at `/.moat/moat`, in `__container-init` mode: it
@@ -153,6 +154,10 @@ pub struct DockerSpec {
     pub env: Vec<(OsString, OsString)>,
     /// uid:gid the command runs as.
     pub user: (u32, u32),
+    /// Moat runs as root without sudo: the command runs as
+    /// [`super::init::SANDBOX_ID_BASE`] and sees the workspace and `mounts:`
+    /// through id-mapped mounts (its ids are root's on disk).
+    pub idmap: bool,
     pub command: Vec<OsString>,
     /// The merged CA bundle and Java truststore on the host.
     pub bundle: PathBuf,
@@ -384,12 +389,17 @@ pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
         spec.rebuild,
         &spec.events,
     ))?;
+    let views = if spec.idmap {
+        Views::stage(&spec)?
+    } else {
+        Views::default()
+    };
     let ctl = spec.run_dir.join("container-ctl");
     let listener = make_ctl_socket(&ctl, spec.user)?;
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
         && nix::unistd::isatty(std::io::stdout()).unwrap_or(false);
     let name = format!("moat-{}", spec.id);
-    let body = container_body(&spec, &image, &ctl, tty)?;
+    let body = container_body(&spec, &image, &ctl, tty, &views)?;
     let result = rt.block_on(async {
         docker
             .create_container(
@@ -412,7 +422,7 @@ pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
         "container",
         serde_json::json!({"name": name, "id": created.id, "image": image, "tty": tty}),
     );
-    let outcome = run_container(&rt, &docker, &spec, engine, &name, listener, tty);
+    let outcome = run_container(&rt, &docker, &spec, engine, &name, (listener, views), tty);
     if !spec.keep {
         // AutoRemove has usually done it already (or is doing it): the run
         // ends when the container is gone.
@@ -556,16 +566,76 @@ pub async fn kill_now(docker: &Docker, container: &str) -> Result<(), DockerErro
     }
 }
 
+/// Id-mapped views of the workspace and the `mounts:` sources, attached in
+/// the run's directory for the engine to bind from: a file the command
+/// (host uid [`super::init::SANDBOX_ID_BASE`] + N) writes there is uid N on
+/// disk, so root's files stay root's. Detached when dropped, which is as
+/// soon as the container has started (it keeps its own binds).
+#[derive(Default)]
+struct Views {
+    /// Host directory → the path of its id-mapped view.
+    at: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Views {
+    fn stage(spec: &DockerSpec) -> Result<Self, DockerError> {
+        use std::os::fd::AsFd as _;
+        let userns = super::init::sandbox_userns().map_err(std::io::Error::other)?;
+        let mut views = Views::default();
+        let mut sources = vec![spec.workspace.clone()];
+        for m in &spec.mounts {
+            sources.push(std::fs::canonicalize(&m.src)?);
+        }
+        for (i, src) in sources.into_iter().enumerate() {
+            if views.at.iter().any(|(s, _)| *s == src) || !src.is_dir() {
+                continue;
+            }
+            let view = spec.run_dir.join(format!("idmapped-{i}"));
+            std::fs::create_dir_all(&view)?;
+            let dir = std::fs::File::open(&src)?;
+            let failed = |what: &str, e: nix::Error| {
+                std::io::Error::other(format!(
+                    "{what} {} for the container: {e} (its filesystem may not support id-mapped mounts)",
+                    src.display()
+                ))
+            };
+            let tree = super::sys::clone_tree(dir.as_fd()).map_err(|e| failed("cloning", e))?;
+            super::sys::idmap(tree.as_fd(), userns.as_fd()).map_err(|e| failed("id-mapping", e))?;
+            super::sys::move_mount_onto(tree.as_fd(), &view).map_err(|e| failed("attaching", e))?;
+            views.at.push((src, view));
+        }
+        Ok(views)
+    }
+
+    /// Where the engine binds `src` from.
+    fn of<'a>(&'a self, src: &'a Path) -> &'a Path {
+        self.at
+            .iter()
+            .find(|(s, _)| s == src)
+            .map_or(src, |(_, v)| v.as_path())
+    }
+}
+
+impl Drop for Views {
+    fn drop(&mut self) {
+        for (_, view) in &self.at {
+            let _ = nix::mount::umount2(view, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(view);
+        }
+    }
+}
+
 fn container_body(
     spec: &DockerSpec,
     image: &str,
     ctl: &Path,
     tty: bool,
+    views: &Views,
 ) -> Result<ContainerCreateBody, DockerError> {
     let lossy = |p: &Path| p.to_string_lossy().into_owned();
     let exe = std::env::current_exe()?;
     let mut binds = vec![
-        format!("{}:{WORKSPACE_INSIDE}", lossy(&spec.workspace)),
+        format!("{}:{WORKSPACE_INSIDE}", lossy(views.of(&spec.workspace))),
         format!("{}:{BINARY_INSIDE}:ro", lossy(&exe)),
         format!("{}:{MOAT_DIR}/ctl:ro", lossy(ctl)),
         format!("{}:{BUNDLE_INSIDE}:ro", lossy(&spec.bundle)),
@@ -591,7 +661,7 @@ fn container_body(
         }
         binds.push(format!(
             "{}:{}{}",
-            lossy(&src),
+            lossy(views.of(&src)),
             lossy(&m.dst),
             if m.read_only { ":ro" } else { "" }
         ));
@@ -730,7 +800,8 @@ fn run_container(
     spec: &DockerSpec,
     engine: Arc<Engine>,
     name: &str,
-    listener: std::os::unix::net::UnixListener,
+    // The control socket's listener, and the views the engine binds from.
+    (listener, views): (std::os::unix::net::UnixListener, Views),
     tty: bool,
 ) -> Result<i32, DockerError> {
     let attached = rt.block_on(docker.attach_container(
@@ -743,7 +814,11 @@ fn run_container(
             ..Default::default()
         }),
     ))?;
-    rt.block_on(docker.start_container(name, None))?;
+    let started = rt.block_on(docker.start_container(name, None));
+    // The container holds its own binds now: the host needs the id-mapped
+    // views no longer (a kill -9 from here on leaves none behind).
+    drop(views);
+    started?;
     let info = rt.block_on(docker.inspect_container(name, None))?;
     let state = info.state.unwrap_or_default();
     let pid = state

@@ -521,12 +521,13 @@ fn minimal_dev() -> Result<(), String> {
 /// inside are [`SANDBOX_ID_BASE`].. on the host, an unprivileged range no
 /// account uses. A short-lived child creates it; this process writes its
 /// maps and keeps a descriptor to it.
-fn sandbox_userns() -> Result<OwnedFd, String> {
+pub(super) fn sandbox_userns() -> Result<OwnedFd, String> {
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (hold_r, hold_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // SAFETY: single-threaded here; the child only makes raw syscalls.
+    // SAFETY: the child only makes raw syscalls (async-signal-safe), so this
+    // is sound in a multi-threaded process too (docker runs).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop((ready_r, hold_w));
