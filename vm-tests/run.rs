@@ -12,12 +12,13 @@ mod common;
 use std::process::{Command, Output};
 
 use common::*;
-use moat_testkit::{StubServer, TestCa, fake_github_accepting, git_server};
+use moat_testkit::{Sink, StubServer, TestCa, fake_github_accepting, git_server};
 
 const REAL: &str = "ghp_RealTokenInsideNothing0123456789abcd";
 
 struct Setup {
     env: Env,
+    ca: TestCa,
     ca_file: std::path::PathBuf,
     server: StubServer,
     git: StubServer,
@@ -53,6 +54,7 @@ fn setup() -> Setup {
     std::fs::create_dir_all(&workspace).unwrap();
     Setup {
         env,
+        ca,
         ca_file,
         server,
         git,
@@ -572,6 +574,81 @@ fn a_run_stopped_the_moment_it_starts_ends_and_leaves_nothing() {
             !running(&marker)
         });
     }
+}
+
+#[test]
+fn hostile_requests_get_no_credential_back_and_no_route_bypass() {
+    let s = setup();
+    std::fs::write(
+        s.workspace.join("moat.yaml"),
+        "network:\n  rules:\n    - api.github.com:\n        - deny * /admin/**\n        - allow * /**\n",
+    )
+    .unwrap();
+    // api.github.com here: a sink whose /reflect echoes Authorization back.
+    let sink = Sink::start(&s.ca, &["api.github.com"], &[b"h2", b"http/1.1"]).unwrap();
+    for redirect in REDIRECTS {
+        let out = s
+            .env
+            .cmd()
+            .args(["run", s.workspace.to_str().unwrap(), "--grant", "github", "--yes"])
+            .args(["--redirect", redirect])
+            .args(["--resolve", &sink.server.resolve_entry("api.github.com")])
+            .args(["--upstream-ca", s.ca_file.to_str().unwrap()])
+            .args(["--", "/bin/sh", "-c"])
+            .arg(
+                r#"
+code() { curl -sS --path-as-is -o /dev/null -w '%{http_code}' "$@"; }
+echo "reflect: $(curl -sS -i https://api.github.com/reflect | tr -d '\r' | tr '\n' ' ')"
+echo "reflect-length: $(curl -sS -i 'https://api.github.com/reflect?length' | tr -d '\r' | tr '\n' ' ')"
+echo "reflect-h1: $(curl -sS --http1.1 -i https://api.github.com/reflect | tr -d '\r' | tr '\n' ' ')"
+echo "placeholder: $GH_TOKEN"
+echo "trace: $(code -X TRACE https://api.github.com/user)"
+for p in /admin/x /x/../admin/x /%61dmin/x //admin/x /admin/./x; do
+  echo "route $p: $(code "https://api.github.com$p")"
+done
+"#,
+            )
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        assert!(out.status.success(), "{redirect}: {text}\n{}", stderr(&out));
+        assert!(
+            !text.contains(REAL),
+            "{redirect}: the real token came back: {text}"
+        );
+        let ph = line(&text, "placeholder:");
+        let ph = ph.trim_start_matches("placeholder: ");
+        for key in ["reflect:", "reflect-length:", "reflect-h1:"] {
+            let l = line(&text, key);
+            assert!(
+                l.contains(&format!("x-echo-authorization: Bearer {ph}"))
+                    && l.contains(&format!("got: Bearer {ph} end")),
+                "{redirect}: {l}"
+            );
+        }
+        assert_eq!(line(&text, "trace:"), "trace: 405", "{redirect}");
+        for p in [
+            "/admin/x",
+            "/x/../admin/x",
+            "/%61dmin/x",
+            "//admin/x",
+            "/admin/./x",
+        ] {
+            assert_eq!(
+                line(&text, &format!("route {p}:")),
+                format!("route {p}: 403"),
+                "{redirect}: {text}"
+            );
+        }
+    }
+    assert!(
+        !sink
+            .server
+            .seen()
+            .iter()
+            .any(|r| r.method == "TRACE" || r.path.contains("admin")),
+        "reached the upstream"
+    );
 }
 
 #[test]
