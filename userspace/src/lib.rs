@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod runs;
 pub mod sandbox;
 pub mod secrets;
+pub mod session;
 pub mod store;

@@ -6,13 +6,13 @@
 
 #![deny(clippy::print_stdout)]
 
-mod config_trust;
+pub(crate) mod config_trust;
 mod detach;
 mod doctor;
 mod grant;
 mod init;
 mod output;
-mod probe;
+pub(crate) mod probe;
 mod prompt;
 mod proxy;
 mod revoke;

@@ -1,0 +1,141 @@
+//! A run's credentials: the named grants (and moat.yaml's MCP servers)
+//! decrypted into the proxy's injection table, the placeholder files for
+//! the sandbox's HOME, and how Moat reaches upstreams. Values stay in
+//! memory, in the proxy; the sandbox never sees them.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow};
+
+use crate::net::{Resolve, Upstream};
+use crate::providers::{Registry, placeholder};
+use crate::proxy::Grant;
+use crate::store::{CredName, Store};
+
+/// Decrypt the named credentials into proxy grants (values stay in memory).
+/// An old Claude OAuth token stored as `anthropic` is moved to `claude` first.
+pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Result<Vec<Grant>> {
+    Ok(load(store, registry, names, &[])?.grants)
+}
+
+/// What a run gets from its credentials.
+pub struct Loaded {
+    pub grants: Vec<Grant>,
+    /// Placeholder config files for the sandbox HOME (`.npmrc`, …).
+    pub files: Vec<crate::providers::SandboxFile>,
+}
+
+/// An MCP server from `moat.yaml`: the credential (`mcp-<name>`) whose token
+/// goes into `server.header` on the server's host.
+pub struct McpUse {
+    pub grant: String,
+    pub server: crate::providers::builtin::mcp::McpServer,
+}
+
+/// The named credentials (and MCP servers) as proxy grants plus the
+/// sandbox's placeholder files. Values stay in memory.
+pub fn load(
+    store: &Store,
+    registry: &Registry,
+    names: &[String],
+    mcp: &[McpUse],
+) -> Result<Loaded> {
+    use crate::providers::migrate::{Migration, migrate_anthropic_oauth};
+    let claude_related = names.iter().any(|n| n == "anthropic" || n == "claude");
+    let migrated = claude_related && migrate_anthropic_oauth(store)? == Migration::Moved;
+    if migrated {
+        eprintln!(
+            "moat: the OAuth token stored as 'anthropic' is a Claude token; moved to 'claude' (use --grant claude from now on)"
+        );
+    }
+    let mut grants = Vec::new();
+    let mut files = Vec::new();
+    for raw in names {
+        let raw = if migrated && raw == "anthropic" {
+            "claude"
+        } else {
+            raw.as_str()
+        };
+        let name = CredName::parse(raw)?;
+        if grants.iter().any(|g: &Grant| g.name == name.as_str()) {
+            continue;
+        }
+        let (cred, key) = store.get_with_placeholder_key(&name)?;
+        let provider = registry.get(&cred.provider).ok_or_else(|| {
+            anyhow!(
+                "credential '{name}' is for provider '{}', which is no longer defined",
+                cred.provider
+            )
+        })?;
+        let placeholder = provider.placeholder.as_ref().map(|f| {
+            use secrecy::ExposeSecret;
+            placeholder::derive(f, &key, name.as_str(), cred.token.expose_secret())
+        });
+        if let Some(ph) = &placeholder {
+            files.extend(provider.sandbox_files(&cred, ph));
+        }
+        let bindings = provider.bind(&cred)?;
+        let live = provider.refresh_policy(&cred).map(|policy| {
+            use crate::proxy::refresh::{LiveToken, StorePersist, SystemClock};
+            let persist = StorePersist {
+                store: Store::from_env(store.home().clone(), store.profile().cloned())?,
+                name: name.clone(),
+            };
+            anyhow::Ok(Arc::new(LiveToken::new(
+                name.as_str(),
+                cred,
+                policy,
+                Arc::new(SystemClock),
+                Arc::new(persist),
+            )))
+        });
+        let live = live.transpose()?;
+        for binding in bindings {
+            grants.push(Grant {
+                name: name.to_string(),
+                provider: binding.provider,
+                token: binding.token,
+                placeholder: placeholder.clone(),
+                live: live.clone(),
+            });
+        }
+    }
+    for m in mcp {
+        let name = CredName::parse(&m.grant)?;
+        let cred = store
+            .get(&name)
+            .with_context(|| format!("moat.yaml mcp '{}': credential '{name}'", m.server.name))?;
+        let provider = registry.get(&cred.provider).ok_or_else(|| {
+            anyhow!(
+                "credential '{name}' is for provider '{}', which is no longer defined",
+                cred.provider
+            )
+        })?;
+        let binding = crate::providers::builtin::mcp::bind_server(provider, &m.server, &cred)?;
+        grants.push(Grant {
+            name: name.to_string(),
+            provider: binding.provider,
+            token: binding.token,
+            placeholder: None,
+            live: None,
+        });
+    }
+    Ok(Loaded { grants, files })
+}
+
+/// How Moat reaches upstreams: `MOAT_RESOLVE` plus `--resolve` flags (the
+/// flag winning for the same HOST:PORT), extra CA roots, the host's proxy.
+pub fn upstream_from(
+    resolve_flags: &[String],
+    upstream_ca: Option<&std::path::Path>,
+) -> Result<Upstream> {
+    let mut resolve = Resolve::parse(
+        &std::env::var("MOAT_RESOLVE").unwrap_or_default(),
+        "MOAT_RESOLVE",
+    )?;
+    for entry in resolve_flags {
+        resolve.add(entry, "--resolve")?;
+    }
+    let proxies = hyper_util::client::proxy::matcher::Matcher::from_env();
+    Ok(Upstream::new(resolve, upstream_ca, proxies)?)
+}

@@ -1,0 +1,411 @@
+//! One run, from request to exit code: read `moat.yaml` and check it is
+//! trusted, decide the plan ([`plan`]), load the grants ([`grants`]), make
+//! the run's directory, lock, events and trust files, start the command in
+//! its [`runtime`], and record how it ended.
+//!
+//! `cli/run.rs` only turns flags into a [`Request`].
+
+pub mod grants;
+pub mod plan;
+mod runtime;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::config::Config;
+use crate::events::Events;
+use crate::home::MoatHome;
+use crate::proxy::{MoatCa, Policy};
+use crate::sandbox::trust;
+
+pub use plan::{Mode, Redirect, RuntimeKind};
+
+/// What the user asked for: `moat run`'s flags.
+pub struct Request {
+    /// The workspace (read-write, the command's working directory).
+    pub dir: PathBuf,
+    pub grants: Vec<String>,
+    /// `-e KEY=VALUE`.
+    pub env: Vec<String>,
+    pub network_mode: Option<Mode>,
+    pub insecure_env: bool,
+    pub yes: bool,
+    pub redirect: Redirect,
+    pub runtime: Option<RuntimeKind>,
+    pub rebuild: bool,
+    pub keep: bool,
+    pub detach: bool,
+    /// `-p HOSTPORT:PORT`, as given.
+    pub publish: Vec<String>,
+    pub resolve: Vec<String>,
+    pub upstream_ca: Option<PathBuf>,
+    pub command: Vec<OsString>,
+}
+
+/// Where a run gets what it does not own.
+pub struct Sources<'a> {
+    pub home: MoatHome,
+    pub store: &'a dyn Fn() -> Result<crate::store::Store>,
+    pub registry: &'a dyn Fn() -> Result<crate::providers::Registry>,
+    /// `moat run -d`: start the run in the background (`cli/detach.rs`).
+    pub detach: &'a dyn Fn(&MoatHome) -> Result<i32>,
+    /// In the background process of `moat run -d`: the run's id.
+    pub detached_run: Option<String>,
+}
+
+/// Everything a run needs, prepared the same way for every mode. (Env mode,
+/// all macOS has, uses neither `id`, `home_files` nor `dir`.)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) struct Prepared {
+    id: String,
+    /// (host copy, path relative to the sandbox HOME).
+    home_files: Vec<(PathBuf, PathBuf)>,
+    events: Events,
+    grants: Vec<crate::proxy::Grant>,
+    upstream: crate::net::Upstream,
+    policy: Policy,
+    ca: Arc<MoatCa>,
+    bundle: PathBuf,
+    truststore: PathBuf,
+    workspace: PathBuf,
+    /// What the sandbox must never show, even inside the workspace.
+    masks: Vec<PathBuf>,
+    /// The sudo caller's real home (HOME is root's under sudo).
+    caller_home: Option<PathBuf>,
+    command: Vec<OsString>,
+    env_extra: Vec<(OsString, OsString)>,
+    /// The run's directory ($MOAT_HOME/runs/<id>).
+    dir: PathBuf,
+}
+
+pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
+    let t0 = std::time::Instant::now();
+    let home = src.home;
+    let workspace = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("workspace {}", args.dir.display()))?;
+    if !workspace.is_dir() {
+        bail!("workspace {} is not a directory", workspace.display());
+    }
+    let config = Config::find(&workspace)?;
+    let caller_home = caller_home(&home);
+    let (masks, mask_notes) = masks_for(&home, caller_home.as_deref(), &workspace, &config)?;
+    // moat.yaml is in the workspace, which earlier runs could write: only
+    // access the user accepted is used (cli/config_trust.rs).
+    let user_home = caller_home
+        .clone()
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+    if let Some(user_home) = &user_home {
+        crate::cli::config_trust::check(&config, user_home, &home, args.yes)?;
+    }
+    // `moat run -d`: this process only starts the real run in the background
+    // and waits until it has started (cli/detach.rs).
+    if args.detach && src.detached_run.is_none() {
+        if args.command.is_empty() && config.command.is_empty() {
+            bail!(
+                "moat run -d needs a command (moat run -d -- CMD, or command: in moat.yaml): \
+                 a detached run has no terminal for an interactive shell"
+            );
+        }
+        return (src.detach)(&home);
+    }
+    let probe = crate::cli::probe::userns;
+    let host = plan::Host::this(&probe);
+    let runtime = plan::runtime(args.runtime, &config);
+    let mode = if runtime == RuntimeKind::Docker {
+        plan::docker_mode(args.network_mode, args.redirect, &host, &config)?
+    } else {
+        let (mode, note) =
+            plan::choose_mode(args.network_mode, args.redirect, args.insecure_env, &host)?;
+        if let Some(note) = note {
+            eprintln!("moat: {note}");
+        }
+        mode
+    };
+    if mode == Mode::Env && args.redirect == Redirect::Ebpf {
+        bail!("--redirect ebpf needs --network-mode transparent");
+    }
+    let masked = runtime == RuntimeKind::Docker || mode == Mode::Transparent || {
+        let (masked, note) = plan::env_masking(&host, args.insecure_env, home.root())?;
+        if let Some(note) = note {
+            eprintln!("moat: {note}");
+        }
+        masked
+    };
+    if masked {
+        for note in mask_notes {
+            eprintln!("moat: {note}");
+        }
+    }
+    if runtime == RuntimeKind::Native && !config.mounts.is_empty() {
+        bail!(
+            "moat.yaml mounts: need --runtime docker (native runs see the host's directories \
+             read-only already, and the workspace read-write)"
+        );
+    }
+    let publish = plan::publish(&args.publish, &config)?;
+    let grant_names = plan::grant_names(&config, &args.grants);
+    let store = (src.store)()?;
+    let registry = (src.registry)()?;
+    let mcp: Vec<grants::McpUse> = config
+        .mcp
+        .iter()
+        .map(|m| grants::McpUse {
+            grant: m.grant.clone(),
+            server: crate::providers::builtin::mcp::McpServer {
+                name: m.name.clone(),
+                url: m.url.clone(),
+                header: m.header.clone(),
+            },
+        })
+        .collect();
+    let loaded = grants::load(&store, &registry, &grant_names, &mcp)?;
+    let grants = loaded.grants;
+
+    let (resolve, policy) = plan::host_services(&config, &args.resolve)?;
+    let upstream = grants::upstream_from(&resolve, args.upstream_ca.as_deref())?;
+    // Secrets are fetched before anything is created: a failing one leaves no run behind.
+    let env_extra = extra_env(&grants, &config, &args.env)?;
+    let ca = Arc::new(MoatCa::load_or_create(&home)?);
+
+    // A fresh run directory, or the one `moat run -d` made for this run.
+    let (id, dir) = match &src.detached_run {
+        Some(id) => (id.clone(), crate::runs::runs_dir(&home).join(id)),
+        None => crate::runs::create_run_dir(&home).context("creating the run directory")?,
+    };
+    // Held while the run lives (the kernel drops it even on kill -9):
+    // `moat list` and `moat clean` tell live runs from dead ones by it.
+    let lock = std::fs::File::create(dir.join(crate::runs::LOCK))?;
+    lock.lock().context("locking the run directory")?;
+    crate::runs::write_pid(&home, &dir)?;
+    let events_path = dir.join("events.jsonl");
+    let events = Events::create(&events_path)
+        .with_context(|| format!("creating {}", events_path.display()))?;
+    home.chown(&events_path)?;
+
+    // Env mode's command sees $MOAT_HOME masked: its trust files (public
+    // certificates only) live in a temporary directory of their own,
+    // removed with it at the end of the run.
+    let trust_dir = if runtime == RuntimeKind::Native && mode == Mode::Env {
+        let t = tempfile::Builder::new()
+            .prefix("moat-trust-")
+            .tempdir()
+            .context("creating the run's trust directory")?;
+        home.chown(t.path())?;
+        Some(t)
+    } else {
+        None
+    };
+    let trust_at = trust_dir.as_ref().map_or(dir.as_path(), |t| t.path());
+    let (bundle_path, truststore_path) = write_trust_files(&home, trust_at, &ca)?;
+
+    // Placeholder config files (.npmrc, …) for the sandbox's fresh HOME.
+    let mut home_files = Vec::new();
+    for f in loaded.files {
+        let host = dir.join("home-files").join(&f.rel_path);
+        if let Some(parent) = host.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&host, &f.contents)
+            .with_context(|| format!("writing {}", host.display()))?;
+        home_files.push((host, f.rel_path));
+    }
+    let (rebuild, keep) = (args.rebuild, args.keep);
+    let command = plan::command(args.command, &config, runtime, std::env::var_os("SHELL"));
+    events.emit(
+        "start",
+        serde_json::json!({
+            "run": id,
+            "mode": format!("{mode:?}").to_lowercase(),
+            "runtime": format!("{runtime:?}").to_lowercase(),
+            "workspace": workspace,
+            "command": command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "grants": grant_names,
+            "secrets": config.secrets.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            "config": config.path,
+            "config_sha256": config.sha256,
+            "pid": std::process::id(),
+            "detached": src.detached_run.is_some(),
+        }),
+    );
+    tracing::info!(run = %id, "events: {}", events_path.display());
+    tracing::debug!("run prepared in {:?}", t0.elapsed());
+    let prepared = Prepared {
+        id: id.clone(),
+        home_files,
+        events: events.clone(),
+        grants,
+        upstream,
+        policy,
+        ca,
+        bundle: bundle_path,
+        truststore: truststore_path,
+        workspace,
+        masks,
+        caller_home,
+        command,
+        env_extra,
+        dir: dir.clone(),
+    };
+    let trust_files = [prepared.bundle.clone(), prepared.truststore.clone()];
+    let home_files_dir = dir.join("home-files");
+    let launcher: Box<dyn runtime::Runtime + '_> = match (runtime, mode) {
+        (RuntimeKind::Docker, _) => Box::new(runtime::Docker {
+            config: &config,
+            publish,
+            rebuild,
+            keep,
+        }),
+        (RuntimeKind::Native, Mode::Transparent) => Box::new(runtime::Native {
+            publish,
+            redirect: args.redirect,
+        }),
+        (RuntimeKind::Native, Mode::Env) => Box::new(runtime::Env { publish, masked }),
+    };
+    let result = launcher.run(&home, prepared);
+    // The run's directory keeps its events; the trust files are not needed again.
+    for f in trust_files {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir_all(home_files_dir);
+    drop(trust_dir);
+    match &result {
+        Ok(code) => events.emit("exit", serde_json::json!({"code": code})),
+        Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
+    }
+    result
+}
+
+/// The sudo caller's home, when Moat runs under sudo for them.
+fn caller_home(home: &MoatHome) -> Option<PathBuf> {
+    let owner = home.owner()?;
+    let user = nix::unistd::User::from_uid(owner.uid.into()).ok()??;
+    Some(user.dir)
+}
+
+/// What the run masks (see `sandbox::mask`): refuses a workspace that is or
+/// lies in `$MOAT_HOME` or another mask; the lines that say what it masks
+/// inside the workspace and what moat.yaml unmasked.
+fn masks_for(
+    home: &crate::home::MoatHome,
+    caller_home: Option<&std::path::Path>,
+    workspace: &std::path::Path,
+    config: &Config,
+) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let mut notes = Vec::new();
+    use crate::sandbox::mask;
+    let view = mask::HostView::read(home.root(), caller_home, config.unmask.clone());
+    let masks = mask::masks(&view)?;
+    mask::check_workspace(workspace, &view, &masks)?;
+    let inside = mask::inside(workspace, &masks);
+    if !inside.is_empty() {
+        let names: Vec<String> = inside
+            .iter()
+            .map(|m| {
+                let rel = m.path.strip_prefix(workspace).unwrap_or(&m.path);
+                format!("{} ({})", rel.display(), m.what)
+            })
+            .collect();
+        notes.push(format!(
+            "masked inside the workspace (empty and read-only in the sandbox): {}",
+            names.join(", ")
+        ));
+    }
+    if !view.unmask.is_empty() {
+        let names: Vec<String> = view
+            .unmask
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        notes.push(format!(
+            "unmasked by moat.yaml (visible to the sandbox if it can reach them): {}",
+            names.join(", ")
+        ));
+    }
+    Ok((masks.into_iter().map(|m| m.path).collect(), notes))
+}
+
+/// Trust inside: system roots + the Moat CA, as PEM and as a Java truststore,
+/// written to the run's directory (owned by the caller); their paths.
+fn write_trust_files(
+    home: &crate::home::MoatHome,
+    dir: &std::path::Path,
+    ca: &MoatCa,
+) -> Result<(PathBuf, PathBuf)> {
+    let bundle = trust::merged_bundle(&trust::system_bundle(), ca.cert_pem());
+    let truststore = java_truststore_cached(home, &bundle)?;
+    let bundle_path = dir.join("ca-bundle.pem");
+    let truststore_path = dir.join("java-truststore.p12");
+    for (path, bytes) in [(&bundle_path, &bundle), (&truststore_path, &truststore)] {
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        home.chown(path)?;
+    }
+    Ok((bundle_path, truststore_path))
+}
+
+/// The variables a run adds to the base environment, later ones winning:
+/// each grant's placeholder, moat.yaml `env:`, moat.yaml `secrets:` (fetched
+/// now: op://, ssm://, env://), then `-e KEY=VALUE`.
+fn extra_env(
+    grants: &[crate::proxy::Grant],
+    config: &Config,
+    flags: &[String],
+) -> Result<Vec<(OsString, OsString)>> {
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    for g in grants {
+        if let (Some(var), Some(ph)) = (&g.provider.container_env, &g.placeholder) {
+            env.push((var.into(), ph.into()));
+        }
+    }
+    for (k, v) in &config.env {
+        env.push((k.into(), v.into()));
+    }
+    for (k, r) in &config.secrets {
+        use secrecy::ExposeSecret as _;
+        let value = r
+            .resolve()
+            .with_context(|| format!("moat.yaml secrets: {k}"))?;
+        env.push((k.into(), value.expose_secret().into()));
+    }
+    for kv in flags {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("-e expects KEY=VALUE, got '{kv}'")
+        };
+        env.push((k.into(), v.into()));
+    }
+    Ok(env)
+}
+
+/// The Java truststore for `bundle`, from `$MOAT_HOME/ca/` when one was
+/// built for the same bundle before (building one takes milliseconds of
+/// key derivation; the certificates are public, so caching is harmless).
+fn java_truststore_cached(home: &crate::home::MoatHome, bundle: &[u8]) -> Result<Vec<u8>> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bundle);
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = home.root().join("ca");
+    let path = dir.join(format!("java-truststore-{tag}.p12"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        return Ok(bytes);
+    }
+    let bytes = trust::java_truststore(bundle)?;
+    // Best effort: a cache that cannot be written only costs time.
+    if home.ensure_dir(&dir).is_ok() {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("java-truststore-") && name.ends_with(".p12") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!(".java-truststore-{tag}.tmp"));
+        if std::fs::write(&tmp, &bytes).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+            let _ = home.chown(&path);
+        }
+    }
+    Ok(bytes)
+}

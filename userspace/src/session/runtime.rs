@@ -1,0 +1,274 @@
+//! Where the command runs: natively in the transparent sandbox, in a
+//! Docker container, or in env mode. Each takes the same prepared run and
+//! returns the command's exit code.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Prepared;
+use super::plan::{CA_VARS, Redirect, base_env, merged};
+use crate::config::Config;
+use crate::home::MoatHome;
+use crate::sandbox::trust;
+
+pub(crate) trait Runtime {
+    /// Run the prepared command to its end; its exit code.
+    fn run(&self, home: &MoatHome, p: Prepared) -> Result<i32>;
+}
+
+/// The transparent sandbox (`sandbox::run`).
+pub(crate) struct Native {
+    pub publish: Vec<(u16, u16)>,
+    pub redirect: Redirect,
+}
+
+/// A container (`sandbox::docker`).
+pub(crate) struct Docker<'a> {
+    pub config: &'a Config,
+    pub publish: Vec<(u16, u16)>,
+    pub rebuild: bool,
+    pub keep: bool,
+}
+
+/// Env mode (`sandbox::envmode`): `masked` when `moat __env-init` can
+/// mask (see `plan::env_masking`).
+pub(crate) struct Env {
+    pub publish: Vec<(u16, u16)>,
+    pub masked: bool,
+}
+
+impl Runtime for Native {
+    fn run(&self, home: &MoatHome, p: Prepared) -> Result<i32> {
+        transparent(home, p, self.publish.clone(), self.redirect)
+    }
+}
+
+impl Runtime for Docker<'_> {
+    fn run(&self, home: &MoatHome, p: Prepared) -> Result<i32> {
+        docker(
+            home,
+            p,
+            self.publish.clone(),
+            self.config,
+            (self.rebuild, self.keep),
+        )
+    }
+}
+
+impl Runtime for Env {
+    fn run(&self, home: &MoatHome, p: Prepared) -> Result<i32> {
+        env_mode(home, p, &self.publish, self.masked)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn docker(
+    home: &MoatHome,
+    p: Prepared,
+    publish: Vec<(u16, u16)>,
+    config: &Config,
+    (rebuild, keep): (bool, bool),
+) -> Result<i32> {
+    use crate::sandbox::docker as d;
+    use crate::sandbox::image;
+    let mut env = base_env(std::env::vars_os(), d::HOME_INSIDE.into());
+    // The host's PATH means nothing in an image: the image's own applies.
+    env.retain(|(k, _)| k != "PATH" && k != "SHELL");
+    for var in CA_VARS {
+        env.push(((*var).into(), d::BUNDLE_INSIDE.into()));
+    }
+    env.push((
+        "JAVA_TOOL_OPTIONS".into(),
+        trust::java_tool_options(d::JAVA_TRUSTSTORE_INSIDE).into(),
+    ));
+    let env = merged(env, p.env_extra);
+    let base = config
+        .base_image
+        .clone()
+        .unwrap_or_else(|| image::DEFAULT_BASE.into());
+    let image = match &config.image {
+        Some(i) => d::ImageChoice::Use(i.clone()),
+        None if config.dependencies.is_empty() => d::ImageChoice::Use(base),
+        None => d::ImageChoice::Build {
+            base,
+            deps: config
+                .dependencies
+                .iter()
+                .map(|s| image::Dependency::parse(s))
+                .collect::<Result<_, _>>()?,
+        },
+    };
+    // Under sudo the caller; as root, never the host's root: an
+    // unprivileged id, with id-mapped views of the workspace and mounts.
+    let idmap = home.owner().is_none() && nix::unistd::geteuid().is_root();
+    let user = match home.owner() {
+        Some(o) => (o.uid, o.gid),
+        None if idmap => {
+            let id = crate::sandbox::init::SANDBOX_ID_BASE;
+            (id, id)
+        }
+        None => (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
+    };
+    let home_files = p.dir.join("home-files");
+    let code = d::run(
+        d::DockerSpec {
+            id: p.id,
+            events: p.events,
+            image,
+            rebuild,
+            keep,
+            workspace: p.workspace,
+            mounts: config.mounts.clone(),
+            limits: config.container.clone(),
+            env,
+            user,
+            idmap,
+            command: p.command,
+            bundle: p.bundle,
+            truststore: p.truststore,
+            home_files: (!p.home_files.is_empty()).then_some(home_files),
+            run_dir: p.dir,
+            mask: p.masks,
+            publish,
+        },
+        d::ProxyParts {
+            grants: p.grants,
+            upstream: p.upstream,
+            policy: p.policy,
+            ca: p.ca,
+        },
+    )?;
+    Ok(code)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn docker(
+    _home: &MoatHome,
+    _p: Prepared,
+    _publish: Vec<(u16, u16)>,
+    _config: &Config,
+    _flags: (bool, bool),
+) -> Result<i32> {
+    bail!("--runtime docker is Linux-only in this build")
+}
+
+fn env_mode(home: &MoatHome, p: Prepared, publish: &[(u16, u16)], masked: bool) -> Result<i32> {
+    if let Some((h, c)) = publish.iter().find(|(h, c)| h != c) {
+        bail!(
+            "-p {h}:{c}: in env mode the command shares the host's network; use its own port ({c}) directly"
+        );
+    }
+    eprintln!(
+        "moat: env mode: egress is not enforced. Programs that use HTTP_PROXY go through \
+         Moat; any other connection goes out directly, without credentials and without \
+         moat.yaml's network policy"
+    );
+    let masking = if masked {
+        Some(crate::sandbox::envmode::Masking {
+            masks: p.masks.clone(),
+            empty: crate::sandbox::mask::empty_sources(&p.dir).context("making the masks")?,
+            run_as: home.owner().map(|o| (o.uid, o.gid)),
+        })
+    } else {
+        None
+    };
+    // Under sudo the command runs as the caller, in the caller's home.
+    let home = match (&masking, &p.caller_home) {
+        (Some(m), Some(h)) if m.run_as.is_some() => h.clone().into_os_string(),
+        _ => std::env::var_os("HOME").unwrap_or_else(|| "/".into()),
+    };
+    let mut env = base_env(std::env::vars_os(), home);
+    for var in CA_VARS {
+        env.push(((*var).into(), p.bundle.clone().into()));
+    }
+    env.push((
+        "JAVA_TOOL_OPTIONS".into(),
+        trust::java_tool_options(&p.truststore.to_string_lossy()).into(),
+    ));
+    let env = merged(env, p.env_extra);
+    crate::sandbox::envmode::run(crate::sandbox::envmode::EnvRunSpec {
+        grants: p.grants,
+        upstream: p.upstream,
+        policy: p.policy,
+        ca: p.ca,
+        events: p.events,
+        env,
+        workspace: p.workspace,
+        command: p.command,
+        masking,
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn transparent(
+    home: &MoatHome,
+    p: Prepared,
+    publish: Vec<(u16, u16)>,
+    redirect: Redirect,
+) -> Result<i32> {
+    use crate::sandbox::{init, run};
+    let mut env = base_env(std::env::vars_os(), init::HOME_INSIDE.into());
+    for var in CA_VARS {
+        env.push(((*var).into(), init::BUNDLE_INSIDE.into()));
+    }
+    env.push((
+        "JAVA_TOOL_OPTIONS".into(),
+        trust::java_tool_options(init::JAVA_TRUSTSTORE_INSIDE).into(),
+    ));
+    let mut files = vec![
+        (p.bundle, PathBuf::from(init::BUNDLE_INSIDE)),
+        (p.truststore, PathBuf::from(init::JAVA_TRUSTSTORE_INSIDE)),
+    ];
+    for (host, rel) in p.home_files {
+        files.push((host, PathBuf::from(init::HOME_INSIDE).join(rel)));
+    }
+    let env = merged(env, p.env_extra);
+
+    // Whole directories: the real homes (every user's), /root, and every
+    // host socket directory. The workspace stays visible inside them; the
+    // masks are covered even there.
+    let mut hide: Vec<PathBuf> = ["/root", "/home", "/run", "/var/run"]
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(PathBuf::from))
+        .chain(p.caller_home.clone())
+        .collect();
+    hide.sort();
+    hide.dedup();
+    let code = run::run(run::RunSpec {
+        id: p.id,
+        redirect: match redirect {
+            Redirect::Nft => run::Redirect::Nft,
+            Redirect::Ebpf => run::Redirect::Ebpf,
+        },
+        grants: p.grants,
+        upstream: p.upstream,
+        policy: p.policy,
+        ca: p.ca,
+        files,
+        workspace: p.workspace,
+        hide,
+        mask: p.masks,
+        env,
+        run_as: home.owner().map(|o| (o.uid, o.gid)),
+        rootless: !nix::unistd::geteuid().is_root(),
+        command: p.command,
+        events: p.events,
+        publish,
+    })?;
+    Ok(code)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn transparent(
+    _home: &MoatHome,
+    _p: Prepared,
+    _publish: Vec<(u16, u16)>,
+    _redirect: Redirect,
+) -> Result<i32> {
+    bail!("--network-mode transparent is Linux-only; use --network-mode env")
+}
