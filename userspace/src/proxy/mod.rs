@@ -1,7 +1,8 @@
 //! The credential-injecting TLS proxy engine.
 //!
 //! Two front doors feed one engine: *transparent* (connections redirected to
-//! a listener; the original destination comes from [`OriginalDst`]) and
+//! a listener; the original destination comes from
+//! [`OriginalDst`](crate::net::orig_dst::OriginalDst)) and
 //! *explicit* (an HTTP proxy with a per-run password). Either way the first
 //! bytes are sniffed: a TLS ClientHello for a host with a grant is
 //! terminated with a leaf from the Moat CA, the HTTP inside is forwarded with
@@ -28,7 +29,6 @@ pub use ca::MoatCa;
 pub use guard::Guard;
 pub use inject::{Grant, InjectionTable};
 pub use runtime::ProxyRuntime;
-pub use server::{OriginalDst, SoOriginalDst};
 
 use crate::events::Events;
 use crate::net::{ConnectGuard, NetError, Upstream};

@@ -27,39 +27,12 @@ use super::Engine;
 use super::http::{Refusal, Target, forward, moat_response};
 use super::peek::{self, Peeked};
 use super::upstream::{ProxyBody, Slot};
+use crate::net::orig_dst::{NameLookup, OriginalDst};
 
 /// How long a client may take to send its first bytes before the
 /// connection is treated as raw TCP (server-speaks-first protocols).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(2);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where a redirected connection was going. Kept behind a trait so the
-/// nftables (`SO_ORIGINAL_DST`) and eBPF (map lookup) redirectors plug in.
-pub trait OriginalDst: Send + Sync {
-    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
-}
-
-/// `SO_ORIGINAL_DST`, for connections redirected by netfilter.
-pub struct SoOriginalDst;
-
-impl OriginalDst for SoOriginalDst {
-    #[cfg(target_os = "linux")]
-    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
-        use nix::sys::socket::{getsockopt, sockopt};
-        let v4 = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
-        let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
-        Ok(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn original_dst(&self, _stream: &TcpStream) -> io::Result<SocketAddr> {
-        Err(io::Error::other("SO_ORIGINAL_DST exists on Linux only"))
-    }
-}
-
-/// Maps a destination address back to the name the client resolved
-/// (Moat's DNS hands out synthetic addresses); `None` keeps the address.
-pub type NameLookup = Arc<dyn Fn(std::net::IpAddr) -> Option<String> + Send + Sync>;
 
 /// A stream with bytes already read from it put back in front.
 pub struct Prefixed<S> {
