@@ -13,6 +13,7 @@ pub mod guard;
 mod h1;
 pub mod http;
 pub mod inject;
+pub mod io;
 pub mod local;
 pub mod path;
 pub mod peek;

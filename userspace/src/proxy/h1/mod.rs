@@ -38,8 +38,8 @@ use parse::{Chunked, Framing, Parsed, Piece, Prepared, prepare_request, prepare_
 
 use super::Engine;
 use super::http::{Target, moat_response, note_injection, refused_method, upstream_error};
+use super::io::Prefixed;
 use super::rules::Verdict;
-use super::server::Prefixed;
 use super::substitute::{Streamer, Substitutions};
 use super::upstream::{ProxyBody, RawConn, Slot, UpstreamError, is_open};
 use crate::net::NetError;
