@@ -22,6 +22,7 @@ pub mod rules;
 pub mod runtime;
 pub mod server;
 pub mod substitute;
+pub mod target;
 pub mod upstream;
 
 use std::sync::{Arc, RwLock};
@@ -180,7 +181,7 @@ impl Engine {
 
     /// The network policy's word on a connection to `host:port`: `None` to
     /// allow, or why it is denied (recorded as a `deny` event).
-    fn denied(&self, host: &str, port: u16) -> Option<http::Refusal> {
+    fn denied(&self, host: &str, port: u16) -> Option<target::Refusal> {
         let granted = self.table.covers(host, port);
         match self.policy.network.connection(host, port, granted) {
             rules::Verdict::Allow => None,
@@ -189,7 +190,7 @@ impl Engine {
                     "deny",
                     || serde_json::json!({"host": host, "port": port, "reason": reason}),
                 );
-                Some(http::Refusal::forbidden(reason))
+                Some(target::Refusal::forbidden(reason))
             }
         }
     }

@@ -22,9 +22,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Engine;
-use super::http::{Refusal, Target, forward, moat_response};
+use super::http::forward;
 use super::io::Prefixed;
 use super::peek::{self, Peeked};
+use super::target::{Refusal, Target, moat_response};
 use super::upstream::{ProxyBody, Slot};
 use crate::net::orig_dst::{NameLookup, OriginalDst};
 
@@ -346,7 +347,7 @@ impl Engine {
                     Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
                 }
             });
-            return Response::new(super::http::full(Bytes::new()));
+            return Response::new(super::target::full(Bytes::new()));
         }
         // Absolute-form: plain HTTP through the proxy. Forwarded, never injected.
         let (Some("http"), Some(authority)) =
