@@ -34,6 +34,38 @@ use crate::net::orig_dst::{NameLookup, OriginalDst};
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(2);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a front door does with a connection: a `connect` event's `action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Raw TCP the network policy refuses: closed at once.
+    Refuse,
+    /// Refused by the network policy or the safety guard, for a client
+    /// speaking TLS or HTTP: every request gets Moat's answer saying why.
+    Deny,
+    /// TLS terminated with a Moat CA leaf, the HTTP inside forwarded.
+    Intercept,
+    /// Plain HTTP the network policy inspects, forwarded request by request.
+    Inspect,
+    /// Bytes copied both ways, unread.
+    Splice,
+    /// The upstream could not be reached (not a refusal).
+    Unreachable,
+}
+
+impl Action {
+    /// The name recorded in events.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::Deny => "deny",
+            Self::Intercept => "intercept",
+            Self::Inspect => "inspect",
+            Self::Splice => "splice",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
 /// Read until the first bytes say what the stream is (or a limit is hit).
 async fn sniff<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<Peeked> {
     loop {
@@ -79,22 +111,22 @@ impl Engine {
         let tls = matches!(peeked, Peeked::Tls { .. });
         let http = matches!(peeked, Peeked::Http { .. });
         let action = match () {
-            _ if deny.is_some() && !(tls || http) => "refuse",
-            _ if deny.is_some() => "deny",
-            _ if tls && self.intercepts(&host, port) => "intercept",
-            _ if http && self.policy.network.inspects(&host, port) => "inspect",
-            _ => "splice",
+            _ if deny.is_some() && !(tls || http) => Action::Refuse,
+            _ if deny.is_some() => Action::Deny,
+            _ if tls && self.intercepts(&host, port) => Action::Intercept,
+            _ if http && self.policy.network.inspects(&host, port) => Action::Inspect,
+            _ => Action::Splice,
         };
-        if action == "splice" {
+        if action == Action::Splice {
             return self.splice(stream, host, port, tls, http).await;
         }
         self.emit(
             "connect",
-            || json!({"host": host, "port": port, "action": action}),
+            || json!({"host": host, "port": port, "action": action.as_str()}),
         );
         match action {
             // Raw TCP the policy refuses: closed at once.
-            "refuse" => drop(stream),
+            Action::Refuse => drop(stream),
             _ if tls => self.intercept(stream, host, port, deny).await,
             _ => {
                 let target = self.target(host, port, false, deny);
@@ -218,7 +250,7 @@ impl Engine {
             Ok(u) => {
                 self.emit(
                     "connect",
-                    || json!({"host": host, "port": port, "action": "splice"}),
+                    || json!({"host": host, "port": port, "action": Action::Splice.as_str()}),
                 );
                 tracing::debug!(%host, port, "splicing");
                 let mut upstream = super::upstream::with_idle_timeout(u, self.limits.idle_timeout);
@@ -229,8 +261,12 @@ impl Engine {
         };
         let refused = matches!(net, crate::net::NetError::Denied { .. });
         self.emit("connect", || {
-            let action = if refused { "deny" } else { "unreachable" };
-            json!({"host": host, "port": port, "action": action})
+            let action = if refused {
+                Action::Deny
+            } else {
+                Action::Unreachable
+            };
+            json!({"host": host, "port": port, "action": action.as_str()})
         });
         self.note_refusal(&host, port, &net);
         let refusal = Some(Refusal::connect(&net));
@@ -399,5 +435,34 @@ impl Engine {
                 engine.handle_stream(tcp, host, original.port()).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action;
+
+    #[test]
+    fn actions_keep_their_event_names() {
+        let names = [
+            Action::Refuse,
+            Action::Deny,
+            Action::Intercept,
+            Action::Inspect,
+            Action::Splice,
+            Action::Unreachable,
+        ]
+        .map(Action::as_str);
+        assert_eq!(
+            names,
+            [
+                "refuse",
+                "deny",
+                "intercept",
+                "inspect",
+                "splice",
+                "unreachable"
+            ]
+        );
     }
 }
