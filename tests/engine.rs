@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moat::home::MoatHome;
+use moat::net::orig_dst::{NameLookup, OriginalDst};
 use moat::net::{Resolve, Upstream};
 use moat::providers::{HostPattern, Registry};
-use moat::proxy::server::NameLookup;
-use moat::proxy::{Engine, Grant, Limits, MoatCa, OriginalDst, Policy};
+use moat::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 use moat_testkit::{Sink, TestCa};
 use secrecy::SecretString;
 

@@ -24,7 +24,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{NetnsHolder, host_cmd, host_state, stderr, stdout};
-use moat::proxy::OriginalDst;
+use moat::net::orig_dst::OriginalDst;
 use moat::sandbox::bpf::{RedirectConfig, Redirector};
 use moat::sandbox::cgroup::{self, ForkTarget, RunCgroup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

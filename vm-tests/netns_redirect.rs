@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{NetnsHolder, host_cmd, ns_inode, stderr, stdout};
-use moat::proxy::{OriginalDst, SoOriginalDst};
+use moat::net::orig_dst::{OriginalDst, SoOriginalDst};
 use moat::sandbox::dns::{self, SyntheticDns};
 use moat::sandbox::{netns, nft};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,7 +3,11 @@
 //! and the host's `HTTPS_PROXY`/`NO_PROXY`.
 //!
 //! Errors name the host and port, never the URL: a URL may carry a token.
+//!
+//! [`orig_dst`] holds the seam between the sandbox's redirectors and the
+//! proxy's transparent listener: where a redirected connection was going.
 
+pub mod orig_dst;
 pub mod resolve;
 pub mod tls;
 

@@ -4,7 +4,7 @@
 
 use secrecy::ExposeSecret;
 
-use super::builtin::claude::OAUTH_PREFIX;
+use super::builtin::CLAUDE_OAUTH_PREFIX;
 use crate::store::{CredName, Store, StoreError};
 
 /// What [`migrate_anthropic_oauth`] did.
@@ -33,7 +33,7 @@ pub fn migrate_anthropic_oauth(store: &Store) -> Result<Migration, StoreError> {
         Err(StoreError::NotFound { .. }) => return Ok(Migration::None),
         Err(e) => return Err(e),
     };
-    if !cred.token.expose_secret().starts_with(OAUTH_PREFIX) {
+    if !cred.token.expose_secret().starts_with(CLAUDE_OAUTH_PREFIX) {
         return Ok(Migration::None);
     }
     match store.get(&claude) {

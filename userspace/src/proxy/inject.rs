@@ -1,5 +1,7 @@
 //! The per-run injection table: host pattern → what to put on the wire.
-//! Pure: built from grants, asked per connection for a [`Plan`].
+//! Pure: built from grants, asked per connection for a [`Plan`]. A grant
+//! whose requests Moat answers itself gets a [`Responder`] (used by
+//! [`local`](super::local)).
 
 use std::sync::Arc;
 
@@ -9,10 +11,10 @@ use http::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::local::Responder;
 use super::refresh::{LiveToken, TokenEndpoint};
 use super::substitute::Substitutions;
-use crate::providers::{self, HostPattern, Injection, Provider};
+use crate::providers::builtin::gemini::oauth_placeholders;
+use crate::providers::{self, HostPattern, Injection, LocalAnswer, Provider};
 
 /// A credential made available to one run or proxy.
 pub struct Grant {
@@ -114,6 +116,52 @@ struct SubstRule {
     pattern: HostPattern,
     pairs: Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>,
     grant: Arc<str>,
+}
+
+/// Answers one grant's local requests (see [`local`](super::local)).
+pub struct Responder {
+    pub(super) grant: Arc<str>,
+    pub(super) answer: LocalAnswer,
+    pub(super) access_placeholder: String,
+    pub(super) refresh_placeholder: String,
+    /// The token as loaded; `live`, when there is one, has the current one.
+    token: SecretString,
+    pub(super) live: Option<Arc<LiveToken>>,
+}
+
+impl Responder {
+    /// `placeholder` is the grant's placeholder (what the sandbox files
+    /// were derived from).
+    pub fn new(
+        grant: Arc<str>,
+        answer: LocalAnswer,
+        placeholder: &str,
+        token: SecretString,
+        live: Option<Arc<LiveToken>>,
+    ) -> Self {
+        let (access_placeholder, refresh_placeholder) = match &answer {
+            LocalAnswer::GoogleOauth { .. } => oauth_placeholders(placeholder),
+        };
+        Self {
+            grant,
+            answer,
+            access_placeholder,
+            refresh_placeholder,
+            token,
+            live,
+        }
+    }
+
+    pub fn grant(&self) -> &Arc<str> {
+        &self.grant
+    }
+
+    pub(super) fn current(&self) -> SecretString {
+        match &self.live {
+            Some(l) => l.token(),
+            None => self.token.clone(),
+        }
+    }
 }
 
 struct LocalRule {

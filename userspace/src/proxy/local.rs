@@ -22,14 +22,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::Engine;
-use super::http::{Target, full, moat_response};
-use super::refresh::LiveToken;
+use super::inject::Responder;
+use super::target::{Target, full, moat_response};
 use super::upstream::ProxyBody;
 use crate::providers::LocalAnswer;
-use crate::providers::builtin::gemini::oauth_placeholders;
 
 /// Request bodies larger than this are refused (token requests are tiny).
 const MAX_BODY: usize = 64 * 1024;
@@ -37,52 +36,6 @@ const MAX_BODY: usize = 64 * 1024;
 /// What a Google access token's lifetime is said to be when Moat does not
 /// know the real one.
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3599);
-
-/// Answers one grant's local requests.
-pub struct Responder {
-    grant: Arc<str>,
-    answer: LocalAnswer,
-    access_placeholder: String,
-    refresh_placeholder: String,
-    /// The token as loaded; `live`, when there is one, has the current one.
-    token: SecretString,
-    live: Option<Arc<LiveToken>>,
-}
-
-impl Responder {
-    /// `placeholder` is the grant's placeholder (what the sandbox files
-    /// were derived from).
-    pub fn new(
-        grant: Arc<str>,
-        answer: LocalAnswer,
-        placeholder: &str,
-        token: SecretString,
-        live: Option<Arc<LiveToken>>,
-    ) -> Self {
-        let (access_placeholder, refresh_placeholder) = match &answer {
-            LocalAnswer::GoogleOauth { .. } => oauth_placeholders(placeholder),
-        };
-        Self {
-            grant,
-            answer,
-            access_placeholder,
-            refresh_placeholder,
-            token,
-            live,
-        }
-    }
-
-    pub fn grant(&self) -> &Arc<str> {
-        &self.grant
-    }
-
-    fn current(&self) -> SecretString {
-        match &self.live {
-            Some(l) => l.token(),
-            None => self.token.clone(),
-        }
-    }
-}
 
 /// The request back when `target` has no local responder; else Moat's answer.
 pub async fn answer(

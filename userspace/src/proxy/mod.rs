@@ -1,7 +1,8 @@
 //! The credential-injecting TLS proxy engine.
 //!
 //! Two front doors feed one engine: *transparent* (connections redirected to
-//! a listener; the original destination comes from [`OriginalDst`]) and
+//! a listener; the original destination comes from
+//! [`OriginalDst`](crate::net::orig_dst::OriginalDst)) and
 //! *explicit* (an HTTP proxy with a per-run password). Either way the first
 //! bytes are sniffed: a TLS ClientHello for a host with a grant is
 //! terminated with a leaf from the Moat CA, the HTTP inside is forwarded with
@@ -12,6 +13,7 @@ pub mod guard;
 mod h1;
 pub mod http;
 pub mod inject;
+pub mod io;
 pub mod local;
 pub mod path;
 pub mod peek;
@@ -20,6 +22,7 @@ pub mod rules;
 pub mod runtime;
 pub mod server;
 pub mod substitute;
+pub mod target;
 pub mod upstream;
 
 use std::sync::{Arc, RwLock};
@@ -28,7 +31,6 @@ pub use ca::MoatCa;
 pub use guard::Guard;
 pub use inject::{Grant, InjectionTable};
 pub use runtime::ProxyRuntime;
-pub use server::{OriginalDst, SoOriginalDst};
 
 use crate::events::Events;
 use crate::net::{ConnectGuard, NetError, Upstream};
@@ -179,7 +181,7 @@ impl Engine {
 
     /// The network policy's word on a connection to `host:port`: `None` to
     /// allow, or why it is denied (recorded as a `deny` event).
-    fn denied(&self, host: &str, port: u16) -> Option<http::Refusal> {
+    fn denied(&self, host: &str, port: u16) -> Option<target::Refusal> {
         let granted = self.table.covers(host, port);
         match self.policy.network.connection(host, port, granted) {
             rules::Verdict::Allow => None,
@@ -188,7 +190,7 @@ impl Engine {
                     "deny",
                     || serde_json::json!({"host": host, "port": port, "reason": reason}),
                 );
-                Some(http::Refusal::forbidden(reason))
+                Some(target::Refusal::forbidden(reason))
             }
         }
     }

@@ -6,112 +6,63 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Engine;
-use super::http::{Refusal, Target, forward, moat_response};
+use super::http::forward;
+use super::io::Prefixed;
 use super::peek::{self, Peeked};
+use super::target::{Refusal, Target, moat_response};
 use super::upstream::{ProxyBody, Slot};
+use crate::net::orig_dst::{NameLookup, OriginalDst};
 
 /// How long a client may take to send its first bytes before the
 /// connection is treated as raw TCP (server-speaks-first protocols).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(2);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where a redirected connection was going. Kept behind a trait so the
-/// nftables (`SO_ORIGINAL_DST`) and eBPF (map lookup) redirectors plug in.
-pub trait OriginalDst: Send + Sync {
-    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
+/// What a front door does with a connection: a `connect` event's `action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Raw TCP the network policy refuses: closed at once.
+    Refuse,
+    /// Refused by the network policy or the safety guard, for a client
+    /// speaking TLS or HTTP: every request gets Moat's answer saying why.
+    Deny,
+    /// TLS terminated with a Moat CA leaf, the HTTP inside forwarded.
+    Intercept,
+    /// Plain HTTP the network policy inspects, forwarded request by request.
+    Inspect,
+    /// Bytes copied both ways, unread.
+    Splice,
+    /// The upstream could not be reached (not a refusal).
+    Unreachable,
 }
 
-/// `SO_ORIGINAL_DST`, for connections redirected by netfilter.
-pub struct SoOriginalDst;
-
-impl OriginalDst for SoOriginalDst {
-    #[cfg(target_os = "linux")]
-    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
-        use nix::sys::socket::{getsockopt, sockopt};
-        let v4 = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
-        let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
-        Ok(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn original_dst(&self, _stream: &TcpStream) -> io::Result<SocketAddr> {
-        Err(io::Error::other("SO_ORIGINAL_DST exists on Linux only"))
-    }
-}
-
-/// Maps a destination address back to the name the client resolved
-/// (Moat's DNS hands out synthetic addresses); `None` keeps the address.
-pub type NameLookup = Arc<dyn Fn(std::net::IpAddr) -> Option<String> + Send + Sync>;
-
-/// A stream with bytes already read from it put back in front.
-pub struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(prefix: Bytes, inner: S) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+impl Action {
+    /// The name recorded in events.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::Deny => "deny",
+            Self::Intercept => "intercept",
+            Self::Inspect => "inspect",
+            Self::Splice => "splice",
+            Self::Unreachable => "unreachable",
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
@@ -160,22 +111,22 @@ impl Engine {
         let tls = matches!(peeked, Peeked::Tls { .. });
         let http = matches!(peeked, Peeked::Http { .. });
         let action = match () {
-            _ if deny.is_some() && !(tls || http) => "refuse",
-            _ if deny.is_some() => "deny",
-            _ if tls && self.intercepts(&host, port) => "intercept",
-            _ if http && self.policy.network.inspects(&host, port) => "inspect",
-            _ => "splice",
+            _ if deny.is_some() && !(tls || http) => Action::Refuse,
+            _ if deny.is_some() => Action::Deny,
+            _ if tls && self.intercepts(&host, port) => Action::Intercept,
+            _ if http && self.policy.network.inspects(&host, port) => Action::Inspect,
+            _ => Action::Splice,
         };
-        if action == "splice" {
+        if action == Action::Splice {
             return self.splice(stream, host, port, tls, http).await;
         }
         self.emit(
             "connect",
-            || json!({"host": host, "port": port, "action": action}),
+            || json!({"host": host, "port": port, "action": action.as_str()}),
         );
         match action {
             // Raw TCP the policy refuses: closed at once.
-            "refuse" => drop(stream),
+            Action::Refuse => drop(stream),
             _ if tls => self.intercept(stream, host, port, deny).await,
             _ => {
                 let target = self.target(host, port, false, deny);
@@ -299,7 +250,7 @@ impl Engine {
             Ok(u) => {
                 self.emit(
                     "connect",
-                    || json!({"host": host, "port": port, "action": "splice"}),
+                    || json!({"host": host, "port": port, "action": Action::Splice.as_str()}),
                 );
                 tracing::debug!(%host, port, "splicing");
                 let mut upstream = super::upstream::with_idle_timeout(u, self.limits.idle_timeout);
@@ -310,8 +261,12 @@ impl Engine {
         };
         let refused = matches!(net, crate::net::NetError::Denied { .. });
         self.emit("connect", || {
-            let action = if refused { "deny" } else { "unreachable" };
-            json!({"host": host, "port": port, "action": action})
+            let action = if refused {
+                Action::Deny
+            } else {
+                Action::Unreachable
+            };
+            json!({"host": host, "port": port, "action": action.as_str()})
         });
         self.note_refusal(&host, port, &net);
         let refusal = Some(Refusal::connect(&net));
@@ -428,7 +383,7 @@ impl Engine {
                     Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
                 }
             });
-            return Response::new(super::http::full(Bytes::new()));
+            return Response::new(super::target::full(Bytes::new()));
         }
         // Absolute-form: plain HTTP through the proxy. Forwarded, never injected.
         let (Some("http"), Some(authority)) =
@@ -480,5 +435,34 @@ impl Engine {
                 engine.handle_stream(tcp, host, original.port()).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action;
+
+    #[test]
+    fn actions_keep_their_event_names() {
+        let names = [
+            Action::Refuse,
+            Action::Deny,
+            Action::Intercept,
+            Action::Inspect,
+            Action::Splice,
+            Action::Unreachable,
+        ]
+        .map(Action::as_str);
+        assert_eq!(
+            names,
+            [
+                "refuse",
+                "deny",
+                "intercept",
+                "inspect",
+                "splice",
+                "unreachable"
+            ]
+        );
     }
 }

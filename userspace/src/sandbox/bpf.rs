@@ -56,7 +56,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use tokio::net::TcpStream;
 
 use super::cgroup::RunCgroup;
-use crate::proxy::server::OriginalDst;
+use crate::net::orig_dst::OriginalDst;
 
 /// The compiled `ebpf/redirect.bpf.c`; empty when built without clang.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));

@@ -52,7 +52,8 @@ use super::run::{self, RunError};
 use crate::config::{ContainerLimits, Mount};
 use crate::events::Events;
 use crate::net::Upstream;
-use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy, SoOriginalDst};
+use crate::net::orig_dst::SoOriginalDst;
+use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 
 /// Where Moat's own files appear in the container.
 pub const MOAT_DIR: &str = "/.moat";

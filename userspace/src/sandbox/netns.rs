@@ -34,7 +34,7 @@ use super::{libnft, nft};
 #[derive(Debug)]
 pub struct SandboxNet {
     /// Every TCP connection leaving the sandbox (except DNS) arrives here;
-    /// `SO_ORIGINAL_DST` ([`crate::proxy::SoOriginalDst`]) names its target.
+    /// `SO_ORIGINAL_DST` ([`crate::net::orig_dst::SoOriginalDst`]) names its target.
     pub proxy_listener: TcpListener,
     /// DNS over UDP, whatever resolver the sandbox asked.
     pub dns_udp: UdpSocket,

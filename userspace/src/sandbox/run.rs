@@ -18,8 +18,8 @@ use super::init::{self, SYNC_FD};
 use super::netns;
 use crate::events::Events;
 use crate::net::Upstream;
-use crate::proxy::server::NameLookup;
-use crate::proxy::{Engine, Grant, Limits, MoatCa, OriginalDst, Policy, SoOriginalDst};
+use crate::net::orig_dst::{NameLookup, OriginalDst, SoOriginalDst};
+use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

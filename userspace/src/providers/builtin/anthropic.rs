@@ -3,10 +3,7 @@
 
 use super::super::Provider;
 use super::super::placeholder::{Alphabet, Format};
-use super::{header_provider, strings, validate_get};
-
-/// The API version Moat's validation request asks for (the API requires one).
-pub const API_VERSION: &str = "2023-06-01";
+use super::{ANTHROPIC_API_VERSION, CLAUDE_OAUTH_PREFIX, header_provider, strings, validate_get};
 
 pub fn provider() -> Provider {
     let mut p = header_provider(
@@ -21,7 +18,7 @@ pub fn provider() -> Provider {
     p.container_env = Some("ANTHROPIC_API_KEY".into());
     p.placeholder = Some(Format::prefixed("sk-ant-api03-", 95, Alphabet::UrlSafe));
     p.validate = validate_get("https://api.anthropic.com/v1/models").map(|mut v| {
-        v.extra_headers = vec![("anthropic-version".into(), API_VERSION.into())];
+        v.extra_headers = vec![("anthropic-version".into(), ANTHROPIC_API_VERSION.into())];
         // Listing models is free, but it is still a call on the user's account.
         v.confirm = true;
         v
@@ -33,7 +30,7 @@ pub fn provider() -> Provider {
 /// An OAuth token given to `moat grant anthropic` would be sent as
 /// `x-api-key` and refused: say where it belongs instead.
 pub fn check_api_key(token: &str) -> Result<(), &'static str> {
-    if token.starts_with(super::claude::OAUTH_PREFIX) {
+    if token.starts_with(CLAUDE_OAUTH_PREFIX) {
         return Err(
             "this is a Claude OAuth token (sk-ant-oat…), not an API key; store it with: moat grant claude",
         );

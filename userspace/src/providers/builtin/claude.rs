@@ -8,10 +8,7 @@ use secrecy::SecretString;
 
 use super::super::placeholder::{Alphabet, Format};
 use super::super::{Flow, HeaderRule, HeaderValue, Injection, Provider};
-use super::{header_provider, strings, validate_get};
-
-/// Every Claude OAuth access token starts with this.
-pub const OAUTH_PREFIX: &str = "sk-ant-oat";
+use super::{ANTHROPIC_API_VERSION, CLAUDE_OAUTH_PREFIX, header_provider, strings, validate_get};
 
 /// Where Claude Code keeps its login, relative to HOME.
 pub const CREDENTIALS_FILE: &str = ".claude/.credentials.json";
@@ -42,10 +39,7 @@ pub fn provider() -> Provider {
     p.placeholder = Some(Format::prefixed("sk-ant-oat01-", 95, Alphabet::UrlSafe));
     p.validate = validate_get("https://api.anthropic.com/v1/models").map(|mut v| {
         v.extra_headers = vec![
-            (
-                "anthropic-version".into(),
-                super::anthropic::API_VERSION.into(),
-            ),
+            ("anthropic-version".into(), ANTHROPIC_API_VERSION.into()),
             ("anthropic-beta".into(), OAUTH_BETA.into()),
         ];
         v
@@ -58,7 +52,7 @@ pub fn provider() -> Provider {
 /// An API key given to `moat grant claude` would be sent as a Bearer token
 /// and refused: say where it belongs instead.
 pub fn check_oauth_token(token: &str) -> Result<(), &'static str> {
-    if token.starts_with(OAUTH_PREFIX) {
+    if token.starts_with(CLAUDE_OAUTH_PREFIX) {
         Ok(())
     } else if token.starts_with("sk-ant-") {
         Err("this is an Anthropic API key, not an OAuth token; store it with: moat grant anthropic")
@@ -69,7 +63,7 @@ pub fn check_oauth_token(token: &str) -> Result<(), &'static str> {
 
 /// The token `claude setup-token` printed, found in its output.
 pub fn token_in_output(text: &str) -> Option<&str> {
-    let start = text.find(OAUTH_PREFIX)?;
+    let start = text.find(CLAUDE_OAUTH_PREFIX)?;
     let rest = &text[start..];
     let end = rest
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
@@ -119,7 +113,7 @@ pub fn parse_credentials(bytes: &[u8]) -> Result<Imported, ImportError> {
     let file: File = serde_json::from_slice(bytes).map_err(|e| ImportError::Json(e.to_string()))?;
     let oauth = file.oauth.ok_or(ImportError::NoToken)?;
     let token = oauth.access_token.ok_or(ImportError::NoToken)?;
-    if !token.starts_with(OAUTH_PREFIX) {
+    if !token.starts_with(CLAUDE_OAUTH_PREFIX) {
         return Err(ImportError::NotOauth);
     }
     Ok(Imported {

@@ -18,6 +18,14 @@ mod ssh;
 use super::{BindError, Binding, Provider, SandboxFile};
 use crate::store::Credential;
 
+/// The Anthropic API version Moat's validation requests ask for (the API
+/// requires one); shared by the `anthropic` and `claude` providers.
+pub const ANTHROPIC_API_VERSION: &str = "2023-06-01";
+
+/// Every Claude OAuth access token starts with this (the `claude` provider
+/// takes them, the `anthropic` provider refuses them).
+pub const CLAUDE_OAUTH_PREFIX: &str = "sk-ant-oat";
+
 /// Every built-in provider, in the order `moat grant providers` lists them.
 pub fn all() -> Vec<Provider> {
     vec![

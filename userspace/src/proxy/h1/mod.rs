@@ -37,10 +37,11 @@ mod parse;
 use parse::{Chunked, Framing, Parsed, Piece, Prepared, prepare_request, prepare_response};
 
 use super::Engine;
-use super::http::{Target, moat_response, note_injection, refused_method, upstream_error};
+use super::http::{note_injection, refused_method, upstream_error};
+use super::io::Prefixed;
 use super::rules::Verdict;
-use super::server::Prefixed;
 use super::substitute::{Streamer, Substitutions};
+use super::target::{Target, moat_response};
 use super::upstream::{ProxyBody, RawConn, Slot, UpstreamError, is_open};
 use crate::net::NetError;
 
