@@ -13,7 +13,7 @@ use std::io::Write as _;
 use super::output::outln;
 use super::{Ctx, output};
 use crate::providers::HostPattern;
-use crate::proxy::{Engine, Limits, MoatCa, Policy};
+use crate::proxy::{MoatCa, Policy};
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -75,7 +75,7 @@ pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
 
     let rt = crate::proxy::runtime().context("starting the runtime")?;
     rt.block_on(async move {
-        let engine = Engine::new(ca, &grants, upstream, policy, Limits::default())?;
+        let engine = crate::session::grants::engine(ca, &grants, upstream, policy)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -7,8 +7,10 @@
 //! [`orig_dst`] holds the seam between the sandbox's redirectors and the
 //! proxy's transparent listener: where a redirected connection was going.
 
+pub mod front;
 pub mod orig_dst;
 pub mod resolve;
+pub mod runtime;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -19,7 +19,6 @@ pub mod path;
 pub mod peek;
 pub mod refresh;
 pub mod rules;
-pub mod runtime;
 pub mod server;
 pub mod substitute;
 pub mod target;
@@ -27,10 +26,10 @@ pub mod upstream;
 
 use std::sync::{Arc, RwLock};
 
+pub use crate::net::runtime::{ProxyRuntime, runtime};
 pub use ca::MoatCa;
 pub use guard::Guard;
 pub use inject::{Grant, InjectionTable};
-pub use runtime::ProxyRuntime;
 
 use crate::events::Events;
 use crate::net::{ConnectGuard, NetError, Upstream};
@@ -222,9 +221,4 @@ impl Engine {
                 .iter()
                 .any(|p| p.matches(host, port))
     }
-}
-
-/// The runtime the proxy is served on (see [`runtime`](mod@runtime)).
-pub fn runtime() -> std::io::Result<ProxyRuntime> {
-    ProxyRuntime::new()
 }

@@ -438,6 +438,26 @@ impl Engine {
     }
 }
 
+/// The engine as the sandbox sees it (`net::front`): its two front doors.
+impl crate::net::front::Front for Engine {
+    fn transparent(
+        self: Arc<Self>,
+        listener: TcpListener,
+        dst: Arc<dyn OriginalDst>,
+        names: Option<NameLookup>,
+    ) -> crate::net::front::Serving {
+        Box::pin(self.serve_transparent(listener, dst, names))
+    }
+
+    fn explicit(
+        self: Arc<Self>,
+        listener: TcpListener,
+        password: String,
+    ) -> crate::net::front::Serving {
+        Box::pin(self.serve_explicit(listener, password))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Action;

@@ -51,9 +51,8 @@ use super::netns;
 use super::run::{self, RunError};
 use crate::config::{ContainerLimits, Mount};
 use crate::events::Events;
-use crate::net::Upstream;
+use crate::net::front::Front;
 use crate::net::orig_dst::SoOriginalDst;
-use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 
 /// Where Moat's own files appear in the container.
 pub const MOAT_DIR: &str = "/.moat";
@@ -118,8 +117,6 @@ pub enum DockerError {
     Run(#[from] RunError),
     #[error(transparent)]
     Net(#[from] netns::NetnsError),
-    #[error(transparent)]
-    Proxy(#[from] crate::proxy::ProxyError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -131,14 +128,6 @@ pub enum ImageChoice {
     Use(String),
     /// `dependencies:` on `base`: a generated, content-tagged image.
     Build { base: String, deps: Vec<Dependency> },
-}
-
-/// What the run's proxy engine is made of.
-pub struct ProxyParts {
-    pub grants: Vec<Grant>,
-    pub upstream: Upstream,
-    pub policy: Policy,
-    pub ca: Arc<MoatCa>,
 }
 
 pub struct DockerSpec {
@@ -374,15 +363,9 @@ async fn build(
 }
 
 /// Run the command in a container; its exit code (128+N for signal N).
-pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
-    let engine = Engine::new(
-        proxy.ca,
-        &proxy.grants,
-        proxy.upstream,
-        proxy.policy,
-        Limits::default(),
-    )?;
-    let rt = crate::proxy::runtime()?;
+/// `proxy` is the run's proxy, built once by the session.
+pub fn run(spec: DockerSpec, proxy: Arc<dyn Front>) -> Result<i32, DockerError> {
+    let rt = crate::net::runtime::runtime()?;
     let docker = rt.block_on(connect())?;
     let image = rt.block_on(ensure_image(
         &docker,
@@ -423,7 +406,7 @@ pub fn run(spec: DockerSpec, proxy: ProxyParts) -> Result<i32, DockerError> {
         "container",
         serde_json::json!({"name": name, "id": created.id, "image": image, "tty": tty}),
     );
-    let outcome = run_container(&rt, &docker, &spec, engine, &name, (listener, views), tty);
+    let outcome = run_container(&rt, &docker, &spec, proxy, &name, (listener, views), tty);
     if !spec.keep {
         // AutoRemove has usually done it already (or is doing it): the run
         // ends when the container is gone.
@@ -796,10 +779,10 @@ fn is_loader(path: &Path) -> bool {
 
 /// Attach, start, plumb, release the entrypoint, pump stdio, wait.
 fn run_container(
-    rt: &crate::proxy::ProxyRuntime,
+    rt: &crate::net::runtime::ProxyRuntime,
     docker: &Docker,
     spec: &DockerSpec,
-    engine: Arc<Engine>,
+    proxy: Arc<dyn Front>,
     name: &str,
     // The control socket's listener, and the views the engine binds from.
     (listener, views): (std::os::unix::net::UnixListener, Views),
@@ -829,7 +812,7 @@ fn run_container(
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     let net = netns::plumb(&ns, true)?;
     let published = run::publish_in(rt, &ns, &spec.publish)?;
-    run::serve_sandbox(rt, engine, net, Arc::new(SoOriginalDst), &spec.events)?;
+    run::serve_sandbox(rt, proxy, net, Arc::new(SoOriginalDst), &spec.events)?;
     drop(ns);
 
     // The entrypoint connects first thing; a container that stops before
@@ -979,7 +962,7 @@ fn terminal_size() -> Option<(i32, i32)> {
     (r == 0 && ws.ws_col > 0).then_some((i32::from(ws.ws_col), i32::from(ws.ws_row)))
 }
 
-fn resize(rt: &crate::proxy::ProxyRuntime, docker: &Docker, name: &str) {
+fn resize(rt: &crate::net::runtime::ProxyRuntime, docker: &Docker, name: &str) {
     if let Some((w, h)) = terminal_size() {
         let _ = rt.block_on(docker.resize_container_tty(name, ResizeContainerTTYOptions { w, h }));
     }

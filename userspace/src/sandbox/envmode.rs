@@ -16,16 +16,11 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::events::Events;
-use crate::net::Upstream;
-use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
+use crate::net::front::Front;
 
 pub struct EnvRunSpec {
-    pub grants: Vec<Grant>,
-    pub upstream: Upstream,
-    pub policy: Policy,
-    pub ca: Arc<MoatCa>,
-    pub events: Events,
+    /// The run's proxy (built once by the session).
+    pub proxy: Arc<dyn Front>,
     pub env: Vec<(OsString, OsString)>,
     pub workspace: std::path::PathBuf,
     pub command: Vec<OsString>,
@@ -66,24 +61,17 @@ pub fn proxy_env(url: &str) -> Vec<(OsString, OsString)> {
 /// 126/127 when it cannot be run / is not found).
 pub fn run(spec: EnvRunSpec) -> anyhow::Result<i32> {
     use anyhow::Context as _;
-    let rt = crate::proxy::runtime()?;
+    let rt = crate::net::runtime::runtime()?;
     let mut secret = [0u8; 24];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let password = URL_SAFE_NO_PAD.encode(secret);
-    let engine = Engine::new(
-        spec.ca,
-        &spec.grants,
-        spec.upstream,
-        spec.policy,
-        Limits::default(),
-    )?;
-    engine.set_events(spec.events);
+    let proxy = spec.proxy;
     let addr = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("listening on 127.0.0.1")?;
         let addr = listener.local_addr()?;
-        tokio::spawn(engine.serve_explicit(listener, password.clone()));
+        tokio::spawn(proxy.explicit(listener, password.clone()));
         anyhow::Ok(addr)
     })?;
     let url = format!("http://moat:{password}@{addr}");

@@ -17,9 +17,8 @@ use super::dns::{self, SyntheticDns};
 use super::init::{self, SYNC_FD};
 use super::netns;
 use crate::events::Events;
-use crate::net::Upstream;
+use crate::net::front::Front;
 use crate::net::orig_dst::{NameLookup, OriginalDst, SoOriginalDst};
-use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -29,8 +28,6 @@ pub enum RunError {
     InitFailed,
     #[error(transparent)]
     Net(#[from] netns::NetnsError),
-    #[error(transparent)]
-    Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Cgroup(#[from] super::cgroup::CgroupError),
     #[error(transparent)]
@@ -57,10 +54,8 @@ pub struct RunSpec {
     /// The run's id (names its cgroup with [`Redirect::Ebpf`]).
     pub id: String,
     pub redirect: Redirect,
-    pub grants: Vec<Grant>,
-    pub upstream: Upstream,
-    pub policy: Policy,
-    pub ca: Arc<MoatCa>,
+    /// The run's proxy (built once by the session).
+    pub proxy: Arc<dyn Front>,
     /// Host files copied into the sandbox's fresh /tmp (host, inside).
     pub files: Vec<(PathBuf, PathBuf)>,
     pub workspace: PathBuf,
@@ -297,14 +292,7 @@ fn serve(
     mut ours: UnixStream,
     (dial, net, dst, redirector, cgroup): Plumbed,
 ) -> Result<i32, RunError> {
-    let rt = crate::proxy::runtime()?;
-    let engine = Engine::new(
-        spec.ca.clone(),
-        &spec.grants,
-        spec.upstream,
-        spec.policy,
-        Limits::default(),
-    )?;
+    let rt = crate::net::runtime::runtime()?;
     let published = match publish(&rt, dial, &spec.publish) {
         Ok(p) => p,
         Err(e) => {
@@ -313,7 +301,7 @@ fn serve(
             return Err(e);
         }
     };
-    serve_sandbox(&rt, engine, net, dst, &spec.events)?;
+    serve_sandbox(&rt, spec.proxy.clone(), net, dst, &spec.events)?;
     // Ctrl-C reaches the command straight from the terminal; signals other
     // processes send to Moat are passed on (see `signals`). From before the
     // go: `moat stop` may signal as soon as `started` has told it the id.
@@ -339,19 +327,17 @@ fn serve(
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Serve a plumbed sandbox from the host namespace on `rt`: the proxy
-/// (transparent front door of `engine`) and Moat's DNS on `net`'s sockets,
-/// with DNS answers and the engine's events going to `events`. Shared by the
-/// native and docker runtimes.
+/// Serve a plumbed sandbox from the host namespace on `rt`: the proxy's
+/// transparent front door and Moat's DNS on `net`'s sockets, with DNS
+/// answers going to `events`. Shared by the native and docker runtimes.
 pub(crate) fn serve_sandbox(
-    rt: &crate::proxy::ProxyRuntime,
-    engine: Arc<Engine>,
+    rt: &crate::net::runtime::ProxyRuntime,
+    proxy: Arc<dyn Front>,
     net: netns::SandboxNet,
     dst: Arc<dyn OriginalDst>,
     events: &Events,
 ) -> Result<(), RunError> {
     let dns = Arc::new(SyntheticDns::new());
-    engine.set_events(events.clone());
     let events = events.clone();
     dns.set_observer(Box::new(move |name, qtype, answer| {
         events.emit(
@@ -365,7 +351,7 @@ pub(crate) fn serve_sandbox(
     let dns_tcp = tokio::net::TcpListener::from_std(net.dns_tcp)?;
     let lookup_dns = dns.clone();
     let names: NameLookup = Arc::new(move |ip| lookup_dns.name_for(ip));
-    rt.spawn(engine.serve_transparent(proxy_listener, dst, Some(names)));
+    rt.spawn(proxy.transparent(proxy_listener, dst, Some(names)));
     rt.spawn(dns::serve_udp(dns_udp, dns.clone()));
     rt.spawn(dns::serve_tcp(dns_tcp, dns));
     Ok(())
@@ -374,7 +360,7 @@ pub(crate) fn serve_sandbox(
 /// [`publish`] for a sandbox whose network namespace this (root) process
 /// can enter: a container's.
 pub(crate) fn publish_in(
-    rt: &crate::proxy::ProxyRuntime,
+    rt: &crate::net::runtime::ProxyRuntime,
     ns: &std::fs::File,
     ports: &[(u16, u16)],
 ) -> Result<Option<Dial>, RunError> {
@@ -388,7 +374,7 @@ pub(crate) fn publish_in(
 /// to the port inside the sandbox. Bound before the command starts, so a
 /// taken port fails the run up front.
 pub(crate) fn publish(
-    rt: &crate::proxy::ProxyRuntime,
+    rt: &crate::net::runtime::ProxyRuntime,
     dial: Option<Dial>,
     ports: &[(u16, u16)],
 ) -> Result<Option<Dial>, RunError> {

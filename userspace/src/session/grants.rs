@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, anyhow};
 
 use crate::net::{Resolve, Upstream};
 use crate::providers::{Registry, placeholder};
-use crate::proxy::Grant;
+use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 use crate::store::{CredName, Store};
 
 /// Decrypt the named credentials into proxy grants (values stay in memory).
@@ -138,4 +138,21 @@ pub fn upstream_from(
     }
     let proxies = hyper_util::client::proxy::matcher::Matcher::from_env();
     Ok(Upstream::new(resolve, upstream_ca, proxies)?)
+}
+
+/// The run's proxy: the one place an [`Engine`] is built (a run's, and
+/// `moat proxy`'s).
+pub fn engine(
+    ca: Arc<MoatCa>,
+    grants: &[Grant],
+    upstream: Upstream,
+    policy: Policy,
+) -> Result<Arc<Engine>> {
+    Ok(Engine::new(
+        ca,
+        grants,
+        upstream,
+        policy,
+        Limits::default(),
+    )?)
 }

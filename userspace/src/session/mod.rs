@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::config::Config;
 use crate::events::Events;
 use crate::home::MoatHome;
-use crate::proxy::{MoatCa, Policy};
+use crate::proxy::MoatCa;
 use crate::sandbox::trust;
 
 pub use plan::{Mode, Redirect, RuntimeKind};
@@ -64,10 +64,8 @@ pub(crate) struct Prepared {
     /// (host copy, path relative to the sandbox HOME).
     home_files: Vec<(PathBuf, PathBuf)>,
     events: Events,
-    grants: Vec<crate::proxy::Grant>,
-    upstream: crate::net::Upstream,
-    policy: Policy,
-    ca: Arc<MoatCa>,
+    /// The run's proxy, built once here and handed to the runtime.
+    proxy: Arc<crate::proxy::Engine>,
     bundle: PathBuf,
     truststore: PathBuf,
     workspace: PathBuf,
@@ -231,15 +229,15 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
         }),
     );
     tracing::info!(run = %id, "events: {}", events_path.display());
+    // One proxy for the run, whatever runs the command; its events are the run's.
+    let proxy = grants::engine(ca, &grants, upstream, policy)?;
+    proxy.set_events(events.clone());
     tracing::debug!("run prepared in {:?}", t0.elapsed());
     let prepared = Prepared {
         id: id.clone(),
         home_files,
         events: events.clone(),
-        grants,
-        upstream,
-        policy,
-        ca,
+        proxy,
         bundle: bundle_path,
         truststore: truststore_path,
         workspace,

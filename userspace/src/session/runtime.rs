@@ -135,12 +135,7 @@ fn docker(
             mask: p.masks,
             publish,
         },
-        d::ProxyParts {
-            grants: p.grants,
-            upstream: p.upstream,
-            policy: p.policy,
-            ca: p.ca,
-        },
+        p.proxy,
     )?;
     Ok(code)
 }
@@ -191,11 +186,7 @@ fn env_mode(home: &MoatHome, p: Prepared, publish: &[(u16, u16)], masked: bool) 
     ));
     let env = merged(env, p.env_extra);
     crate::sandbox::envmode::run(crate::sandbox::envmode::EnvRunSpec {
-        grants: p.grants,
-        upstream: p.upstream,
-        policy: p.policy,
-        ca: p.ca,
-        events: p.events,
+        proxy: p.proxy,
         env,
         workspace: p.workspace,
         command: p.command,
@@ -245,10 +236,7 @@ fn transparent(
             Redirect::Nft => run::Redirect::Nft,
             Redirect::Ebpf => run::Redirect::Ebpf,
         },
-        grants: p.grants,
-        upstream: p.upstream,
-        policy: p.policy,
-        ca: p.ca,
+        proxy: p.proxy,
         files,
         workspace: p.workspace,
         hide,

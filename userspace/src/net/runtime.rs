@@ -137,6 +137,11 @@ impl Drop for ProxyRuntime {
     }
 }
 
+/// The runtime the proxy is served on (see [`ProxyRuntime`]).
+pub fn runtime() -> std::io::Result<ProxyRuntime> {
+    ProxyRuntime::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
