@@ -1,9 +1,9 @@
 //! The nftables ruleset loaded **inside** a sandbox's network namespace.
 //!
 //! Pure text generation: nothing here touches the kernel. [`super::netns`]
-//! feeds the script to `nft -f -` from a thread that has entered the sandbox
-//! namespace, so the rules never exist in the host namespace and vanish with
-//! the sandbox.
+//! loads the script in-process through libnftables ([`super::libnft`]) from
+//! a thread that has entered the sandbox namespace, so the rules never exist
+//! in the host namespace and vanish with the sandbox.
 //!
 //! What the rules do, for a namespace whose only link is `lo` (with a
 //! `default dev lo src 127.0.0.1` route, so connect() reaches the nat hook):
@@ -24,7 +24,7 @@ pub const TABLE_V4: &str = "moat";
 /// Name of the IPv6 table (family `ip6`).
 pub const TABLE_V6: &str = "moat6";
 
-/// The nftables script (for `nft -f -`) that sends a sandbox's TCP to the
+/// The nftables script (the language `nft -f` reads) that sends a sandbox's TCP to the
 /// proxy listening on `127.0.0.1:proxy_port` and its DNS to the resolver on
 /// `127.0.0.1:dns_port` (UDP and TCP), all inside the sandbox's namespace.
 ///
