@@ -35,10 +35,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::image::Dependency;
 use super::netns;
 use super::run::RunError;
-use crate::config::{ContainerLimits, Mount};
+use crate::config::{ContainerLimits, Dependency, Mount};
 use crate::events::Events;
 
 mod container;
