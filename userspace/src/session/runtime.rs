@@ -95,7 +95,7 @@ fn docker(
             deps: config
                 .dependencies
                 .iter()
-                .map(|s| image::Dependency::parse(s))
+                .map(|s| crate::config::Dependency::parse(s))
                 .collect::<Result<_, _>>()?,
         },
     };

@@ -18,6 +18,10 @@ use serde::Deserialize;
 use crate::providers::HostPattern;
 use crate::proxy::rules::{HostRule, Mode, NetworkPolicy, Route};
 
+mod dependency;
+
+pub use dependency::{Dependency, ImageError};
+
 /// File names looked for in the workspace, in order.
 pub const FILE_NAMES: [&str; 2] = ["moat.yaml", "agent.yaml"];
 
@@ -381,8 +385,7 @@ impl Config {
             ));
         }
         for d in &doc.dependencies {
-            crate::sandbox::image::Dependency::parse(d)
-                .map_err(|e| at(d, format!("dependencies: {e}")))?;
+            Dependency::parse(d).map_err(|e| at(d, format!("dependencies: {e}")))?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let mounts = doc
