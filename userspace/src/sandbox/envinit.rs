@@ -50,36 +50,19 @@ pub fn to_args(args: &EnvInitArgs) -> Vec<OsString> {
 
 pub fn parse_args(raw: Vec<OsString>) -> Result<EnvInitArgs, String> {
     let mut args = EnvInitArgs::default();
-    let mut it = raw.into_iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{} needs a value", a.to_string_lossy()))
-        };
-        match a.to_str() {
-            Some("--empty") => {
-                let dir = value()?.into();
-                args.empty = Some((dir, value()?.into()));
+    let mut argv = super::argv::Argv::new(raw);
+    while let Some(flag) = argv.flag()? {
+        match flag.as_str() {
+            "--empty" => {
+                let dir = argv.value(&flag)?.into();
+                args.empty = Some((dir, argv.value(&flag)?.into()));
             }
-            Some("--mask") => args.mask.push(value()?.into()),
-            Some("--run-as") => {
-                let v = value()?.to_string_lossy().into_owned();
-                let (u, g) = v.split_once(':').ok_or("--run-as UID:GID")?;
-                args.run_as = Some((
-                    u.parse().map_err(|_| "bad uid")?,
-                    g.parse().map_err(|_| "bad gid")?,
-                ));
-            }
-            Some("--") => {
-                args.command = it.collect();
-                break;
-            }
-            _ => return Err(format!("unexpected argument {}", a.to_string_lossy())),
+            "--mask" => args.mask.push(argv.value(&flag)?.into()),
+            "--run-as" => args.run_as = Some(argv.ids(&flag)?),
+            _ => return Err(super::argv::unexpected(&flag)),
         }
     }
-    if args.command.is_empty() {
-        return Err("no command".into());
-    }
+    args.command = argv.command()?;
     if args.empty.is_none() && !args.mask.is_empty() {
         return Err("--mask needs --empty DIR FILE".into());
     }

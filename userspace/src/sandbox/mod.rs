@@ -1,6 +1,8 @@
 //! Sandbox pieces: the host-side services a sandboxed child talks to.
 
 #[cfg(target_os = "linux")]
+pub mod argv;
+#[cfg(target_os = "linux")]
 pub mod bpf;
 #[cfg(target_os = "linux")]
 pub mod cgroup;

@@ -486,41 +486,24 @@ fn libc_dup2(from: i32, to: i32) -> i32 {
 /// Parse `__sandbox-init` arguments (internal; built by [`run`]).
 pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
     let mut args = init::InitArgs::default();
-    let mut it = raw.into_iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{} needs a value", a.to_string_lossy()))
-        };
-        match a.to_str() {
-            Some("--workspace") => args.workspace = value()?.into(),
-            Some("--file") => {
-                let host = value()?.into();
-                args.files.push((host, value()?.into()));
+    let mut argv = super::argv::Argv::new(raw);
+    while let Some(flag) = argv.flag()? {
+        match flag.as_str() {
+            "--workspace" => args.workspace = argv.value(&flag)?.into(),
+            "--file" => {
+                let host = argv.value(&flag)?.into();
+                args.files.push((host, argv.value(&flag)?.into()));
             }
-            Some("--hide") => args.hide.push(value()?.into()),
-            Some("--mask") => args.mask.push(value()?.into()),
-            Some("--rootless") => args.rootless = true,
-            Some("--cgroup") => args.cgroup = Some(value()?.into()),
-            Some("--dial") => args.dial = true,
-            Some("--run-as") => {
-                let v = value()?.to_string_lossy().into_owned();
-                let (u, g) = v.split_once(':').ok_or("--run-as UID:GID")?;
-                args.run_as = Some((
-                    u.parse().map_err(|_| "bad uid")?,
-                    g.parse().map_err(|_| "bad gid")?,
-                ));
-            }
-            Some("--") => {
-                args.command = it.collect();
-                break;
-            }
-            _ => return Err(format!("unexpected argument {}", a.to_string_lossy())),
+            "--hide" => args.hide.push(argv.value(&flag)?.into()),
+            "--mask" => args.mask.push(argv.value(&flag)?.into()),
+            "--rootless" => args.rootless = true,
+            "--cgroup" => args.cgroup = Some(argv.value(&flag)?.into()),
+            "--dial" => args.dial = true,
+            "--run-as" => args.run_as = Some(argv.ids(&flag)?),
+            _ => return Err(super::argv::unexpected(&flag)),
         }
     }
-    if args.command.is_empty() {
-        return Err("no command".into());
-    }
+    args.command = argv.command()?;
     Ok(args)
 }
 

@@ -20,21 +20,15 @@ pub struct InitArgs {
 
 pub fn parse_init_args(raw: Vec<OsString>) -> Result<InitArgs, String> {
     let mut args = InitArgs::default();
-    let mut it = raw.into_iter();
-    while let Some(a) = it.next() {
-        match a.to_str() {
-            Some("--tty") => args.tty = true,
-            Some("--no-tty") => args.tty = false,
-            Some("--") => {
-                args.command = it.collect();
-                break;
-            }
-            _ => return Err(format!("unexpected argument {}", a.to_string_lossy())),
+    let mut argv = crate::sandbox::argv::Argv::new(raw);
+    while let Some(flag) = argv.flag()? {
+        match flag.as_str() {
+            "--tty" => args.tty = true,
+            "--no-tty" => args.tty = false,
+            _ => return Err(crate::sandbox::argv::unexpected(&flag)),
         }
     }
-    if args.command.is_empty() {
-        return Err("no command".into());
-    }
+    args.command = argv.command()?;
     Ok(args)
 }
 
