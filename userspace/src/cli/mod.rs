@@ -12,7 +12,6 @@ mod doctor;
 mod grant;
 mod init;
 mod output;
-mod probe;
 mod prompt;
 mod proxy;
 mod revoke;

@@ -690,7 +690,7 @@ fn choose_mode(
     if asked == Some(NetworkMode::Env) {
         return Ok(NetworkMode::Env);
     }
-    match (asked, crate::cli::probe::userns()) {
+    match (asked, crate::sandbox::probe::userns()) {
         (Some(_), Ok(())) => Ok(NetworkMode::Transparent),
         (Some(_), Err(why)) => bail!(
             "--network-mode transparent needs root or unprivileged user namespaces, \
@@ -822,7 +822,7 @@ fn env_can_mask(home: &crate::home::MoatHome, insecure: bool) -> Result<bool> {
     } else if nix::unistd::geteuid().is_root() {
         return Ok(true);
     } else {
-        match crate::cli::probe::userns() {
+        match crate::sandbox::probe::userns() {
             Ok(()) => return Ok(true),
             Err(why) => why,
         }
