@@ -144,9 +144,11 @@ pub fn main(args: InitArgs) -> ! {
     // this process died before PID 1 asked to die with it (see `pid1`).
     let (alive, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .unwrap_or_else(|e| die(&format!("pipe: {e}")));
-    // SAFETY: single-threaded here (no runtime was started in this process).
     let forked = match &cgroup {
+        // SAFETY: single-threaded here (no runtime was started in this
+        // process), so the child may do anything.
         Some(cg) => unsafe { cg.fork_into() },
+        // SAFETY: as above.
         None => unsafe { fork() },
     };
     match forked {
@@ -1010,8 +1012,10 @@ fn supervise(child: Pid, set: &SigSet) -> i32 {
 /// (kill, sigqueue, tgkill: `si_code` ≤ 0) rather than the kernel (a
 /// terminal, SIGCHLD).
 fn wait_signal(set: &SigSet) -> (Option<Signal>, bool) {
-    // SAFETY: a zeroed siginfo_t is valid; `set` is a valid sigset.
+    // SAFETY: a zeroed siginfo_t (plain integers and unions of them) is valid.
     let mut info: nix::libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset and `info` a live siginfo_t the
+    // kernel fills in.
     let n = unsafe { nix::libc::sigwaitinfo(set.as_ref(), &mut info) };
     if n < 0 {
         return (None, false);
