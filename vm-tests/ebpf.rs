@@ -423,6 +423,8 @@ fn children_are_born_in_the_run_cgroup() {
     // SAFETY: the child only calls pause(2) and _exit(2), both
     // async-signal-safe, so forking this multi-threaded test is sound.
     match unsafe { target.fork_into() }.unwrap() {
+        // SAFETY: plain syscalls with no arguments to check; _exit skips
+        // the atexit handlers a forked child must not run.
         nix::unistd::ForkResult::Child => unsafe {
             nix::libc::pause();
             nix::libc::_exit(0)

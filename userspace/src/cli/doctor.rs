@@ -209,11 +209,11 @@ mod linux {
     pub fn checks(out: &mut Vec<Check>) -> (bool, String) {
         let root = nix::unistd::geteuid().is_root();
         // Without root, `moat run` picks the rootless sandbox exactly when
-        // this probe passes (cli/probe.rs): doctor reports the same answer.
+        // this probe passes (sandbox/probe.rs): doctor reports the same answer.
         let rootless = if root {
             Err("not needed as root".to_owned())
         } else {
-            crate::cli::probe::userns()
+            crate::sandbox::probe::userns()
         };
         out.push(check(
             "privileges",

@@ -12,7 +12,6 @@ mod doctor;
 mod grant;
 mod init;
 mod output;
-pub(crate) mod probe;
 mod prompt;
 mod proxy;
 mod revoke;

@@ -5,21 +5,32 @@
 //!
 //! Process tree: `moat run` → `__sandbox-init` (host PID namespace) →
 //! PID 1 (init, new PID namespace) → the command.
+//!
+//! The filesystem's shape is decided apart from making it. [`mount_plan`]
+//! is pure: from the [`InitArgs`], the host files read beforehand ([`Host`])
+//! and a [`Probe`] of the host, it returns the ordered [`MountOp`]s (what is
+//! hidden, read-only, re-exposed and masked), working out itself what its
+//! own mounts cover. `shape_filesystem` reads the host, plans, and runs the
+//! plan through a [`Kernel`] ([`LinuxKernel`]; unit tests run it through the
+//! recording fake, without root). [`proc_read_only`] does the same for
+//! PID 1's /proc.
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork};
 
 use super::netns;
+use super::sys::{Kernel, LinuxKernel};
 
 /// The descriptor `moat run` passes the sync socket on.
 pub const SYNC_FD: i32 = 3;
@@ -104,8 +115,8 @@ pub fn main(args: InitArgs) -> ! {
             die(&e);
         }
     } else {
-        if let Err(e) =
-            unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
+        if let Err(e) = LinuxKernel
+            .unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
         {
             die(&format!(
                 "cannot create namespaces ({e}); run as root, or use --network-mode env"
@@ -117,7 +128,7 @@ pub fn main(args: InitArgs) -> ! {
     }
     // The filesystem takes shape while Moat plumbs the network: the
     // command does not exist before `g`, so nothing runs unredirected.
-    if let Err(e) = shape_filesystem(&args, userns.as_ref()) {
+    if let Err(e) = shape_filesystem(&args, userns.as_ref(), &LinuxKernel) {
         die(&e);
     }
     // Blocked before the go: Moat forwards signals to this process from
@@ -133,9 +144,11 @@ pub fn main(args: InitArgs) -> ! {
     // this process died before PID 1 asked to die with it (see `pid1`).
     let (alive, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .unwrap_or_else(|e| die(&format!("pipe: {e}")));
-    // SAFETY: single-threaded here (no runtime was started in this process).
     let forked = match &cgroup {
+        // SAFETY: single-threaded here (no runtime was started in this
+        // process), so the child may do anything.
         Some(cg) => unsafe { cg.fork_into() },
+        // SAFETY: as above.
         None => unsafe { fork() },
     };
     match forked {
@@ -175,7 +188,8 @@ fn rootless(sync: &UnixStream, dial: bool) -> Result<(), String> {
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     // The PID namespace comes last: the first child forked after it is
     // unshared becomes its PID 1, and that must be the command's init.
-    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+    LinuxKernel
+        .unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
         .map_err(|e| {
             format!(
                 "cannot create a user namespace ({e}): unprivileged user namespaces are off here \
@@ -227,7 +241,9 @@ fn rootless(sync: &UnixStream, dial: bool) -> Result<(), String> {
             Err(e) => return Err(format!("fork: {e}")),
         }
     }
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("creating the PID namespace: {e}"))?;
+    LinuxKernel
+        .unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("creating the PID namespace: {e}"))?;
     Ok(())
 }
 
@@ -275,159 +291,227 @@ fn dialer(mut sock: UnixStream) -> ! {
     }
 }
 
-/// Private mounts, a fresh /tmp with HOME and the CA bundle, read-only
-/// system directories and `/sys`, a minimal `/dev`, hidden directories,
-/// then the workspace, then the masks (see [`super::mask`]): a mask is
-/// covered even inside the workspace. With `userns` (Moat is root and the
-/// command will be root of that user namespace) the workspace is mounted
-/// id-mapped, so that namespace's root owns what the host's root owns.
-fn shape_filesystem(args: &InitArgs, userns: Option<&OwnedFd>) -> Result<(), String> {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::MetadataExt;
-    let none: Option<&str> = None;
-    let ws = std::fs::File::open(&args.workspace)
-        .map_err(|e| format!("opening the workspace {}: {e}", args.workspace.display()))?;
-    let ws_meta = ws.metadata().map_err(|e| e.to_string())?;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(|e| format!("making / private: {e}"))?;
-    // Read before /tmp is replaced: the host files may live under /tmp.
-    let files = args
-        .files
-        .iter()
-        .map(|(host, inside)| {
-            std::fs::read(host)
-                .map(|bytes| (inside, bytes))
-                .map_err(|e| format!("reading {}: {e}", host.display()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    // A resolver file that lives in a hidden directory (/etc/resolv.conf ->
-    // /run/systemd/resolve/stub-resolv.conf) is put back in the empty one.
-    let kept: Vec<(PathBuf, Vec<u8>)> = std::fs::canonicalize("/etc/resolv.conf")
-        .ok()
-        .filter(|target| args.hide.iter().any(|h| target.starts_with(h)))
-        .and_then(|target| Some((target.clone(), std::fs::read(&target).ok()?)))
-        .into_iter()
-        .collect();
-    tmpfs("/tmp".as_ref(), "mode=1777")?;
-    std::fs::create_dir_all(HOME_INSIDE).map_err(|e| e.to_string())?;
-    let owner = |path: &std::path::Path| {
-        if let Some((uid, gid)) = home_owner(args, userns.is_some()) {
-            let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
-        }
-    };
-    owner(HOME_INSIDE.as_ref());
-    for (inside, bytes) in files {
-        if let Some(parent) = inside.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-            if parent.starts_with(HOME_INSIDE) {
-                for dir in parent
-                    .ancestors()
-                    .take_while(|d| d.starts_with(HOME_INSIDE))
-                {
-                    owner(dir);
-                }
-            }
-        }
-        std::fs::write(inside, bytes).map_err(|e| format!("{}: {e}", inside.display()))?;
-        if inside.starts_with(HOME_INSIDE) {
-            owner(inside);
-        }
-    }
-    // Programs that read the system bundle (Go, OpenSSL's default paths)
-    // trust the Moat CA too.
-    if std::path::Path::new(BUNDLE_INSIDE).exists() {
-        for system in super::trust::SYSTEM_BUNDLES {
-            if std::fs::metadata(system).is_ok_and(|m| m.is_file()) {
-                mount(Some(BUNDLE_INSIDE), system, none, MsFlags::MS_BIND, none)
-                    .map_err(|e| format!("mounting the CA bundle on {system}: {e}"))?;
-            }
-        }
-    }
-    minimal_dev()?;
-    let mut hidden_dirs = Vec::new();
-    for path in &args.hide {
-        // Only real directories: /var/run -> /run is hidden through /run.
-        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
-        tmpfs(path, "mode=0755")?;
-        hidden_dirs.push(path);
-    }
-    for (path, bytes) in kept {
-        if let Some(parent) = path.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    // A uid-0 command could otherwise move itself out of the run's cgroup
-    // (and away from the eBPF redirector) by writing cgroup.procs.
-    if let Ok(cgroup2) = super::cgroup::cgroup2_mount() {
-        remount_read_only(&cgroup2)
-            .map_err(|e| format!("making {} read-only: {e}", cgroup2.display()))?;
-    }
-    // /sys and everything mounted under it (cgroups, bpffs, debugfs, …).
-    super::sys::read_only_recursive("/sys".as_ref())
-        .map_err(|e| format!("making /sys read-only: {e}"))?;
-    let mut read_only = false;
-    for dir in READ_ONLY {
-        // Symlinks (/bin -> usr/bin on merged-/usr systems) follow their target.
-        if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
-        mount(
-            Some(dir),
-            dir,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none,
-        )
-        .map_err(|e| format!("binding {dir}: {e}"))?;
-        remount_read_only(dir.as_ref()).map_err(|e| format!("making {dir} read-only: {e}"))?;
-        read_only |= args.workspace.starts_with(dir);
-    }
-    if std::path::Path::new("/var/tmp").is_dir() {
-        tmpfs("/var/tmp".as_ref(), "mode=1777")?;
-    }
-    let visible = std::fs::metadata(&args.workspace)
-        .is_ok_and(|m| m.dev() == ws_meta.dev() && m.ino() == ws_meta.ino());
-    if !visible || read_only || userns.is_some() {
-        std::fs::create_dir_all(&args.workspace)
-            .map_err(|e| format!("re-creating the workspace mount point: {e}"))?;
-        let tree = super::sys::clone_tree(ws.as_fd())
-            .map_err(|e| format!("copying the workspace mount: {e}"))?;
-        if let Some(userns) = userns {
-            super::sys::idmap(tree.as_fd(), userns.as_fd()).map_err(|e| {
-                format!(
-                    "id-mapping the workspace {} ({e}): its filesystem does not support \
-                     id-mapped mounts. Run Moat as the workspace's owner (rootless), or \
-                     with sudo from that user",
-                    args.workspace.display()
-                )
-            })?;
-        }
-        super::sys::move_mount_onto(tree.as_fd(), &args.workspace)
-            .map_err(|e| format!("mounting the workspace: {e}"))?;
-    }
-    apply_masks(&args.mask)?;
-    for path in hidden_dirs {
-        let flags =
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        mount(none, path, none, flags, none)
-            .map_err(|e| format!("making {} read-only: {e}", path.display()))?;
-    }
-    drop(ws);
-    Ok(())
+/// What a path is, following symlinks (`metadata`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    /// A socket, a device, a pipe.
+    Other,
 }
 
-fn tmpfs(path: &std::path::Path, mode: &str) -> Result<(), String> {
-    mount(
-        Some("tmpfs"),
-        path,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(mode),
-    )
-    .map_err(|e| format!("mounting a tmpfs on {}: {e}", path.display()))
+/// What the plan needs to know of the host's filesystem, asked before
+/// anything is mounted: [`LiveProbe`] in the init, a fixed set in tests.
+/// The plan itself works out what its own mounts cover.
+pub trait Probe {
+    /// What is at `path`, following symlinks; `None` if nothing.
+    fn kind(&self, path: &Path) -> Option<Kind>;
+    /// Whether `path` itself is a directory (a symlink to one is not).
+    fn is_real_dir(&self, path: &Path) -> bool;
+    /// Where `path` leads once every symlink is followed.
+    fn canonical(&self, path: &Path) -> Option<PathBuf>;
+}
+
+/// The host's filesystem, as this process sees it now.
+pub struct LiveProbe;
+
+impl Probe for LiveProbe {
+    fn kind(&self, path: &Path) -> Option<Kind> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(match (m.is_dir(), m.is_file()) {
+            (true, _) => Kind::Dir,
+            (_, true) => Kind::File,
+            _ => Kind::Other,
+        })
+    }
+
+    fn is_real_dir(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+    }
+
+    fn canonical(&self, path: &Path) -> Option<PathBuf> {
+        std::fs::canonicalize(path).ok()
+    }
+}
+
+/// What the plan copies in from the host, read before anything is mounted
+/// (the host files may live under /tmp, which the plan replaces).
+#[derive(Debug, Default, Clone)]
+pub struct Host {
+    /// [`InitArgs::files`], read: (path inside, contents).
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+    /// A resolver file that lives in a hidden directory (/etc/resolv.conf ->
+    /// /run/systemd/resolve/stub-resolv.conf), put back in the empty one.
+    pub resolver: Option<(PathBuf, Vec<u8>)>,
+    /// Where the cgroup2 filesystem is mounted.
+    pub cgroup2: Option<PathBuf>,
+}
+
+/// How a failed file step is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The error alone.
+    Bare,
+    /// `path: error`.
+    Named,
+    /// Not at all: the step is best-effort.
+    Ignored,
+}
+
+/// One step of the filesystem's shaping, in the order it runs. The file
+/// steps write into the fresh tmpfs mounts the plan makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOp {
+    /// Every mount below / private: nothing propagates to or from the host.
+    Private,
+    /// A fresh, empty tmpfs (nosuid, nodev) with `mode` (`mode=1777`).
+    Tmpfs { path: PathBuf, mode: &'static str },
+    /// `from` bound on `to`.
+    Bind { from: PathBuf, to: PathBuf },
+    /// The merged CA bundle ([`BUNDLE_INSIDE`]) bound over a system bundle.
+    CaBundle { on: PathBuf },
+    /// `path` and its submounts bound on themselves, then read-only
+    /// (keeping nosuid/nodev/noexec).
+    ReadOnlyDir { path: PathBuf },
+    /// The mount at `path` read-only (keeping nosuid/nodev/noexec).
+    ReadOnly { path: PathBuf },
+    /// The mount at `path` and every mount beneath it read-only.
+    ReadOnlyTree { path: PathBuf },
+    /// `path` bound on itself with its submounts, all read-only.
+    ReadOnlyBindTree { path: PathBuf },
+    /// The staged `/dev` moved onto /dev.
+    MoveDev { from: PathBuf },
+    /// A tmpfs of the plan's (a hidden directory) made read-only.
+    SealTmpfs { path: PathBuf },
+    /// The masks' scratch tmpfs made read-only.
+    SealMasks { scratch: PathBuf },
+    /// The empty directory or file `source` bound over the mask `path`.
+    Mask { path: PathBuf, source: PathBuf },
+    /// The masks' scratch tmpfs detached (the binds stay).
+    DetachMasks { scratch: PathBuf },
+    /// The workspace, as opened before anything was mounted, attached
+    /// again at `path` (id-mapped to the command's user namespace if
+    /// `idmap`).
+    Workspace { path: PathBuf, idmap: bool },
+    /// A fresh /proc (nosuid, nodev, noexec), in PID 1.
+    Proc,
+    /// `mkdir` (`-p` if `parents`).
+    Mkdir {
+        path: PathBuf,
+        parents: bool,
+        report: Report,
+    },
+    /// A file written.
+    Write {
+        path: PathBuf,
+        bytes: Vec<u8>,
+        report: Report,
+    },
+    /// A symlink at `link` to `target`.
+    Symlink { target: PathBuf, link: PathBuf },
+    /// Given to the command's user (best-effort).
+    Chown { path: PathBuf, uid: u32, gid: u32 },
+    /// An emptied staging directory removed (best-effort).
+    RemoveDir { path: PathBuf },
+}
+
+/// What the plan's own mounts have made of the host's filesystem so far:
+/// which mount a path is on (the last one mounted over it), and what the
+/// plan created on its fresh ones.
+struct View<'a> {
+    probe: &'a dyn Probe,
+    /// Mount points in the order mounted; `true` for a fresh (empty) one,
+    /// `false` for one that shows the host's files at the same path.
+    mounts: Vec<(PathBuf, bool)>,
+    /// What the plan made on its fresh mounts.
+    made: BTreeMap<PathBuf, Kind>,
+}
+
+impl<'a> View<'a> {
+    fn new(probe: &'a dyn Probe) -> Self {
+        Self {
+            probe,
+            mounts: Vec::new(),
+            made: BTreeMap::new(),
+        }
+    }
+
+    fn mount(&mut self, at: &Path, fresh: bool) {
+        self.made.retain(|p, _| !p.starts_with(at));
+        self.mounts.push((at.to_path_buf(), fresh));
+    }
+
+    /// The fresh mount `path` is on, if it is on one.
+    fn fresh_root(&self, path: &Path) -> Option<&Path> {
+        let (at, fresh) = self
+            .mounts
+            .iter()
+            .rev()
+            .find(|(at, _)| path.starts_with(at))?;
+        fresh.then_some(at.as_path())
+    }
+
+    fn make(&mut self, path: &Path, kind: Kind, parents: bool) {
+        let Some(root) = self.fresh_root(path).map(Path::to_path_buf) else {
+            return; // on the host's files: the probe answers for it
+        };
+        if parents {
+            for dir in path.ancestors().skip(1).take_while(|d| *d != root) {
+                self.made.insert(dir.to_path_buf(), Kind::Dir);
+            }
+        }
+        self.made.insert(path.to_path_buf(), kind);
+    }
+
+    /// Everything at and under `from` now at `to` (a moved mount).
+    fn moved(&mut self, from: &Path, to: &Path) {
+        let rebase = |p: &Path| to.join(p.strip_prefix(from).unwrap_or(p));
+        self.made.retain(|p, _| !p.starts_with(to));
+        let made: Vec<_> = self
+            .made
+            .iter()
+            .filter(|(p, _)| p.starts_with(from) && *p != from)
+            .map(|(p, k)| (rebase(p), *k))
+            .collect();
+        self.made.retain(|p, _| !p.starts_with(from) || p == from);
+        self.made.extend(made);
+        for (at, _) in &mut self.mounts {
+            if at.starts_with(from) {
+                *at = rebase(at);
+            }
+        }
+    }
+
+    fn made_kind(&self, root: &Path, path: &Path) -> Option<Kind> {
+        match path == root {
+            true => Some(Kind::Dir),
+            false => self.made.get(path).copied(),
+        }
+    }
+
+    /// `symlink_metadata(path).is_dir()`, now.
+    fn is_real_dir(&self, path: &Path) -> bool {
+        match self.fresh_root(path) {
+            Some(root) => self.made_kind(root, path) == Some(Kind::Dir),
+            None => self.probe.is_real_dir(path),
+        }
+    }
+
+    /// `metadata(path)`, now: a host symlink leads nowhere if its target
+    /// is covered.
+    fn kind(&self, path: &Path) -> Option<Kind> {
+        if let Some(root) = self.fresh_root(path) {
+            return self.made_kind(root, path);
+        }
+        let kind = self.probe.kind(path)?;
+        match self.probe.canonical(path) {
+            Some(target) if target != path => match self.fresh_root(&target) {
+                Some(root) => self.made_kind(root, &target),
+                None => Some(kind),
+            },
+            _ => Some(kind),
+        }
+    }
 }
 
 /// Who owns the fresh HOME: the command's user.
@@ -438,54 +522,102 @@ fn home_owner(args: &InitArgs, userns: bool) -> Option<(u32, u32)> {
     }
 }
 
-/// Cover every mask that is reachable now with an empty, read-only
-/// directory or file (both on one read-only tmpfs, made and detached here).
-/// A socket is covered by the file: connecting to it is refused.
-fn apply_masks(masks: &[PathBuf]) -> Result<(), String> {
-    let none: Option<&str> = None;
-    let present: Vec<(&PathBuf, bool)> = masks
-        .iter()
-        .filter_map(|m| Some((m, std::fs::metadata(m).ok()?.is_dir())))
-        .collect();
-    if present.is_empty() {
-        return Ok(());
-    }
-    let scratch = std::path::Path::new("/tmp/.moat-mask");
-    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    tmpfs(scratch, "mode=0755")?;
-    let (dir, file) = (scratch.join("dir"), scratch.join("file"));
-    std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
-    std::fs::write(&file, b"").map_err(|e| e.to_string())?;
-    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(none, scratch, none, ro, none).map_err(|e| format!("masks: {e}"))?;
-    for (path, is_dir) in present {
-        let source = if is_dir { &dir } else { &file };
-        mount(Some(source), path, none, MsFlags::MS_BIND, none)
-            .map_err(|e| format!("masking {}: {e}", path.display()))?;
-    }
-    nix::mount::umount2(scratch, nix::mount::MntFlags::MNT_DETACH)
-        .map_err(|e| format!("masks: {e}"))?;
-    let _ = std::fs::remove_dir(scratch);
-    Ok(())
-}
+/// The filesystem's shaping, in order, decided without touching anything:
+/// private mounts, a fresh /tmp with HOME and the CA bundle, a minimal
+/// `/dev`, hidden directories, read-only cgroup2, `/sys` and system
+/// directories, then the workspace, then the masks (see [`super::mask`]): a
+/// mask is covered even inside the workspace. The hidden directories are
+/// made read-only last. With `userns` (Moat is root and the command will be
+/// root of that user namespace) the workspace is mounted id-mapped, so that
+/// namespace's root owns what the host's root owns.
+///
+/// `probe` answers for the host as it is before the first step; what each
+/// step covers or creates is worked out here (a directory under a hidden
+/// one is gone, a mask under /tmp is out of reach unless the workspace
+/// shows it again).
+pub fn mount_plan(args: &InitArgs, host: &Host, probe: &dyn Probe, userns: bool) -> Vec<MountOp> {
+    use MountOp::*;
+    let mut plan = vec![Private];
+    let mut view = View::new(probe);
+    let tmpfs = |plan: &mut Vec<MountOp>, view: &mut View, path: &Path, mode| {
+        plan.push(Tmpfs {
+            path: path.to_path_buf(),
+            mode,
+        });
+        view.mount(path, true);
+    };
+    let mkdir = |plan: &mut Vec<MountOp>, view: &mut View, path: &Path, parents, report| {
+        plan.push(Mkdir {
+            path: path.to_path_buf(),
+            parents,
+            report,
+        });
+        view.make(path, Kind::Dir, parents);
+    };
+    let write = |plan: &mut Vec<MountOp>, view: &mut View, path: &Path, bytes: &[u8], report| {
+        plan.push(Write {
+            path: path.to_path_buf(),
+            bytes: bytes.to_vec(),
+            report,
+        });
+        view.make(path, Kind::File, false);
+    };
 
-/// A fresh `/dev` with only what programs need: null, zero, full, random,
-/// urandom, tty and the terminals (bound from the host), /dev/shm and the
-/// fd links. No disks, no /dev/kmsg, no /dev/mem.
-fn minimal_dev() -> Result<(), String> {
-    let none: Option<&str> = None;
-    let stage = std::path::Path::new("/tmp/.moat-dev");
-    std::fs::create_dir_all(stage).map_err(|e| format!("{}: {e}", stage.display()))?;
-    tmpfs(stage, "mode=0755")?;
+    tmpfs(&mut plan, &mut view, Path::new("/tmp"), "mode=1777");
+    let home = Path::new(HOME_INSIDE);
+    mkdir(&mut plan, &mut view, home, true, Report::Bare);
+    let owner = home_owner(args, userns);
+    let chown = |plan: &mut Vec<MountOp>, path: &Path| {
+        if let Some((uid, gid)) = owner {
+            plan.push(Chown {
+                path: path.to_path_buf(),
+                uid,
+                gid,
+            });
+        }
+    };
+    chown(&mut plan, home);
+    for (inside, bytes) in &host.files {
+        if let Some(parent) = inside.parent() {
+            mkdir(&mut plan, &mut view, parent, true, Report::Named);
+            if parent.starts_with(home) {
+                for dir in parent.ancestors().take_while(|d| d.starts_with(home)) {
+                    chown(&mut plan, dir);
+                }
+            }
+        }
+        write(&mut plan, &mut view, inside, bytes, Report::Named);
+        if inside.starts_with(home) {
+            chown(&mut plan, inside);
+        }
+    }
+    // Programs that read the system bundle (Go, OpenSSL's default paths)
+    // trust the Moat CA too.
+    if view.kind(Path::new(BUNDLE_INSIDE)).is_some() {
+        for system in super::trust::SYSTEM_BUNDLES {
+            if view.kind(Path::new(system)) == Some(Kind::File) {
+                plan.push(CaBundle { on: system.into() });
+            }
+        }
+    }
+
+    // A fresh `/dev` with only what programs need: null, zero, full,
+    // random, urandom, tty and the terminals (bound from the host), /dev/shm
+    // and the fd links. No disks, no /dev/kmsg, no /dev/mem.
+    let stage = Path::new("/tmp/.moat-dev");
+    mkdir(&mut plan, &mut view, stage, true, Report::Named);
+    tmpfs(&mut plan, &mut view, stage, "mode=0755");
     for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let host = std::path::Path::new("/dev").join(dev);
-        if !host.exists() {
+        let host_dev = Path::new("/dev").join(dev);
+        if view.kind(&host_dev).is_none() {
             continue;
         }
         let inside = stage.join(dev);
-        std::fs::write(&inside, b"").map_err(|e| format!("{}: {e}", inside.display()))?;
-        mount(Some(&host), &inside, none, MsFlags::MS_BIND, none)
-            .map_err(|e| format!("binding {}: {e}", host.display()))?;
+        write(&mut plan, &mut view, &inside, b"", Report::Named);
+        plan.push(Bind {
+            from: host_dev,
+            to: inside,
+        });
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -494,27 +626,305 @@ fn minimal_dev() -> Result<(), String> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        std::os::unix::fs::symlink(target, stage.join(link)).map_err(|e| e.to_string())?;
+        plan.push(Symlink {
+            target: target.into(),
+            link: stage.join(link),
+        });
+        view.make(&stage.join(link), Kind::Other, false);
     }
     for dir in ["pts", "shm"] {
-        std::fs::create_dir(stage.join(dir)).map_err(|e| e.to_string())?;
+        mkdir(&mut plan, &mut view, &stage.join(dir), false, Report::Bare);
     }
     // The host's devpts, so that the terminal the command inherits keeps
     // its name (tty, ssh and sudo look it up); another user's terminal
     // stays closed to the command by its mode, as on the host.
-    mount(
-        Some("/dev/pts"),
-        &stage.join("pts"),
-        none,
-        MsFlags::MS_BIND,
-        none,
-    )
-    .map_err(|e| format!("binding /dev/pts: {e}"))?;
-    tmpfs(&stage.join("shm"), "mode=1777")?;
-    mount(Some(stage), "/dev", none, MsFlags::MS_MOVE, none)
-        .map_err(|e| format!("mounting the minimal /dev: {e}"))?;
-    let _ = std::fs::remove_dir(stage);
-    Ok(())
+    plan.push(Bind {
+        from: "/dev/pts".into(),
+        to: stage.join("pts"),
+    });
+    view.mount(&stage.join("pts"), false);
+    tmpfs(&mut plan, &mut view, &stage.join("shm"), "mode=1777");
+    plan.push(MoveDev { from: stage.into() });
+    view.moved(stage, Path::new("/dev"));
+    plan.push(RemoveDir { path: stage.into() });
+    view.made.remove(stage);
+
+    let mut hidden = Vec::new();
+    for path in &args.hide {
+        // Only real directories: /var/run -> /run is hidden through /run.
+        if !view.is_real_dir(path) {
+            continue;
+        }
+        tmpfs(&mut plan, &mut view, path, "mode=0755");
+        hidden.push(path.clone());
+    }
+    if let Some((path, bytes)) = &host.resolver {
+        if let Some(parent) = path.parent() {
+            mkdir(&mut plan, &mut view, parent, true, Report::Ignored);
+        }
+        write(&mut plan, &mut view, path, bytes, Report::Named);
+    }
+    // A uid-0 command could otherwise move itself out of the run's cgroup
+    // (and away from the eBPF redirector) by writing cgroup.procs.
+    if let Some(cgroup2) = &host.cgroup2 {
+        plan.push(ReadOnly {
+            path: cgroup2.clone(),
+        });
+    }
+    // /sys and everything mounted under it (cgroups, bpffs, debugfs, …).
+    plan.push(ReadOnlyTree {
+        path: "/sys".into(),
+    });
+    let mut read_only = false;
+    for dir in READ_ONLY {
+        // Symlinks (/bin -> usr/bin on merged-/usr systems) follow their target.
+        if !view.is_real_dir(Path::new(dir)) {
+            continue;
+        }
+        plan.push(ReadOnlyDir { path: dir.into() });
+        view.mount(Path::new(dir), false);
+        read_only |= args.workspace.starts_with(dir);
+    }
+    let var_tmp = Path::new("/var/tmp");
+    if view.kind(var_tmp) == Some(Kind::Dir) {
+        tmpfs(&mut plan, &mut view, var_tmp, "mode=1777");
+    }
+    // Covered by one of the fresh mounts above (/tmp, a hidden directory).
+    let visible = view.fresh_root(&args.workspace).is_none();
+    if !visible || read_only || userns {
+        plan.push(Workspace {
+            path: args.workspace.clone(),
+            idmap: userns,
+        });
+        view.make(&args.workspace, Kind::Dir, true);
+        view.mount(&args.workspace, false);
+    }
+
+    // Every mask that is reachable now, covered with an empty, read-only
+    // directory or file (both on one read-only tmpfs, made and detached
+    // here). A socket is covered by the file: connecting to it is refused.
+    let present: Vec<(&PathBuf, bool)> = args
+        .mask
+        .iter()
+        .filter_map(|m| Some((m, view.kind(m)? == Kind::Dir)))
+        .collect();
+    if !present.is_empty() {
+        let scratch = Path::new("/tmp/.moat-mask");
+        mkdir(&mut plan, &mut view, scratch, true, Report::Named);
+        tmpfs(&mut plan, &mut view, scratch, "mode=0755");
+        let (dir, file) = (scratch.join("dir"), scratch.join("file"));
+        mkdir(&mut plan, &mut view, &dir, false, Report::Bare);
+        write(&mut plan, &mut view, &file, b"", Report::Bare);
+        plan.push(SealMasks {
+            scratch: scratch.into(),
+        });
+        for (path, is_dir) in present {
+            let source = if is_dir { &dir } else { &file };
+            plan.push(Mask {
+                path: path.clone(),
+                source: source.clone(),
+            });
+        }
+        plan.push(DetachMasks {
+            scratch: scratch.into(),
+        });
+        plan.push(RemoveDir {
+            path: scratch.into(),
+        });
+    }
+    for path in hidden {
+        plan.push(SealTmpfs { path });
+    }
+    plan
+}
+
+/// What PID 1 makes read-only once it has a fresh /proc: the host's
+/// writable sysctls (kernel.core_pattern runs a program as the host's
+/// root) and the SysRq trigger. `probe` looks at the fresh /proc.
+pub fn proc_read_only(probe: &dyn Probe) -> Vec<MountOp> {
+    ["/proc/sys", "/proc/sysrq-trigger"]
+        .into_iter()
+        .map(Path::new)
+        // Absent in a kernel without SysRq.
+        .filter(|path| probe.kind(path).is_some())
+        .map(|path| MountOp::ReadOnlyBindTree { path: path.into() })
+        .collect()
+}
+
+/// Runs [`MountOp`]s through a [`Kernel`], each failure named as the
+/// init always named it.
+struct Exec<'a> {
+    kernel: &'a dyn Kernel,
+    /// The workspace, opened before anything was mounted.
+    workspace: Option<BorrowedFd<'a>>,
+    /// The command's user namespace, for the id-mapped workspace.
+    userns: Option<BorrowedFd<'a>>,
+}
+
+impl Exec<'_> {
+    fn all(&self, plan: &[MountOp]) -> Result<(), String> {
+        plan.iter().try_for_each(|op| self.run(op))
+    }
+
+    fn run(&self, op: &MountOp) -> Result<(), String> {
+        let k = self.kernel;
+        let bind = |from: &Path, to: &Path, flags| k.mount(Some(from), to, None, flags, None);
+        let sealed =
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let report = |path: &Path, report: Report, r: std::io::Result<()>| match (r, report) {
+            (Ok(()), _) | (Err(_), Report::Ignored) => Ok(()),
+            (Err(e), Report::Bare) => Err(e.to_string()),
+            (Err(e), Report::Named) => Err(format!("{}: {e}", path.display())),
+        };
+        match op {
+            MountOp::Private => k
+                .mount(
+                    None,
+                    Path::new("/"),
+                    None,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None,
+                )
+                .map_err(|e| format!("making / private: {e}")),
+            MountOp::Tmpfs { path, mode } => k
+                .mount(
+                    Some(Path::new("tmpfs")),
+                    path,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(mode),
+                )
+                .map_err(|e| format!("mounting a tmpfs on {}: {e}", path.display())),
+            MountOp::Bind { from, to } => bind(from, to, MsFlags::MS_BIND)
+                .map_err(|e| format!("binding {}: {e}", from.display())),
+            MountOp::CaBundle { on } => bind(Path::new(BUNDLE_INSIDE), on, MsFlags::MS_BIND)
+                .map_err(|e| format!("mounting the CA bundle on {}: {e}", on.display())),
+            MountOp::ReadOnlyDir { path } => {
+                bind(path, path, MsFlags::MS_BIND | MsFlags::MS_REC)
+                    .map_err(|e| format!("binding {}: {e}", path.display()))?;
+                k.remount_read_only(path)
+                    .map_err(|e| format!("making {} read-only: {e}", path.display()))
+            }
+            MountOp::ReadOnly { path } => k
+                .remount_read_only(path)
+                .map_err(|e| format!("making {} read-only: {e}", path.display())),
+            MountOp::ReadOnlyTree { path } => k
+                .read_only_recursive(path)
+                .map_err(|e| format!("making {} read-only: {e}", path.display())),
+            MountOp::ReadOnlyBindTree { path } => {
+                bind(path, path, MsFlags::MS_BIND | MsFlags::MS_REC)
+                    .and_then(|()| k.read_only_recursive(path))
+                    .map_err(|e| format!("making {} read-only: {e}", path.display()))
+            }
+            MountOp::MoveDev { from } => bind(from, Path::new("/dev"), MsFlags::MS_MOVE)
+                .map_err(|e| format!("mounting the minimal /dev: {e}")),
+            MountOp::SealTmpfs { path } => k
+                .mount(None, path, None, sealed, None)
+                .map_err(|e| format!("making {} read-only: {e}", path.display())),
+            MountOp::SealMasks { scratch } => k
+                .mount(None, scratch, None, sealed, None)
+                .map_err(|e| format!("masks: {e}")),
+            MountOp::Mask { path, source } => bind(source, path, MsFlags::MS_BIND)
+                .map_err(|e| format!("masking {}: {e}", path.display())),
+            MountOp::DetachMasks { scratch } => {
+                k.umount_detach(scratch).map_err(|e| format!("masks: {e}"))
+            }
+            MountOp::Workspace { path, idmap } => self.workspace(path, *idmap),
+            MountOp::Proc => k
+                .mount(
+                    Some(Path::new("proc")),
+                    Path::new("/proc"),
+                    Some("proc"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None,
+                )
+                .map_err(|e| format!("mounting /proc: {e}")),
+            MountOp::Mkdir {
+                path,
+                parents,
+                report: r,
+            } => report(path, *r, k.create_dir(path, *parents)),
+            MountOp::Write {
+                path,
+                bytes,
+                report: r,
+            } => report(path, *r, k.write_file(path, bytes)),
+            MountOp::Symlink { target, link } => k.symlink(target, link).map_err(|e| e.to_string()),
+            MountOp::Chown { path, uid, gid } => {
+                let _ = k.chown(path, *uid, *gid);
+                Ok(())
+            }
+            MountOp::RemoveDir { path } => {
+                let _ = k.remove_dir(path);
+                Ok(())
+            }
+        }
+    }
+
+    fn workspace(&self, path: &Path, idmap: bool) -> Result<(), String> {
+        let k = self.kernel;
+        let ws = self
+            .workspace
+            .ok_or("mounting the workspace: it was not opened")?;
+        k.create_dir(path, true)
+            .map_err(|e| format!("re-creating the workspace mount point: {e}"))?;
+        let tree = k
+            .clone_tree(ws)
+            .map_err(|e| format!("copying the workspace mount: {e}"))?;
+        if idmap {
+            let userns = self
+                .userns
+                .ok_or("id-mapping the workspace: no user namespace")?;
+            k.idmap(tree.as_fd(), userns).map_err(|e| {
+                format!(
+                    "id-mapping the workspace {} ({e}): its filesystem does not support \
+                     id-mapped mounts. Run Moat as the workspace's owner (rootless), or \
+                     with sudo from that user",
+                    path.display()
+                )
+            })?;
+        }
+        k.move_mount_onto(tree.as_fd(), path)
+            .map_err(|e| format!("mounting the workspace: {e}"))
+    }
+}
+
+/// Reads what [`mount_plan`] needs off the host, then runs the plan
+/// through `kernel`. The workspace is opened first: once the plan has
+/// hidden it, this descriptor is how it comes back.
+fn shape_filesystem(
+    args: &InitArgs,
+    userns: Option<&OwnedFd>,
+    kernel: &dyn Kernel,
+) -> Result<(), String> {
+    let ws = std::fs::File::open(&args.workspace)
+        .map_err(|e| format!("opening the workspace {}: {e}", args.workspace.display()))?;
+    // Read before /tmp is replaced: the host files may live under /tmp.
+    let files = args
+        .files
+        .iter()
+        .map(|(host, inside)| {
+            std::fs::read(host)
+                .map(|bytes| (inside.clone(), bytes))
+                .map_err(|e| format!("reading {}: {e}", host.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let resolver = std::fs::canonicalize("/etc/resolv.conf")
+        .ok()
+        .filter(|target| args.hide.iter().any(|h| target.starts_with(h)))
+        .and_then(|target| Some((target.clone(), std::fs::read(&target).ok()?)));
+    let host = Host {
+        files,
+        resolver,
+        cgroup2: super::cgroup::cgroup2_mount().ok(),
+    };
+    let plan = mount_plan(args, &host, &LiveProbe, userns.is_some());
+    Exec {
+        kernel,
+        workspace: Some(ws.as_fd()),
+        userns: userns.map(|u| u.as_fd()),
+    }
+    .all(&plan)
 }
 
 /// The command's user namespace when Moat runs as root: ids 0..65536
@@ -531,7 +941,7 @@ pub(super) fn sandbox_userns() -> Result<OwnedFd, String> {
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop((ready_r, hold_w));
-            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let ok = LinuxKernel.unshare(CloneFlags::CLONE_NEWUSER).is_ok();
             let _ = nix::unistd::write(&ready_w, &[ok as u8]);
             let mut b = [0u8; 1];
             let _ = nix::unistd::read(&hold_r, &mut b); // until the parent is done
@@ -561,28 +971,6 @@ pub(super) fn sandbox_userns() -> Result<OwnedFd, String> {
         }
         Err(e) => Err(format!("fork: {e}")),
     }
-}
-
-/// Makes the mount at `path` read-only (a bind remount), keeping its
-/// nosuid/nodev/noexec. In a user namespace (rootless) those flags of a
-/// mount inherited from the host are locked, and a remount that would clear
-/// them fails with EPERM; as root it would silently clear them. (Atime flags,
-/// locked too, are kept by the kernel when a remount names none.)
-fn remount_read_only(path: &std::path::Path) -> nix::Result<()> {
-    use nix::sys::statvfs::{FsFlags, statvfs};
-    let none: Option<&str> = None;
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-    let has = statvfs(path)?.flags();
-    for (st, ms) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-    ] {
-        if has.contains(st) {
-            flags |= ms;
-        }
-    }
-    mount(none, path, none, flags, none)
 }
 
 fn blocked_signals() -> SigSet {
@@ -624,8 +1012,10 @@ fn supervise(child: Pid, set: &SigSet) -> i32 {
 /// (kill, sigqueue, tgkill: `si_code` ≤ 0) rather than the kernel (a
 /// terminal, SIGCHLD).
 fn wait_signal(set: &SigSet) -> (Option<Signal>, bool) {
-    // SAFETY: a zeroed siginfo_t is valid; `set` is a valid sigset.
+    // SAFETY: a zeroed siginfo_t (plain integers and unions of them) is valid.
     let mut info: nix::libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset and `info` a live siginfo_t the
+    // kernel fills in.
     let n = unsafe { nix::libc::sigwaitinfo(set.as_ref(), &mut info) };
     if n < 0 {
         return (None, false);
@@ -644,40 +1034,23 @@ fn pid1(args: &InitArgs, set: &SigSet, parent_alive: OwnedFd, userns: Option<Own
     if parent_gone(parent_alive) {
         std::process::exit(128 + Signal::SIGKILL as i32);
     }
-    let none: Option<&str> = None;
-    if let Err(e) = mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        none,
-    ) {
+    let exec = Exec {
+        kernel: &LinuxKernel,
+        workspace: None,
+        userns: None,
+    };
+    if let Err(e) = exec.run(&MountOp::Proc) {
         let hint = if args.rootless {
             " (without root the kernel allows a new /proc only where the host's /proc \
              has no masked paths, as in some containers; use sudo, or --network-mode env)"
         } else {
             ""
         };
-        die(&format!("mounting /proc: {e}{hint}"));
+        die(&format!("{e}{hint}"));
     }
-    // Writable sysctls of the host (kernel.core_pattern runs a program as
-    // the host's root) and the SysRq trigger: read-only.
-    for path in ["/proc/sys", "/proc/sysrq-trigger"] {
-        let path = std::path::Path::new(path);
-        if !path.exists() {
-            continue; // a kernel without SysRq
-        }
-        let ro = mount(
-            Some(path),
-            path,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none,
-        )
-        .and_then(|()| super::sys::read_only_recursive(path));
-        if let Err(e) = ro {
-            die(&format!("making {} read-only: {e}", path.display()));
-        }
+    // Writable sysctls of the host and the SysRq trigger: read-only.
+    if let Err(e) = exec.all(&proc_read_only(&LiveProbe)) {
+        die(&e);
     }
     // SAFETY: single-threaded.
     match unsafe { fork() } {
@@ -748,10 +1121,14 @@ pub(super) fn drop_privileges(
     userns: Option<OwnedFd>,
 ) -> Result<(), String> {
     use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("cgroup namespace: {e}"))?;
+    let kernel = LinuxKernel;
+    kernel
+        .unshare(CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("cgroup namespace: {e}"))?;
     let ids = match (userns, run_as) {
         (Some(ns), _) => {
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
+            kernel
+                .setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| format!("entering the command's user namespace: {e}"))?;
             Some((0, 0))
         }
@@ -784,7 +1161,519 @@ pub(super) fn drop_privileges(
 
 #[cfg(test)]
 mod tests {
+    use super::super::sys::{Call, RecordingKernel};
     use super::*;
+
+    /// A host's filesystem, for [`mount_plan`].
+    #[derive(Default)]
+    struct FakeHost(BTreeMap<PathBuf, Entry>);
+
+    enum Entry {
+        Dir,
+        File,
+        Socket,
+        Link(&'static str),
+    }
+
+    impl FakeHost {
+        /// A merged-/usr host with a user `u`, Moat's home in ~/.moat, the
+        /// Docker socket and a session bus.
+        fn typical() -> Self {
+            let mut h = Self::default();
+            for d in [
+                "/usr",
+                "/usr/bin",
+                "/usr/src",
+                "/usr/src/p",
+                "/etc",
+                "/lib",
+                "/var",
+                "/var/tmp",
+                "/opt",
+                "/srv",
+                "/srv/p",
+                "/srv/p/.moat",
+                "/home",
+                "/home/u",
+                "/home/u/.moat",
+                "/home/u/p",
+                "/root",
+                "/run",
+                "/run/user",
+                "/run/user/1000",
+                "/tmp",
+                "/tmp/w",
+                "/tmp/w/.moat",
+                "/tmp/ssh-x",
+                "/dev",
+                "/dev/pts",
+                "/sys",
+                "/sys/fs/cgroup",
+                "/proc",
+                "/proc/sys",
+            ] {
+                h.0.insert(d.into(), Entry::Dir);
+            }
+            for f in ["/etc/ssl/certs/ca-certificates.crt", "/home/u/.netrc"] {
+                h.0.insert(f.into(), Entry::File);
+            }
+            for s in [
+                "/run/docker.sock",
+                "/run/user/1000/bus",
+                "/tmp/ssh-x/agent.sock",
+                "/dev/null",
+                "/dev/zero",
+                "/dev/urandom",
+                "/dev/tty",
+            ] {
+                h.0.insert(s.into(), Entry::Socket);
+            }
+            h.0.insert("/bin".into(), Entry::Link("/usr/bin"));
+            h.0.insert("/var/run".into(), Entry::Link("/run"));
+            h.0.insert(
+                "/var/run/docker.sock".into(),
+                Entry::Link("/run/docker.sock"),
+            );
+            h
+        }
+    }
+
+    impl Probe for FakeHost {
+        fn kind(&self, path: &Path) -> Option<Kind> {
+            match self.0.get(path)? {
+                Entry::Dir => Some(Kind::Dir),
+                Entry::File => Some(Kind::File),
+                Entry::Socket => Some(Kind::Other),
+                Entry::Link(to) => self.kind(Path::new(to)),
+            }
+        }
+
+        fn is_real_dir(&self, path: &Path) -> bool {
+            matches!(self.0.get(path), Some(Entry::Dir))
+        }
+
+        fn canonical(&self, path: &Path) -> Option<PathBuf> {
+            match self.0.get(path)? {
+                Entry::Link(to) => Some(to.into()),
+                _ => Some(path.into()),
+            }
+        }
+    }
+
+    /// What `moat run ~` asks for, as sorted by cli/run.rs.
+    fn args(workspace: &str) -> InitArgs {
+        let paths = |p: &[&str]| p.iter().map(PathBuf::from).collect::<Vec<_>>();
+        InitArgs {
+            workspace: workspace.into(),
+            hide: paths(&["/home", "/home/u", "/root", "/run", "/var/run"]),
+            mask: paths(&[
+                "/home/u/.moat",
+                "/srv/p/.moat",
+                "/tmp/w/.moat",
+                "/tmp/ssh-x/agent.sock",
+                "/run/user/1000/bus",
+                "/run/user",
+                "/run/docker.sock",
+                "/var/run/docker.sock",
+                "/home/u/.config/moat",
+                "/home/u/.netrc",
+            ]),
+            ..InitArgs::default()
+        }
+    }
+
+    fn host() -> Host {
+        Host {
+            files: vec![
+                (BUNDLE_INSIDE.into(), b"ca".to_vec()),
+                (
+                    Path::new(HOME_INSIDE).join(".config/gh/hosts.yml"),
+                    b"x".to_vec(),
+                ),
+            ],
+            resolver: None,
+            cgroup2: Some("/sys/fs/cgroup".into()),
+        }
+    }
+
+    fn plan(args: &InitArgs, userns: bool) -> Vec<MountOp> {
+        mount_plan(args, &host(), &FakeHost::typical(), userns)
+    }
+
+    fn at(plan: &[MountOp], op: &MountOp) -> usize {
+        plan.iter()
+            .position(|o| o == op)
+            .unwrap_or_else(|| panic!("{op:?} not in {plan:#?}"))
+    }
+
+    fn tmpfs(path: &str, mode: &'static str) -> MountOp {
+        MountOp::Tmpfs {
+            path: path.into(),
+            mode,
+        }
+    }
+
+    fn masked(plan: &[MountOp]) -> Vec<(&Path, &Path)> {
+        plan.iter()
+            .filter_map(|o| match o {
+                MountOp::Mask { path, source } => Some((path.as_path(), source.as_path())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn workspace(path: &str, idmap: bool) -> MountOp {
+        MountOp::Workspace {
+            path: path.into(),
+            idmap,
+        }
+    }
+
+    #[test]
+    fn a_mask_inside_the_workspace_is_mounted_after_the_workspace() {
+        let plan = plan(&args("/home/u"), false);
+        let ws = at(&plan, &workspace("/home/u", false));
+        let moat = at(
+            &plan,
+            &MountOp::Mask {
+                path: "/home/u/.moat".into(),
+                source: "/tmp/.moat-mask/dir".into(),
+            },
+        );
+        assert!(ws < moat, "{plan:#?}");
+        // The scratch is sealed before the first mask and detached after the last.
+        assert!(
+            at(
+                &plan,
+                &MountOp::SealMasks {
+                    scratch: "/tmp/.moat-mask".into()
+                }
+            ) < moat
+        );
+        assert!(
+            at(
+                &plan,
+                &MountOp::DetachMasks {
+                    scratch: "/tmp/.moat-mask".into()
+                }
+            ) > moat
+        );
+        // Only what is reachable is masked: inside the workspace, or where
+        // nothing covers it (/srv). The sockets and the bus stay behind the
+        // hidden /run, the agent socket behind the fresh /tmp, the absent
+        // path is skipped.
+        assert_eq!(
+            masked(&plan),
+            [
+                (Path::new("/home/u/.moat"), Path::new("/tmp/.moat-mask/dir")),
+                (Path::new("/srv/p/.moat"), Path::new("/tmp/.moat-mask/dir")),
+                (
+                    Path::new("/home/u/.netrc"),
+                    Path::new("/tmp/.moat-mask/file")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_workspace_under_tmp_is_attached_again_and_masked_inside() {
+        let plan = plan(&args("/tmp/w"), false);
+        let ws = at(&plan, &workspace("/tmp/w", false));
+        assert!(at(&plan, &tmpfs("/tmp", "mode=1777")) < ws);
+        assert_eq!(
+            masked(&plan),
+            [
+                (Path::new("/srv/p/.moat"), Path::new("/tmp/.moat-mask/dir")),
+                (Path::new("/tmp/w/.moat"), Path::new("/tmp/.moat-mask/dir")),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_hidden_directories_are_covered_then_sealed_last() {
+        let plan = plan(&args("/srv/p"), false);
+        let covered: Vec<&Path> = plan
+            .iter()
+            .filter_map(|o| match o {
+                MountOp::Tmpfs {
+                    path,
+                    mode: "mode=0755",
+                } => Some(path.as_path()),
+                _ => None,
+            })
+            .collect();
+        // /home/u is gone once /home is covered; /var/run is a symlink,
+        // hidden through /run. The other two are the /dev stage and the
+        // masks' scratch.
+        assert_eq!(
+            covered,
+            [
+                "/tmp/.moat-dev",
+                "/home",
+                "/root",
+                "/run",
+                "/tmp/.moat-mask"
+            ]
+            .map(Path::new)
+        );
+        let sealed: Vec<&MountOp> = plan
+            .iter()
+            .filter(|o| matches!(o, MountOp::SealTmpfs { .. }))
+            .collect();
+        assert_eq!(
+            sealed,
+            ["/home", "/root", "/run"]
+                .map(|p| MountOp::SealTmpfs { path: p.into() })
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        let last_mask = at(
+            &plan,
+            &MountOp::DetachMasks {
+                scratch: "/tmp/.moat-mask".into(),
+            },
+        );
+        assert!(at(&plan, sealed[0]) > last_mask);
+        assert_eq!(plan.last(), Some(sealed[2]));
+        // A visible, writable workspace is left where it is.
+        assert!(!plan.iter().any(|o| matches!(o, MountOp::Workspace { .. })));
+        assert_eq!(
+            masked(&plan),
+            [(Path::new("/srv/p/.moat"), Path::new("/tmp/.moat-mask/dir"))]
+        );
+    }
+
+    #[test]
+    fn sys_cgroups_and_system_directories_are_read_only() {
+        let plan = plan(&args("/srv/p"), false);
+        for op in [
+            MountOp::ReadOnly {
+                path: "/sys/fs/cgroup".into(),
+            },
+            MountOp::ReadOnlyTree {
+                path: "/sys".into(),
+            },
+        ] {
+            at(&plan, &op);
+        }
+        let read_only: Vec<&Path> = plan
+            .iter()
+            .filter_map(|o| match o {
+                MountOp::ReadOnlyDir { path } => Some(path.as_path()),
+                _ => None,
+            })
+            .collect();
+        // /bin is a symlink into /usr; /sbin, /lib64, … do not exist here.
+        assert_eq!(
+            read_only,
+            ["/usr", "/etc", "/lib", "/opt", "/var"].map(Path::new)
+        );
+        // /var/tmp stays writable: a fresh tmpfs over the read-only /var.
+        assert!(
+            at(
+                &plan,
+                &MountOp::ReadOnlyDir {
+                    path: "/var".into()
+                }
+            ) < at(&plan, &tmpfs("/var/tmp", "mode=1777"))
+        );
+    }
+
+    #[test]
+    fn proc_sys_and_the_sysrq_trigger_are_read_only_when_present() {
+        let mut host = FakeHost::typical();
+        let ro = |p: &str| MountOp::ReadOnlyBindTree { path: p.into() };
+        assert_eq!(proc_read_only(&host), [ro("/proc/sys")]);
+        host.0.insert("/proc/sysrq-trigger".into(), Entry::File);
+        assert_eq!(
+            proc_read_only(&host),
+            [ro("/proc/sys"), ro("/proc/sysrq-trigger")]
+        );
+    }
+
+    #[test]
+    fn a_workspace_is_attached_again_when_read_only_or_id_mapped() {
+        // Under /usr: bound read-only with it, so attached again after.
+        let plan = plan(&args("/usr/src/p"), false);
+        assert!(
+            at(
+                &plan,
+                &MountOp::ReadOnlyDir {
+                    path: "/usr".into()
+                }
+            ) < at(&plan, &workspace("/usr/src/p", false))
+        );
+        // Moat root: id-mapped to the command's user namespace.
+        at(
+            &self::plan(&args("/srv/p"), true),
+            &workspace("/srv/p", true),
+        );
+    }
+
+    #[test]
+    fn the_fresh_tmp_holds_home_and_the_ca_bundle() {
+        let plan = plan(&args("/srv/p"), true);
+        assert_eq!(plan[0], MountOp::Private);
+        assert_eq!(plan[1], tmpfs("/tmp", "mode=1777"));
+        let home_file = Path::new(HOME_INSIDE).join(".config/gh/hosts.yml");
+        let write = at(
+            &plan,
+            &MountOp::Write {
+                path: home_file.clone(),
+                bytes: b"x".to_vec(),
+                report: Report::Named,
+            },
+        );
+        // Moat root: HOME belongs to the command's user (the namespace's root).
+        for path in [
+            HOME_INSIDE.into(),
+            home_file.clone(),
+            home_file.parent().unwrap().into(),
+        ] {
+            at(
+                &plan,
+                &MountOp::Chown {
+                    path,
+                    uid: SANDBOX_ID_BASE,
+                    gid: SANDBOX_ID_BASE,
+                },
+            );
+        }
+        // Only the system bundle that exists is covered.
+        let ca: Vec<&MountOp> = plan
+            .iter()
+            .filter(|o| matches!(o, MountOp::CaBundle { .. }))
+            .collect();
+        assert_eq!(
+            ca,
+            [&MountOp::CaBundle {
+                on: "/etc/ssl/certs/ca-certificates.crt".into()
+            }]
+        );
+        assert!(at(&plan, ca[0]) > write);
+        // No chown without a user to give HOME to.
+        let plan = self::plan(&args("/srv/p"), false);
+        assert!(!plan.iter().any(|o| matches!(o, MountOp::Chown { .. })));
+    }
+
+    #[test]
+    fn the_minimal_dev_binds_only_the_host_devices_that_exist() {
+        let plan = plan(&args("/srv/p"), false);
+        let bound: Vec<&Path> = plan
+            .iter()
+            .filter_map(|o| match o {
+                MountOp::Bind { from, .. } => Some(from.as_path()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            bound,
+            [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/urandom",
+                "/dev/tty",
+                "/dev/pts"
+            ]
+            .map(Path::new)
+        );
+        let moved = at(
+            &plan,
+            &MountOp::MoveDev {
+                from: "/tmp/.moat-dev".into(),
+            },
+        );
+        assert!(at(&plan, &tmpfs("/tmp/.moat-dev/shm", "mode=1777")) < moved);
+    }
+
+    #[test]
+    fn a_resolver_in_a_hidden_directory_is_put_back_after_hiding() {
+        let mut host = host();
+        let stub = PathBuf::from("/run/systemd/resolve/stub-resolv.conf");
+        host.resolver = Some((stub.clone(), b"nameserver 127.0.0.53\n".to_vec()));
+        let plan = mount_plan(&args("/srv/p"), &host, &FakeHost::typical(), false);
+        let write = at(
+            &plan,
+            &MountOp::Write {
+                path: stub,
+                bytes: b"nameserver 127.0.0.53\n".to_vec(),
+                report: Report::Named,
+            },
+        );
+        assert!(at(&plan, &tmpfs("/run", "mode=0755")) < write);
+    }
+
+    fn execute(kernel: &RecordingKernel, plan: &[MountOp], userns: bool) -> Result<(), String> {
+        let dir = std::fs::File::open("/").unwrap();
+        Exec {
+            kernel,
+            workspace: Some(dir.as_fd()),
+            userns: userns.then(|| dir.as_fd()),
+        }
+        .all(plan)
+    }
+
+    #[test]
+    fn the_plan_runs_through_the_kernel_in_order() {
+        let plan = plan(&args("/home/u"), true);
+        let kernel = RecordingKernel::default();
+        execute(&kernel, &plan, true).unwrap();
+        let calls = kernel.calls();
+        assert_eq!(
+            calls[0],
+            Call::Mount {
+                source: None,
+                target: "/".into(),
+                fstype: None,
+                flags: MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                data: None,
+            }
+        );
+        let pos = |c: &Call| calls.iter().position(|x| x == c).unwrap();
+        let moved = pos(&Call::MoveMount("/home/u".into()));
+        assert!(pos(&Call::CloneTree) < pos(&Call::Idmap) && pos(&Call::Idmap) < moved);
+        let mask = calls
+            .iter()
+            .position(|c| c.path() == Some(Path::new("/home/u/.moat")))
+            .unwrap();
+        assert!(moved < mask);
+    }
+
+    #[test]
+    fn a_failing_call_stops_the_plan_and_names_its_path() {
+        let plan = plan(&args("/home/u"), true);
+        for (path, want) in [
+            ("/home/u/.moat", "masking /home/u/.moat: "),
+            ("/usr", "binding /usr: "),
+            ("/home", "mounting a tmpfs on /home: "),
+            ("/sys", "making /sys read-only: "),
+            ("/sys/fs/cgroup", "making /sys/fs/cgroup read-only: "),
+            ("/tmp/.moat-dev", "/tmp/.moat-dev: "),
+            ("/home/u", "re-creating the workspace mount point: "),
+        ] {
+            let kernel = RecordingKernel::failing(move |c| c.path() == Some(Path::new(path)));
+            let err = execute(&kernel, &plan, true).unwrap_err();
+            assert!(err.starts_with(want), "{path}: {err}");
+            assert!(
+                err.contains("EPERM") || err.contains("not permitted"),
+                "{err}"
+            );
+            let calls = kernel.calls();
+            assert_eq!(calls.last().unwrap().path(), Some(Path::new(path)));
+        }
+        let kernel = RecordingKernel::failing(|c| *c == Call::RemountReadOnly("/usr".into()));
+        let err = execute(&kernel, &plan, true).unwrap_err();
+        assert!(err.starts_with("making /usr read-only: "), "{err}");
+        let kernel = RecordingKernel::failing(|c| *c == Call::Idmap);
+        let err = execute(&kernel, &plan, true).unwrap_err();
+        assert!(
+            err.starts_with("id-mapping the workspace /home/u (EPERM"),
+            "{err}"
+        );
+        // Best-effort steps do not stop it.
+        let kernel = RecordingKernel::failing(|c| matches!(c, Call::Chown { .. }));
+        execute(&kernel, &plan, true).unwrap();
+    }
 
     #[test]
     fn a_parent_is_gone_once_the_pipes_only_writer_closed() {

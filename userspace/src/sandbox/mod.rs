@@ -21,6 +21,7 @@ pub mod mask;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod nft;
+pub mod probe;
 #[cfg(target_os = "linux")]
 pub mod run;
 #[cfg(unix)]

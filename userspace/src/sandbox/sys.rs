@@ -1,14 +1,20 @@
 //! The new mount API and the keyring call the sandbox's init needs, as
-//! small safe functions (nix has none of them yet). Linux only; each is
-//! exercised for real by the vm-tests.
+//! small safe functions (nix has none of them yet), and the [`Kernel`] trait
+//! the init's filesystem shaping goes through: [`LinuxKernel`] for real, a
+//! [`RecordingKernel`] in unit tests. Linux only; each call is exercised
+//! for real by the vm-tests.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::libc;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
 
 fn cpath(path: &Path) -> nix::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
@@ -114,4 +120,325 @@ pub fn join_fresh_session_keyring() -> nix::Result<()> {
         )
     };
     Errno::result(r).map(drop)
+}
+
+/// The privileged calls the sandbox's init makes, and the few file writes
+/// between them (into the fresh tmpfs mounts), behind one door: the
+/// filesystem shaping runs on [`LinuxKernel`], and its unit tests on a
+/// recording fake that touches nothing (youki's `Syscall` trait).
+pub trait Kernel {
+    /// `mount(2)`.
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    /// `umount2(MNT_DETACH)`.
+    fn umount_detach(&self, target: &Path) -> nix::Result<()>;
+    /// Make the (bind) mount at `path` read-only, keeping its
+    /// nosuid/nodev/noexec (see [`LinuxKernel`]).
+    fn remount_read_only(&self, path: &Path) -> nix::Result<()>;
+    /// [`read_only_recursive`].
+    fn read_only_recursive(&self, path: &Path) -> nix::Result<()>;
+    /// [`clone_tree`].
+    fn clone_tree(&self, dir: BorrowedFd<'_>) -> nix::Result<OwnedFd>;
+    /// [`idmap`].
+    fn idmap(&self, tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> nix::Result<()>;
+    /// [`move_mount_onto`].
+    fn move_mount_onto(&self, tree: BorrowedFd<'_>, path: &Path) -> nix::Result<()>;
+    /// `setns(2)`.
+    fn setns(&self, ns: BorrowedFd<'_>, kind: CloneFlags) -> nix::Result<()>;
+    /// `unshare(2)`.
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()>;
+    /// `mkdir`, with its parents if `parents`.
+    fn create_dir(&self, path: &Path, parents: bool) -> std::io::Result<()>;
+    /// Create or truncate `path` and write `bytes`.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()>;
+    /// A symlink at `link` to `target`.
+    fn symlink(&self, target: &Path, link: &Path) -> std::io::Result<()>;
+    /// `chown(2)`.
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()>;
+    /// `rmdir(2)`.
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()>;
+}
+
+/// The one real [`Kernel`]: nix and the raw syscalls above.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxKernel;
+
+impl Kernel for LinuxKernel {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount_detach(&self, target: &Path) -> nix::Result<()> {
+        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+    }
+
+    /// A bind remount read-only, keeping the mount's nosuid/nodev/noexec. In
+    /// a user namespace (rootless) those flags of a mount inherited from the
+    /// host are locked, and a remount that would clear them fails with EPERM;
+    /// as root it would silently clear them. (Atime flags, locked too, are
+    /// kept by the kernel when a remount names none.)
+    fn remount_read_only(&self, path: &Path) -> nix::Result<()> {
+        use nix::sys::statvfs::{FsFlags, statvfs};
+        let none: Option<&str> = None;
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        let has = statvfs(path)?.flags();
+        for (st, ms) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if has.contains(st) {
+                flags |= ms;
+            }
+        }
+        nix::mount::mount(none, path, none, flags, none)
+    }
+
+    fn read_only_recursive(&self, path: &Path) -> nix::Result<()> {
+        read_only_recursive(path)
+    }
+
+    fn clone_tree(&self, dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+        clone_tree(dir)
+    }
+
+    fn idmap(&self, tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> nix::Result<()> {
+        idmap(tree, userns)
+    }
+
+    fn move_mount_onto(&self, tree: BorrowedFd<'_>, path: &Path) -> nix::Result<()> {
+        move_mount_onto(tree, path)
+    }
+
+    fn setns(&self, ns: BorrowedFd<'_>, kind: CloneFlags) -> nix::Result<()> {
+        nix::sched::setns(ns, kind)
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+        nix::sched::unshare(flags)
+    }
+
+    fn create_dir(&self, path: &Path, parents: bool) -> std::io::Result<()> {
+        match parents {
+            true => std::fs::create_dir_all(path),
+            false => std::fs::create_dir(path),
+        }
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        std::fs::write(path, bytes)
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> std::io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+    }
+
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+}
+
+/// One call a [`RecordingKernel`] saw.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    UmountDetach(PathBuf),
+    RemountReadOnly(PathBuf),
+    ReadOnlyRecursive(PathBuf),
+    CloneTree,
+    Idmap,
+    MoveMount(PathBuf),
+    Setns(CloneFlags),
+    Unshare(CloneFlags),
+    CreateDir {
+        path: PathBuf,
+        parents: bool,
+    },
+    WriteFile {
+        path: PathBuf,
+        len: usize,
+    },
+    Symlink {
+        target: PathBuf,
+        link: PathBuf,
+    },
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+    },
+    RemoveDir(PathBuf),
+}
+
+#[cfg(test)]
+impl Call {
+    /// The path the call acts on (none for the descriptor-only calls).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Call::Mount { target: p, .. }
+            | Call::UmountDetach(p)
+            | Call::RemountReadOnly(p)
+            | Call::ReadOnlyRecursive(p)
+            | Call::MoveMount(p)
+            | Call::CreateDir { path: p, .. }
+            | Call::WriteFile { path: p, .. }
+            | Call::Symlink { link: p, .. }
+            | Call::Chown { path: p, .. }
+            | Call::RemoveDir(p) => Some(p),
+            Call::CloneTree | Call::Idmap | Call::Setns(_) | Call::Unshare(_) => None,
+        }
+    }
+}
+
+/// Which calls a [`RecordingKernel`] fails.
+#[cfg(test)]
+type FailWhen = Box<dyn Fn(&Call) -> bool + Send + Sync>;
+
+/// A [`Kernel`] that changes nothing: it records each call, in order, and
+/// fails the first call `fail` matches (with `EPERM`).
+#[cfg(test)]
+#[derive(Default)]
+pub struct RecordingKernel {
+    calls: std::sync::Mutex<Vec<Call>>,
+    fail: Option<FailWhen>,
+}
+
+#[cfg(test)]
+impl RecordingKernel {
+    /// A kernel that fails the calls `matches` picks.
+    pub fn failing(matches: impl Fn(&Call) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            calls: Default::default(),
+            fail: Some(Box::new(matches)),
+        }
+    }
+
+    /// Every call so far, in order (the failed one included).
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn record(&self, call: Call) -> nix::Result<()> {
+        let fails = self.fail.as_ref().is_some_and(|f| f(&call));
+        self.calls.lock().unwrap().push(call);
+        match fails {
+            true => Err(Errno::EPERM),
+            false => Ok(()),
+        }
+    }
+
+    fn record_io(&self, call: Call) -> std::io::Result<()> {
+        self.record(call).map_err(std::io::Error::from)
+    }
+}
+
+#[cfg(test)]
+impl Kernel for RecordingKernel {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        self.record(Call::Mount {
+            source: source.map(Path::to_path_buf),
+            target: target.to_path_buf(),
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        })
+    }
+
+    fn umount_detach(&self, target: &Path) -> nix::Result<()> {
+        self.record(Call::UmountDetach(target.to_path_buf()))
+    }
+
+    fn remount_read_only(&self, path: &Path) -> nix::Result<()> {
+        self.record(Call::RemountReadOnly(path.to_path_buf()))
+    }
+
+    fn read_only_recursive(&self, path: &Path) -> nix::Result<()> {
+        self.record(Call::ReadOnlyRecursive(path.to_path_buf()))
+    }
+
+    /// A duplicate of `dir` stands for the detached tree.
+    fn clone_tree(&self, dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+        self.record(Call::CloneTree)?;
+        dir.try_clone_to_owned().map_err(|_| Errno::EBADF)
+    }
+
+    fn idmap(&self, _tree: BorrowedFd<'_>, _userns: BorrowedFd<'_>) -> nix::Result<()> {
+        self.record(Call::Idmap)
+    }
+
+    fn move_mount_onto(&self, _tree: BorrowedFd<'_>, path: &Path) -> nix::Result<()> {
+        self.record(Call::MoveMount(path.to_path_buf()))
+    }
+
+    fn setns(&self, _ns: BorrowedFd<'_>, kind: CloneFlags) -> nix::Result<()> {
+        self.record(Call::Setns(kind))
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+        self.record(Call::Unshare(flags))
+    }
+
+    fn create_dir(&self, path: &Path, parents: bool) -> std::io::Result<()> {
+        self.record_io(Call::CreateDir {
+            path: path.to_path_buf(),
+            parents,
+        })
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        self.record_io(Call::WriteFile {
+            path: path.to_path_buf(),
+            len: bytes.len(),
+        })
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> std::io::Result<()> {
+        self.record_io(Call::Symlink {
+            target: target.to_path_buf(),
+            link: link.to_path_buf(),
+        })
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        self.record_io(Call::Chown {
+            path: path.to_path_buf(),
+            uid,
+            gid,
+        })
+    }
+
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.record_io(Call::RemoveDir(path.to_path_buf()))
+    }
 }

@@ -109,7 +109,7 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
         }
         return (src.detach)(&home);
     }
-    let probe = crate::cli::probe::userns;
+    let probe = crate::sandbox::probe::userns;
     let host = plan::Host::this(&probe);
     let runtime = plan::runtime(args.runtime, &config);
     let mode = if runtime == RuntimeKind::Docker {

@@ -43,7 +43,8 @@ pub struct Host<'a> {
 }
 
 impl Host<'_> {
-    /// This machine, with [`crate::cli`]'s user-namespace probe.
+    /// This machine, with `userns` as its user-namespace probe
+    /// ([`crate::sandbox::probe::userns`]).
     pub fn this(userns: &dyn Fn() -> Result<(), String>) -> Host<'_> {
         Host {
             linux: cfg!(target_os = "linux"),

@@ -1,6 +1,7 @@
 //! Can this (unprivileged) process build the rootless sandbox? One probe,
 //! shared by `moat doctor` (which reports it) and `moat run` (which picks
-//! its network mode from it), so the two never disagree.
+//! its network mode from it), so the two never disagree. It lives with the
+//! sandbox it probes for: it tries what `sandbox::init` does first.
 
 /// A forked child tries what `__sandbox-init --rootless` will do first: a
 /// user namespace, and inside it network and mount namespaces (refused where
