@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, execvp, fork};
 
 use super::netns;
@@ -79,18 +79,6 @@ pub struct InitArgs {
     pub command: Vec<OsString>,
 }
 
-/// Signals passed on to the command. SIGINT/SIGQUIT/SIGWINCH from the
-/// terminal go to the whole foreground group, so the command already has
-/// them; SIGINT/SIGQUIT sent by a process (Moat passing on a `kill -INT`)
-/// are passed on too (see [`supervise`]).
-const FORWARD: [Signal; 5] = [
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGCONT,
-];
-
 fn die(msg: &str) -> ! {
     eprintln!("moat: sandbox setup failed: {msg}");
     std::process::exit(125)
@@ -134,7 +122,7 @@ pub fn main(args: InitArgs) -> ! {
     // Blocked before the go: Moat forwards signals to this process from
     // then on, and one that arrives before PID 1 exists must wait for it
     // (supervise passes it on) rather than end this process half-way.
-    let forwarded = blocked_signals();
+    let forwarded = super::pid1::block_signals();
     let mut go = [0u8; 1];
     if sync.read_exact(&mut go).is_err() || go[0] != b'g' {
         die("moat went away before the network was ready");
@@ -973,37 +961,18 @@ pub(super) fn sandbox_userns() -> Result<OwnedFd, String> {
     }
 }
 
-fn blocked_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in FORWARD {
-        set.add(s);
-    }
-    set.add(Signal::SIGCHLD);
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGQUIT);
-    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
-    set
-}
-
 /// Wait for `child`, forwarding signals to it; its exit status, shell-style.
 fn supervise(child: Pid, set: &SigSet) -> i32 {
     loop {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue, // an orphan reaped (we may be PID 1)
-            }
+        if let Some(code) = super::pid1::reap(child) {
+            return code;
         }
-        let (sig, sent) = wait_signal(set);
-        match sig {
-            Some(Signal::SIGCHLD) | None => {}
-            // From the terminal: the command has it already.
-            Some(Signal::SIGINT | Signal::SIGQUIT) if !sent => {}
-            Some(sig) => {
-                let _ = kill(child, sig);
-            }
+        // A signal a process sent is passed on; the terminal's SIGINT and
+        // SIGQUIT reached the command already.
+        if let (Some(sig), sent) = wait_signal(set)
+            && super::pid1::passes_on(sig, !sent)
+        {
+            let _ = kill(child, sig);
         }
     }
 }

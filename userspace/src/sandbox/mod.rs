@@ -21,6 +21,8 @@ pub mod mask;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod nft;
+#[cfg(target_os = "linux")]
+pub mod pid1;
 pub mod probe;
 #[cfg(target_os = "linux")]
 pub mod run;

@@ -5,7 +5,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork};
 
 use super::container::GO_TIMEOUT;
@@ -45,20 +44,7 @@ pub fn init_main(args: InitArgs) -> ! {
     use std::io::{Read, Write};
     // Blocked from the start: as PID 1 this process would drop a signal it
     // neither handles nor blocks, and Moat forwards from before the go.
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGCONT,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGCHLD,
-    ] {
-        set.add(s);
-    }
-    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    let set = crate::sandbox::pid1::block_signals();
     // Wait for the go (or give up: no redirect, no run).
     let mut ctl = std::os::unix::net::UnixStream::connect(CTL_INSIDE)
         .unwrap_or_else(|e| die(125, &format!("connecting to Moat at {CTL_INSIDE}: {e}")));
@@ -143,13 +129,8 @@ fn supervise(child: Pid, set: &SigSet, tty: bool, ctl: &std::os::unix::net::Unix
         die(125, "signalfd failed")
     };
     loop {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue, // an orphan reaped (we are PID 1)
-            }
+        if let Some(code) = crate::sandbox::pid1::reap(child) {
+            return code;
         }
         let mut fds = [
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
@@ -174,12 +155,10 @@ fn supervise(child: Pid, set: &SigSet, tty: bool, ctl: &std::os::unix::net::Unix
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;
             };
-            match sig {
-                Signal::SIGCHLD => {}
-                Signal::SIGINT | Signal::SIGQUIT if tty => {}
-                sig => {
-                    let _ = kill(child, sig);
-                }
+            // With a TTY the terminal's SIGINT and SIGQUIT reached the
+            // command's process group already.
+            if crate::sandbox::pid1::passes_on(sig, tty) {
+                let _ = kill(child, sig);
             }
         }
     }
