@@ -54,7 +54,8 @@ pub fn run(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
     let home = ctx.home()?;
     let store = ctx.store()?;
     let registry = ctx.registry()?;
-    let grants = crate::session::grants::load_grants(&store, &registry, &args.grants)?;
+    let names = crate::session::grants::migrate(&store, args.grants)?;
+    let grants = crate::session::grants::load_grants(&store, &registry, &names)?;
     let upstream =
         crate::session::grants::upstream_from(&args.resolve, args.upstream_ca.as_deref())?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);

@@ -12,8 +12,25 @@ use crate::providers::{Registry, placeholder};
 use crate::proxy::{Engine, Grant, Limits, MoatCa, Policy};
 use crate::store::{CredName, Store};
 
+/// The store's one migration, run where a run (or `moat proxy`) opens the
+/// store, before anything is loaded: an old Claude OAuth token stored as
+/// `anthropic` moves to `claude`, and `names` then say `claude` for it.
+pub fn migrate(store: &Store, names: Vec<String>) -> Result<Vec<String>> {
+    use crate::providers::migrate::{Migration, migrate_anthropic_oauth};
+    let claude_related = names.iter().any(|n| n == "anthropic" || n == "claude");
+    if !claude_related || migrate_anthropic_oauth(store)? != Migration::Moved {
+        return Ok(names);
+    }
+    eprintln!(
+        "moat: the OAuth token stored as 'anthropic' is a Claude token; moved to 'claude' (use --grant claude from now on)"
+    );
+    Ok(names
+        .into_iter()
+        .map(|n| if n == "anthropic" { "claude".into() } else { n })
+        .collect())
+}
+
 /// Decrypt the named credentials into proxy grants (values stay in memory).
-/// An old Claude OAuth token stored as `anthropic` is moved to `claude` first.
 pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Result<Vec<Grant>> {
     Ok(load(store, registry, names, &[])?.grants)
 }
@@ -40,22 +57,9 @@ pub fn load(
     names: &[String],
     mcp: &[McpUse],
 ) -> Result<Loaded> {
-    use crate::providers::migrate::{Migration, migrate_anthropic_oauth};
-    let claude_related = names.iter().any(|n| n == "anthropic" || n == "claude");
-    let migrated = claude_related && migrate_anthropic_oauth(store)? == Migration::Moved;
-    if migrated {
-        eprintln!(
-            "moat: the OAuth token stored as 'anthropic' is a Claude token; moved to 'claude' (use --grant claude from now on)"
-        );
-    }
     let mut grants = Vec::new();
     let mut files = Vec::new();
     for raw in names {
-        let raw = if migrated && raw == "anthropic" {
-            "claude"
-        } else {
-            raw.as_str()
-        };
         let name = CredName::parse(raw)?;
         if grants.iter().any(|g: &Grant| g.name == name.as_str()) {
             continue;

@@ -146,6 +146,7 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
     let publish = plan::publish(&args.publish, &config)?;
     let grant_names = plan::grant_names(&config, &args.grants);
     let store = (src.store)()?;
+    let grant_names = grants::migrate(&store, grant_names)?;
     let registry = (src.registry)()?;
     let mcp: Vec<grants::McpUse> = config
         .mcp
