@@ -135,7 +135,7 @@ pub fn main(args: InitArgs) -> ! {
     let forked = match &cgroup {
         // SAFETY: single-threaded here (no runtime was started in this
         // process), so the child may do anything.
-        Some(cg) => unsafe { cg.fork_into() },
+        Some(cg) => unsafe { super::sys::Kernel::fork_into_cgroup(&super::sys::LinuxKernel, cg) },
         // SAFETY: as above.
         None => unsafe { fork() },
     };

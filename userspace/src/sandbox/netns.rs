@@ -212,7 +212,10 @@ pub fn plumb_here(nft_rules: bool) -> Result<SandboxNet, NetnsError> {
 
     if nft_rules {
         let t1 = std::time::Instant::now();
-        libnft::load(&nft::ruleset(proxy_port, dns_port))?;
+        super::sys::Kernel::load_ruleset(
+            &super::sys::LinuxKernel,
+            &nft::ruleset(proxy_port, dns_port),
+        )?;
         tracing::debug!("nft ruleset loaded in {:?}", t1.elapsed());
     }
 

@@ -163,6 +163,18 @@ pub trait Kernel {
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()>;
     /// `rmdir(2)`.
     fn remove_dir(&self, path: &Path) -> std::io::Result<()>;
+    /// `fork(2)` straight into the cgroup `cg` (`clone3(CLONE_INTO_CGROUP)`).
+    ///
+    /// # Safety
+    /// As [`super::cgroup::ForkTarget::fork_into`]: the child may only make
+    /// async-signal-safe calls unless this process is single-threaded.
+    unsafe fn fork_into_cgroup(
+        &self,
+        cg: &super::cgroup::ForkTarget,
+    ) -> nix::Result<nix::unistd::ForkResult>;
+    /// Load an nft ruleset into the current network namespace
+    /// (libnftables, in-process).
+    fn load_ruleset(&self, script: &str) -> Result<(), super::libnft::LibNftError>;
 }
 
 /// The one real [`Kernel`]: nix and the raw syscalls above.
@@ -253,6 +265,18 @@ impl Kernel for LinuxKernel {
     fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
         std::fs::remove_dir(path)
     }
+
+    unsafe fn fork_into_cgroup(
+        &self,
+        cg: &super::cgroup::ForkTarget,
+    ) -> nix::Result<nix::unistd::ForkResult> {
+        // SAFETY: the caller keeps `fork_into`'s contract (see the trait).
+        unsafe { cg.fork_into() }
+    }
+
+    fn load_ruleset(&self, script: &str) -> Result<(), super::libnft::LibNftError> {
+        super::libnft::load(script)
+    }
 }
 
 /// One call a [`RecordingKernel`] saw.
@@ -267,6 +291,8 @@ pub enum Call {
         data: Option<String>,
     },
     UmountDetach(PathBuf),
+    ForkIntoCgroup,
+    LoadRuleset(String),
     RemountReadOnly(PathBuf),
     ReadOnlyRecursive(PathBuf),
     CloneTree,
@@ -309,7 +335,12 @@ impl Call {
             | Call::Symlink { link: p, .. }
             | Call::Chown { path: p, .. }
             | Call::RemoveDir(p) => Some(p),
-            Call::CloneTree | Call::Idmap | Call::Setns(_) | Call::Unshare(_) => None,
+            Call::CloneTree
+            | Call::Idmap
+            | Call::Setns(_)
+            | Call::Unshare(_)
+            | Call::ForkIntoCgroup
+            | Call::LoadRuleset(_) => None,
         }
     }
 }
@@ -440,5 +471,21 @@ impl Kernel for RecordingKernel {
 
     fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
         self.record_io(Call::RemoveDir(path.to_path_buf()))
+    }
+
+    /// Recorded; never forks (a test process is multi-threaded): fails with
+    /// ENOSYS when the fake is not told to fail it otherwise.
+    unsafe fn fork_into_cgroup(
+        &self,
+        cg: &super::cgroup::ForkTarget,
+    ) -> nix::Result<nix::unistd::ForkResult> {
+        let _ = cg;
+        self.record(Call::ForkIntoCgroup)?;
+        Err(Errno::ENOSYS)
+    }
+
+    fn load_ruleset(&self, script: &str) -> Result<(), super::libnft::LibNftError> {
+        self.record(Call::LoadRuleset(script.to_owned()))
+            .map_err(|e| super::libnft::LibNftError::Rejected(e.to_string()))
     }
 }
