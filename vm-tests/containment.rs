@@ -255,6 +255,53 @@ fn env_mode_masks_moat_home_the_agent_and_credentials_as_root_and_rootless() {
     }
 }
 
+#[test]
+fn env_mode_under_sudo_runs_the_caller_with_the_masks() {
+    assert!(is_root(), "vm-tests run as root");
+    let l = layout("nested", Some(NOBODY));
+    l.grant(false);
+    let mut args: Vec<String> = vec!["--network-mode".into(), "env".into()];
+    args.extend(env_args(&l));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ws = l.workspace.to_str().unwrap().to_owned();
+    let mut run_args = vec!["run", ws.as_str(), "--grant", "github"];
+    run_args.extend(args);
+    let script = format!("{EXPOSURE}{ENV_ESCAPES}echo \"id: $(id -u):$(id -g)\"\n");
+    run_args.extend(["--", "/bin/sh", "-c", &script]);
+    // sudo as Debian runs it: HOME is root's, the caller in SUDO_*.
+    let out = l
+        .moat(false, &run_args)
+        .env("HOME", "/root")
+        .envs([
+            ("SUDO_UID", "65534"),
+            ("SUDO_GID", "65534"),
+            ("SUDO_USER", "nobody"),
+        ])
+        .output()
+        .unwrap();
+    // (The layout's HOME is no user's home here: HOME is /root, the
+    // caller's is /nonexistent; their credential files are masked by path.)
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for (key, want) in [
+        ("list:", "list: 0"),
+        ("key:", "key: hidden"),
+        ("write:", "write: refused"),
+        ("plant:", "plant: refused"),
+        ("agent:", "agent: refused"),
+    ] {
+        assert_eq!(line(&text, key), want, "{text}");
+    }
+    assert!(!text.contains(REAL), "{text}");
+    assert_eq!(line(&text, "id:"), "id: 65534:65534", "{text}");
+    assert_eq!(
+        line(&text, "moat-memory:"),
+        "moat-memory: refused",
+        "{text}"
+    );
+    assert_eq!(line(&text, "unmounted:"), "unmounted: 0", "{text}");
+}
+
 /// `CMD` run 33 user namespaces deep, as uid 65534 in each: there the
 /// kernel refuses one more (its nesting limit), as a system without
 /// unprivileged user namespaces would. Nothing of the host changes.
