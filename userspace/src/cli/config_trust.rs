@@ -132,21 +132,7 @@ fn show(path: &Path, change: &Change) -> String {
 /// Written whole (a temporary file renamed), 0600, owned by the invoking
 /// user (the sudo caller under sudo).
 fn save(at: &Path, record: &Record, home: &MoatHome) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let dir = at.parent().context("record path")?;
-    let mut made = Vec::new();
-    let mut d = dir;
-    while !d.exists() {
-        made.push(d.to_owned());
-        d = d.parent().context("record path")?;
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    for d in made {
-        home.chown(&d)?;
-    }
+    home.ensure_dir(at.parent().context("record path")?)?;
     let tmp = at.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)?;
     home.seal_perms(&tmp, 0o600)?;
