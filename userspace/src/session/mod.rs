@@ -109,7 +109,9 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
         }
         return (src.detach)(&home);
     }
-    let probe = crate::sandbox::probe::userns;
+    // Forked once at most, though the mode and env mode's masks both ask.
+    let probed = std::cell::OnceCell::new();
+    let probe = || probed.get_or_init(crate::sandbox::probe::userns).clone();
     let host = plan::Host::this(&probe);
     let runtime = plan::runtime(args.runtime, &config);
     let mode = if runtime == RuntimeKind::Docker {
