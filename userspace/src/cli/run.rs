@@ -29,8 +29,11 @@ Network modes:
                programs that ignore HTTP_PROXY. The host's HOME, ~/.moat, /root,
                /run/user, the SSH agent and docker.sock are hidden; system
                directories are read-only; HOME and /tmp are fresh.
-  env          (default elsewhere) HTTP_PROXY/HTTPS_PROXY point at Moat's proxy
-               with a per-run password; no isolation beyond that.
+  env          (default on macOS) HTTP_PROXY/HTTPS_PROXY point at Moat's proxy
+               with a per-run password. Egress is not enforced. On Linux
+               $MOAT_HOME, the SSH agent and credential files are masked; where
+               they cannot be (no root, no user namespaces; macOS), moat run
+               refuses unless --insecure-env.
 
 moat.yaml in DIR (or agent.yaml; moat init writes a commented one) may set:
   command: [python, agent.py]     grants: [github]     env: {KEY: value}
