@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what Moat's build, demo and tests need on Debian. Idempotent: only
-# missing packages are installed, and apt is only touched when one is missing.
+# missing packages are installed, and apt is only touched when one is missing;
+# the AWS stand-in's venv is only built when it is missing or out of date.
 set -euo pipefail
 
 packages=(
@@ -14,6 +15,7 @@ packages=(
   iproute2         # ip: inspect routes/links in vm-tests (Moat itself uses netlink)
   iputils-ping     # ping: vm-tests check that ICMP cannot leave the sandbox
   python3          # raw DNS/UDP/IPv6 clients inside the sandbox in vm-tests
+  python3-venv     # the AWS stand-in's venv below, where python3 is Debian's
   python3-requests # a real client (requests) in vm-tests
   git              # git over https (git http-backend) in vm-tests
   openjdk-17-jdk-headless  # Java HttpClient in vm-tests (the truststore path)
@@ -38,4 +40,25 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The AWS stand-in (testkit/src/aws.rs): moto's server, the aws CLI and boto3
+# in a venv of their own, pinned by scripts/aws-requirements.txt. Skipped when
+# the venv was made from the same pins and still imports them.
+venv="${MOAT_AWS_VENV:-/opt/moat-aws-venv}"
+pins="$(dirname "$0")/aws-requirements.txt"
+if ! { cmp -s "$pins" "$venv/.moat-pins" && "$venv/bin/python" -c 'import moto.server, boto3, awscli' 2>/dev/null; }; then
+  echo "setup: installing moto, awscli and boto3 into $venv" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ -n "$(ls -A "$venv" 2>/dev/null)" ] && [ ! -e "$venv/pyvenv.cfg" ]; then
+    echo "setup: $venv is not empty and not a venv; set MOAT_AWS_VENV elsewhere" >&2
+    exit 1
+  fi
+  $sudo mkdir -p "$venv"
+  $sudo chown "$(id -u):$(id -g)" "$venv"
+  python3 -m venv --clear "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$pins"
+  cp "$pins" "$venv/.moat-pins"
+fi
+
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
