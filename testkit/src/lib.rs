@@ -3,6 +3,7 @@
 //! they receive. Nothing here ever reaches beyond loopback.
 
 pub mod apis;
+pub mod aws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
