@@ -967,7 +967,7 @@ impl Drop for Reaped {
 }
 
 #[test]
-fn secrets_reach_the_command_from_env_op_and_ssm() {
+fn secrets_reach_the_command_from_env_and_op() {
     let env = Env::new();
     let ws = env.dir.path().join("ws");
     fs::create_dir_all(&ws).unwrap();
@@ -1041,85 +1041,7 @@ fn secrets_reach_the_command_from_env_op_and_ssm() {
         stderr(&out)
     );
 
-    // ssm:// through the AWS CLI: against moto's SSM on loopback where both
-    // are installed; elsewhere through a stand-in `aws` that answers exactly
-    // the call Moat makes, so this path never goes untested.
-    let mut _moto = None;
-    let mut aws_env: Vec<(&str, String)> = Vec::new();
-    if on_path("aws") && on_path("moto_server") {
-        let port = free_port();
-        _moto = Some(Reaped(
-            Command::new("moto_server")
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ));
-        aws_env = vec![
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("AWS_DEFAULT_REGION", "us-east-1".into()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-        ];
-        wait_for(30, "moto did not start", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        let put = Command::new("aws")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", env.user_home())
-            .envs(aws_env.iter().map(|(k, v)| (k, v)))
-            .args([
-                "ssm",
-                "put-parameter",
-                "--name",
-                "/prod/key",
-                "--type",
-                "SecureString",
-            ])
-            .args(["--value", "ssm-value"])
-            .output()
-            .unwrap();
-        assert!(put.status.success(), "{}", stderr(&put));
-    } else {
-        eprintln!(
-            "secrets test: aws or moto_server not installed, ssm:// checked with a stand-in aws"
-        );
-        let aws = bin.join("aws");
-        fs::write(
-            &aws,
-            "#!/bin/sh
-case \"$*\" in
-             'ssm get-parameter --with-decryption --name /prod/key --query Parameter.Value --output text')
-             echo ssm-value; exit 0 ;;
-             'ssm get-parameter --with-decryption --name '*)
-             echo \"An error occurred (ParameterNotFound) when calling the GetParameter operation: Parameter $5 not found.\" >&2
-             exit 254 ;;
-esac
-echo \"aws: unexpected call: $*\" >&2; exit 2
-",
-        )
-        .unwrap();
-        fs::set_permissions(&aws, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let aws_env: Vec<(&str, &str)> = aws_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = run("secrets:\n  FROM_SSM: ssm:///prod/key\n", &aws_env);
-    assert_eq!(
-        stdout(&out).trim(),
-        "env= op= ssm=ssm-value src=unset",
-        "{}",
-        stderr(&out)
-    );
-    // A parameter that does not exist fails the run, with the CLI's reason.
-    let out = run("secrets:\n  FROM_SSM: ssm:///prod/nope\n", &aws_env);
-    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("secrets: FROM_SSM") && err.contains("ParameterNotFound"),
-        "{err}"
-    );
+    // ssm:// is tested against moto in tests/aws.rs.
 }
 
 /// `moat ARGS` as an unprivileged user: as `nobody` (setpriv) when the test

@@ -128,6 +128,7 @@ fn github_grant() -> Grant {
         token: SecretString::from(GH),
         placeholder: None,
         live: None,
+        aws: None,
     }
 }
 
@@ -227,6 +228,7 @@ fn response_substitution_keeps_the_real_token_out() {
         token: SecretString::from("real-access-token-123"),
         placeholder: Some("placeholder-token-xyz".into()),
         live: None,
+        aws: None,
     };
     let d = door("auth.example.test", vec![grant], Limits::default());
     // The echo upstream puts the (injected) token in its response body.

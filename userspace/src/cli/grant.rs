@@ -3,6 +3,7 @@
 //! Provider-specific flows live in `grant/`: Claude (setup-token, paste,
 //! import), npm (registries), OAuth (token endpoint, refresh token).
 
+mod aws;
 mod claude;
 mod gemini;
 mod meta;
@@ -41,6 +42,9 @@ Examples:
   moat grant oauth corp --auth-url https://auth.corp.test/authorize \\
       --token-url https://auth.corp.test/token --client-id moat --host api.corp.test \\
       --scope offline_access                 log in through the browser (Authorization Code + PKCE)
+  moat grant aws --role arn:aws:iam::123456789012:role/AgentRole --region us-west-2 --session-duration 1h
+                                         assume the role with the host's AWS credentials; the role is stored, no key
+  moat grant aws --role ARN --inject sigv4   the sandbox gets placeholder keys; Moat re-signs its AWS requests
   moat grant mcp context7                stored as mcp-context7
   moat grant github --profile work       into the 'work' profile
   moat grant github --host ghe.corp.test GitHub Enterprise (API at /api/v3), stored as github:ghe.corp.test
@@ -99,6 +103,30 @@ pub struct GrantArgs {
     /// (e.g. 90s, 10m; default 5m)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "auth_url")]
     auth_timeout: Option<std::time::Duration>,
+    /// For 'aws': the IAM role to assume (arn:aws:iam::ACCOUNT_ID:role/NAME)
+    #[arg(long, value_name = "ARN")]
+    role: Option<String>,
+    /// For 'aws': the region for STS and the sandbox's AWS_REGION (default:
+    /// the AWS config's)
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// For 'aws': how long each role session lasts, e.g. 30m, 1h, 2h30m
+    /// (default 15m; at most the role's maximum, 12h)
+    #[arg(long, value_name = "DURATION")]
+    session_duration: Option<String>,
+    /// For 'aws': the external ID the role's trust policy asks for
+    #[arg(long, value_name = "ID")]
+    external_id: Option<String>,
+    /// For 'aws': the host's AWS profile that assumes the role (default:
+    /// AWS_PROFILE, else the default chain); stored with the grant
+    #[arg(long, value_name = "PROFILE")]
+    aws_profile: Option<String>,
+    /// For 'aws': how the sandbox gets access. credential-process (default):
+    /// AWS_CONFIG_FILE runs a helper that fetches short-lived keys from
+    /// Moat. sigv4: the sandbox holds placeholder keys only and Moat's proxy
+    /// re-signs every AWS request
+    #[arg(long, value_name = "MODE")]
+    inject: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -174,9 +202,21 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
     {
         bail!("--token-url, --client-id and --auth-url are for 'moat grant oauth <name>'");
     }
+    let aws_flags = args.role.is_some()
+        || args.region.is_some()
+        || args.session_duration.is_some()
+        || args.external_id.is_some()
+        || args.aws_profile.is_some()
+        || args.inject.is_some();
+    if aws_flags && provider.flow != Flow::Aws {
+        bail!(
+            "--role, --region, --session-duration, --external-id, --aws-profile and --inject are for 'moat grant aws'"
+        );
+    }
     let store = ctx.store()?;
 
     let mut cred = match provider.flow {
+        Flow::Aws => aws::obtain(args)?,
         Flow::Claude => claude::obtain(provider, args)?,
         Flow::Npm => npm::obtain(provider, args, store.get(&name).ok())?,
         Flow::Oauth => oauth::obtain(provider, args)?,

@@ -116,6 +116,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Internal: AWS credential_process inside the sandbox (asks the run's proxy)
+    #[command(name = "__aws-credentials", hide = true)]
+    AwsCredentials { args: Vec<String> },
     /// Internal: a docker run's entrypoint (waits for the redirect, then runs the command)
     #[command(name = "__container-init", hide = true)]
     ContainerInit {
@@ -198,6 +201,16 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(125);
             }
         },
+        // Light: no logging set-up, stdout is the SDK's JSON only.
+        Command::AwsCredentials { args } => {
+            return match crate::aws::process::main(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("moat: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         // Exit codes as docker run: the command's, or 125 when Moat fails.
         Command::Run(args) => {
             return match run::run(&ctx, args) {
@@ -234,6 +247,7 @@ pub fn main() -> ExitCode {
             crate::store::keyring::helper_main(&op).context("keychain helper")
         }
         Command::Run(_)
+        | Command::AwsCredentials { .. }
         | Command::SandboxInit { .. }
         | Command::EnvInit { .. }
         | Command::ContainerInit { .. } => {

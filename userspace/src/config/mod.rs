@@ -477,17 +477,12 @@ impl Config {
     /// unmasks. Config trust compares these lines: a line the user has not
     /// accepted widens access.
     pub fn access(&self) -> Vec<String> {
-        use crate::secrets::SecretRef;
         let mut lines = Vec::new();
         for g in &self.grants {
             lines.push(format!("grant {g}"));
         }
         for (var, r) in &self.secrets {
-            let from = match r {
-                SecretRef::Env(name) => format!("env://{name}"),
-                SecretRef::Op(whole) => whole.clone(),
-                SecretRef::Ssm(name) => format!("ssm://{name}"),
-            };
+            let from = r.reference();
             lines.push(format!("secret {var} from {from}"));
         }
         for port in &self.network.host_ports {
@@ -755,7 +750,10 @@ mcp:
                 ),
                 (
                     "KEY".into(),
-                    crate::secrets::SecretRef::Ssm("/prod/key".into())
+                    crate::secrets::SecretRef::Ssm {
+                        name: "/prod/key".into(),
+                        region: None
+                    }
                 ),
             ]
         );

@@ -88,6 +88,14 @@ pub struct Upstream {
     guard: Option<Arc<dyn ConnectGuard>>,
 }
 
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("resolve", &self.resolve)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A response read whole (bounded), for small API calls.
 #[derive(Debug)]
 pub struct Fetched {
@@ -290,6 +298,39 @@ impl Upstream {
         let uri: http::Uri = url
             .parse()
             .map_err(|_| NetError::BadUrl("unparsable URL"))?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(
+                http::header::USER_AGENT,
+                concat!("moat/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(http::header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            let mut v = http::HeaderValue::from_str(value)
+                .map_err(|_| NetError::BadUrl("a header value has invalid characters"))?;
+            v.set_sensitive(true);
+            req = req.header(*name, v);
+        }
+        let req = req
+            .body(body)
+            .map_err(|_| NetError::BadUrl("invalid method or header name"))?;
+        let resp = self.exchange(req, REQUEST_TIMEOUT).await?;
+        Ok(Fetched {
+            status: resp.status().as_u16(),
+            body: resp.into_body(),
+        })
+    }
+
+    /// Send `req` (absolute URI; `Host` is set from it) over HTTP/1.1 and
+    /// read the response whole (at most 1 MiB), all within `limit`.
+    pub async fn exchange(
+        &self,
+        req: http::Request<Bytes>,
+        limit: Duration,
+    ) -> Result<http::Response<Bytes>, NetError> {
+        let (mut parts, body) = req.into_parts();
+        let uri = parts.uri.clone();
         let host = uri.host().ok_or(NetError::BadUrl("no host"))?.to_owned();
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -311,46 +352,31 @@ impl Upstream {
                 .await
                 .map_err(|e| http_err(&e))?;
             tokio::spawn(conn);
-            let authority = if uri.port_u16().is_some() {
-                format!("{host}:{port}")
-            } else {
-                host.clone()
-            };
-            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let mut req = http::Request::builder()
-                .method(method)
-                .uri(path)
-                .header(http::header::HOST, authority)
-                .header(
-                    http::header::USER_AGENT,
-                    concat!("moat/", env!("CARGO_PKG_VERSION")),
-                )
-                .header(http::header::ACCEPT, "application/json");
-            for (name, value) in headers {
-                let mut v = http::HeaderValue::from_str(value)
-                    .map_err(|_| http_err(&"a header value has invalid characters"))?;
-                v.set_sensitive(true);
-                req = req.header(*name, v);
-            }
-            let req = req.body(Full::new(body)).map_err(|e| http_err(&e))?;
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
+            let host_value = http::HeaderValue::from_str(authority).map_err(|e| http_err(&e))?;
+            parts.headers.insert(http::header::HOST, host_value);
+            parts.uri = uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+                .into();
+            let req = http::Request::from_parts(parts, Full::new(body));
             let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
-            let status = resp.status().as_u16();
-            let body = Limited::new(resp.into_body(), MAX_BODY)
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| http_err(&e))?
                 .to_bytes();
-            Ok(Fetched { status, body })
+            Ok(http::Response::from_parts(parts, body))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .unwrap_or_else(|_| {
-                Err(NetError::Timeout {
-                    host: host.clone(),
-                    port,
-                    secs: REQUEST_TIMEOUT.as_secs(),
-                })
+        tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(NetError::Timeout {
+                host: host.clone(),
+                port,
+                secs: limit.as_secs(),
             })
+        })
     }
 }
 

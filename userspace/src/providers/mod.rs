@@ -118,6 +118,9 @@ pub enum Flow {
     /// Meta: an access token plus optional app credentials for the daily
     /// long-lived token exchange.
     Meta,
+    /// AWS: an IAM role assumed through STS (`moat grant aws --role ARN`);
+    /// the record holds the role's configuration, never a key.
+    Aws,
     /// A provider-specific flow not in this build yet (the text says what to do).
     Pending(&'static str),
 }

@@ -28,6 +28,9 @@ pub async fn forward(
     target: Arc<Target>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if super::selfhost::is_self(&target.host) && !target.tls {
+        return super::selfhost::answer(&engine, req).await;
+    }
     if req.method() == Method::CONNECT {
         return moat_response(
             StatusCode::METHOD_NOT_ALLOWED,

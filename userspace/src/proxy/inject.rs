@@ -28,6 +28,8 @@ pub struct Grant {
     /// For refreshable credentials: the live token, injected instead of
     /// `token` once refreshed.
     pub live: Option<Arc<LiveToken>>,
+    /// For `aws`: the role session (credential_process or SigV4 re-signing).
+    pub aws: Option<Arc<crate::aws::Session>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +189,9 @@ pub struct Plan {
     pub grants: Vec<Arc<str>>,
     /// Requests Moat answers itself (see `proxy::local`).
     pub local: Option<Arc<Responder>>,
+    /// AWS requests signed with the placeholder key are re-signed with
+    /// this session's credentials (see `proxy::sigv4`).
+    pub sigv4: Option<Arc<crate::aws::Session>>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -205,6 +210,7 @@ impl Plan {
             && self.request_subst.is_none()
             && self.response_subst.is_none()
             && self.local.is_none()
+            && self.sigv4.is_none()
     }
 }
 
@@ -214,6 +220,10 @@ pub struct InjectionTable {
     request: Vec<SubstRule>,
     response: Vec<SubstRule>,
     local: Vec<LocalRule>,
+    /// Every AWS grant's session (the self host serves credential_process).
+    aws: Vec<Arc<crate::aws::Session>>,
+    /// Hosts whose requests SigV4-mode sessions re-sign.
+    sigv4: Vec<(HostPattern, Arc<crate::aws::Session>)>,
 }
 
 impl InjectionTable {
@@ -288,6 +298,14 @@ impl InjectionTable {
                 }
                 Injection::Special(_) => {}
             }
+            if let Some(aws) = &g.aws {
+                t.aws.push(aws.clone());
+                if aws.inject() == crate::aws::Inject::Sigv4 {
+                    for pattern in &g.provider.hosts {
+                        t.sigv4.push((pattern.clone(), aws.clone()));
+                    }
+                }
+            }
             if let Some(local) = &g.provider.local {
                 let placeholder = g
                     .placeholder
@@ -331,6 +349,12 @@ impl InjectionTable {
             && self.request.is_empty()
             && self.response.is_empty()
             && self.local.is_empty()
+            && self.aws.is_empty()
+    }
+
+    /// The AWS grants' sessions.
+    pub fn aws_sessions(&self) -> impl Iterator<Item = &Arc<crate::aws::Session>> {
+        self.aws.iter()
     }
 
     /// Does any grant apply to `host:port`? (Decides intercept vs splice.)
@@ -339,6 +363,7 @@ impl InjectionTable {
             || self.request.iter().any(|r| r.pattern.matches(host, port))
             || self.response.iter().any(|r| r.pattern.matches(host, port))
             || self.local.iter().any(|r| r.pattern.matches(host, port))
+            || self.sigv4.iter().any(|(p, _)| p.matches(host, port))
     }
 
     /// Refresh, where due, the refreshable credentials that apply to
@@ -446,6 +471,16 @@ impl InjectionTable {
         {
             plan.grants.push(r.grant().clone());
         }
+        plan.sigv4 = self
+            .sigv4
+            .iter()
+            .find(|(p, _)| p.matches(host, port))
+            .map(|(_, s)| s.clone());
+        if let Some(s) = &plan.sigv4
+            && !plan.grants.iter().any(|g| **g == *s.grant)
+        {
+            plan.grants.push(Arc::from(s.grant.as_str()));
+        }
         plan.headers = headers;
         plan.request_subst = request_subst;
         plan.response_subst = response_subst;
@@ -465,6 +500,7 @@ mod tests {
             token: SecretString::from(token),
             placeholder: placeholder.map(str::to_owned),
             live: None,
+            aws: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod path;
 pub mod peek;
 pub mod refresh;
 pub mod rules;
+pub mod selfhost;
 pub mod server;
 pub mod substitute;
 pub mod target;
@@ -100,6 +101,13 @@ impl ConnectGuard for SharedGuard {
     }
 }
 
+/// 32 random bytes, hex.
+fn random_token() -> secrecy::SecretString {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    secrecy::SecretString::from(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
 /// One run's proxy: CA, injection table, policy, upstream pool.
 pub struct Engine {
     ca: Arc<MoatCa>,
@@ -111,6 +119,8 @@ pub struct Engine {
     guard: Arc<SharedGuard>,
     connections: Arc<tokio::sync::Semaphore>,
     events: std::sync::OnceLock<Events>,
+    /// Authenticates the sandbox to [`selfhost`] (random per engine).
+    self_token: secrecy::SecretString,
 }
 
 impl Engine {
@@ -140,6 +150,7 @@ impl Engine {
             guard,
             connections,
             events: std::sync::OnceLock::new(),
+            self_token: random_token(),
         }))
     }
 
@@ -172,6 +183,11 @@ impl Engine {
         if let Some(events) = self.events.get().filter(|e| e.is_enabled()) {
             events.emit_fields(event, &fields());
         }
+    }
+
+    /// The token the sandbox presents to `moat.internal` ([`selfhost`]).
+    pub fn self_token(&self) -> &secrecy::SecretString {
+        &self.self_token
     }
 
     pub fn ca(&self) -> &MoatCa {

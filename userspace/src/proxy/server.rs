@@ -107,9 +107,18 @@ impl Engine {
             Peeked::Tls { sni: Some(sni), .. } => sni.clone(),
             _ => host,
         };
-        let deny = self.denied(&host, port);
         let tls = matches!(peeked, Peeked::Tls { .. });
         let http = matches!(peeked, Peeked::Http { .. });
+        // The run's own services: served here, never forwarded, whatever the
+        // policy says (plain HTTP only).
+        if super::selfhost::is_self(&host) {
+            if http {
+                let target = self.target(host, port, false, None);
+                self.serve_http(stream, target).await;
+            }
+            return;
+        }
+        let deny = self.denied(&host, port);
         let action = match () {
             _ if deny.is_some() && !(tls || http) => Action::Refuse,
             _ if deny.is_some() => Action::Deny,
@@ -400,7 +409,9 @@ impl Engine {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         let port = authority.port_u16().unwrap_or(80);
-        let deny = self.denied(&host, port);
+        let deny = (!super::selfhost::is_self(&host))
+            .then(|| self.denied(&host, port))
+            .flatten();
         let target = self.target(host, port, false, deny);
         forward(self, target, req).await
     }

@@ -4,10 +4,10 @@
 //! References:
 //! - `env://VAR`: the host's environment variable `VAR`;
 //! - `op://vault/item/field`: 1Password, through its CLI (`op read`);
-//! - `ssm://NAME` (`ssm:///path/to/name` for a path): AWS SSM Parameter
-//!   Store, decrypted, through the AWS CLI (`aws ssm get-parameter`), so the
-//!   CLI's own configuration applies (profiles, `AWS_REGION`,
-//!   `AWS_ENDPOINT_URL`, SSO).
+//! - `ssm:///path/to/name`, `ssm://REGION/path/to/name` or `ssm://NAME`: AWS
+//!   SSM Parameter Store, decrypted, through the AWS SDK with the host's
+//!   credential chain (profiles, `AWS_PROFILE`, `AWS_REGION`, SSO, …), so
+//!   no AWS CLI is needed.
 //!
 //! Unlike grants, these are real values in the command's environment: use
 //! them for what is not an HTTP credential (a database password, a signing
@@ -24,8 +24,11 @@ pub enum SecretRef {
     Env(String),
     /// The whole `op://…` reference, as `op read` takes it.
     Op(String),
-    /// The parameter's name.
-    Ssm(String),
+    /// The parameter's name, and the region when the reference names one.
+    Ssm {
+        name: String,
+        region: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,8 @@ pub enum SecretError {
         tool: &'static str,
         hint: &'static str,
     },
+    #[error("{reference}: {message}")]
+    Ssm { reference: String, message: String },
     #[error("{reference}: {tool} failed: {message}")]
     ToolFailed {
         reference: String,
@@ -63,7 +68,7 @@ impl SecretRef {
         match scheme {
             "env" => Ok(Self::Env(rest.into())),
             "op" => Ok(Self::Op(s.into())),
-            "ssm" => Ok(Self::Ssm(rest.into())),
+            "ssm" => Ok(ssm(rest)),
             _ => Err(SecretError::Scheme(s.into())),
         }
     }
@@ -73,7 +78,11 @@ impl SecretRef {
         match self {
             Self::Env(v) => format!("env://{v}"),
             Self::Op(r) => r.clone(),
-            Self::Ssm(n) => format!("ssm://{n}"),
+            Self::Ssm { name, region: None } => format!("ssm://{name}"),
+            Self::Ssm {
+                name,
+                region: Some(r),
+            } => format!("ssm://{r}{name}"),
         }
     }
 
@@ -93,22 +102,40 @@ impl SecretRef {
                 &["read", "--no-newline", r],
                 "install the 1Password CLI and sign in (op signin)",
             ),
-            Self::Ssm(name) => self.tool(
-                "aws",
-                &[
-                    "ssm",
-                    "get-parameter",
-                    "--with-decryption",
-                    "--name",
-                    name,
-                    "--query",
-                    "Parameter.Value",
-                    "--output",
-                    "text",
-                ],
-                "install the AWS CLI and configure credentials and a region (aws configure)",
-            ),
+            Self::Ssm { name, region } => self.ssm(name, region.as_deref()),
         }
+    }
+
+    fn ssm(&self, name: &str, region: Option<&str>) -> Result<SecretString, SecretError> {
+        use crate::aws::sdk::{self, AwsError};
+        let err = |message: String| SecretError::Ssm {
+            reference: self.reference(),
+            message,
+        };
+        let upstream = crate::net::Upstream::from_env().map_err(|e| err(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| err(format!("starting the AWS client: {e}")))?;
+        let got = rt.block_on(async {
+            let conf = sdk::host_config(std::sync::Arc::new(upstream), None, region).await;
+            sdk::get_parameter(&conf, name).await
+        });
+        got.map_err(|e| {
+            err(match e {
+                // The AWS CLI's words, which users search for.
+                AwsError::NoCredentials => format!(
+                    "Unable to locate credentials: {e} (SSM secrets are read with the host's AWS credentials)"
+                ),
+                AwsError::Service { code, message, .. } if code == "ParameterNotFound" => {
+                    format!("ParameterNotFound: no SSM parameter {name} ({message}); check the name and region")
+                }
+                AwsError::Service { code, message, .. } if code.contains("AccessDenied") => format!(
+                    "{code}: {message}; the host's AWS identity needs ssm:GetParameter (and kms:Decrypt for a SecureString)"
+                ),
+                e => e.to_string(),
+            })
+        })
     }
 
     fn tool(
@@ -163,6 +190,21 @@ impl SecretRef {
     }
 }
 
+/// `/path`, `REGION/path` or `NAME` (after `ssm://`). Hierarchical names
+/// start with `/`, so a first segment without one is a region.
+fn ssm(rest: &str) -> SecretRef {
+    match rest.split_once('/') {
+        Some((region, path)) if !region.is_empty() => SecretRef::Ssm {
+            name: format!("/{path}"),
+            region: Some(region.to_owned()),
+        },
+        _ => SecretRef::Ssm {
+            name: rest.to_owned(),
+            region: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +222,30 @@ mod tests {
         );
         assert_eq!(
             SecretRef::parse("ssm:///prod/db").unwrap(),
-            SecretRef::Ssm("/prod/db".into())
+            SecretRef::Ssm {
+                name: "/prod/db".into(),
+                region: None
+            }
+        );
+        assert_eq!(
+            SecretRef::parse("ssm://us-west-2/prod/db").unwrap(),
+            SecretRef::Ssm {
+                name: "/prod/db".into(),
+                region: Some("us-west-2".into())
+            }
+        );
+        assert_eq!(
+            SecretRef::parse("ssm://us-west-2/prod/db")
+                .unwrap()
+                .reference(),
+            "ssm://us-west-2/prod/db"
+        );
+        assert_eq!(
+            SecretRef::parse("ssm://dbpass").unwrap(),
+            SecretRef::Ssm {
+                name: "dbpass".into(),
+                region: None
+            }
         );
         assert_eq!(
             SecretRef::parse("ssm:///prod/db").unwrap().reference(),

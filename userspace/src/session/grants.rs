@@ -32,7 +32,8 @@ pub fn migrate(store: &Store, names: Vec<String>) -> Result<Vec<String>> {
 
 /// Decrypt the named credentials into proxy grants (values stay in memory).
 pub fn load_grants(store: &Store, registry: &Registry, names: &[String]) -> Result<Vec<Grant>> {
-    Ok(load(store, registry, names, &[])?.grants)
+    let aws = Arc::new(Upstream::from_env()?);
+    Ok(load(store, registry, names, &[], &aws)?.grants)
 }
 
 /// What a run gets from its credentials.
@@ -50,12 +51,14 @@ pub struct McpUse {
 }
 
 /// The named credentials (and MCP servers) as proxy grants plus the
-/// sandbox's placeholder files. Values stay in memory.
+/// sandbox's placeholder files. Values stay in memory. An `aws` grant's
+/// STS calls go through `aws_upstream`.
 pub fn load(
     store: &Store,
     registry: &Registry,
     names: &[String],
     mcp: &[McpUse],
+    aws_upstream: &Arc<Upstream>,
 ) -> Result<Loaded> {
     let mut grants = Vec::new();
     let mut files = Vec::new();
@@ -79,6 +82,20 @@ pub fn load(
             files.extend(provider.sandbox_files(&cred, ph));
         }
         let bindings = provider.bind(&cred)?;
+        let aws = (provider.flow == crate::providers::Flow::Aws)
+            .then(|| {
+                let role = crate::aws::RoleConfig::from_metadata(&cred.metadata).map_err(|why| {
+                    anyhow!("credential '{name}' is incomplete ({why}); run 'moat grant aws --role ARN' again")
+                })?;
+                let tag = format!("run-{}", std::process::id());
+                anyhow::Ok(Arc::new(crate::aws::Session::new(
+                    name.as_str(),
+                    role,
+                    aws_upstream.clone(),
+                    &tag,
+                )))
+            })
+            .transpose()?;
         let live = provider.refresh_policy(&cred).map(|policy| {
             use crate::proxy::refresh::{LiveToken, StorePersist, SystemClock};
             let persist = StorePersist {
@@ -101,6 +118,7 @@ pub fn load(
                 token: binding.token,
                 placeholder: placeholder.clone(),
                 live: live.clone(),
+                aws: aws.clone(),
             });
         }
     }
@@ -122,6 +140,7 @@ pub fn load(
             token: binding.token,
             placeholder: None,
             live: None,
+            aws: None,
         });
     }
     Ok(Loaded { grants, files })

@@ -77,6 +77,9 @@ pub(crate) struct Prepared {
     env_extra: Vec<(OsString, OsString)>,
     /// The run's directory ($MOAT_HOME/runs/<id>).
     dir: PathBuf,
+    /// An `aws` grant in credential_process mode: (grant, region). The
+    /// runtime writes the sandbox's AWS config file for it.
+    aws_process: Option<(String, Option<String>)>,
 }
 
 pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
@@ -162,11 +165,16 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
             },
         })
         .collect();
-    let loaded = grants::load(&store, &registry, &grant_names, &mcp)?;
-    let grants = loaded.grants;
-
     let (resolve, policy) = plan::host_services(&config, &args.resolve)?;
     let upstream = grants::upstream_from(&resolve, args.upstream_ca.as_deref())?;
+    // AWS's STS calls: the same way out, without the proxy's safety guard
+    // (they are Moat's own, like grant validation).
+    let aws_upstream = Arc::new(grants::upstream_from(
+        &resolve,
+        args.upstream_ca.as_deref(),
+    )?);
+    let loaded = grants::load(&store, &registry, &grant_names, &mcp, &aws_upstream)?;
+    let grants = loaded.grants;
     // Secrets are fetched before anything is created: a failing one leaves no run behind.
     let env_extra = extra_env(&grants, &config, &args.env)?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
@@ -249,6 +257,11 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
         command,
         env_extra,
         dir: dir.clone(),
+        aws_process: grants
+            .iter()
+            .filter_map(|g| g.aws.as_ref())
+            .find(|a| a.inject() == crate::aws::Inject::CredentialProcess)
+            .map(|a| (a.grant.clone(), a.role.region.clone())),
     };
     let trust_files = [prepared.bundle.clone(), prepared.truststore.clone()];
     let home_files_dir = dir.join("home-files");
@@ -360,6 +373,9 @@ fn extra_env(
             env.push((var.into(), ph.into()));
         }
     }
+    if let Some(aws) = grants.iter().find_map(|g| g.aws.as_ref()) {
+        env.extend(aws_env(aws).into_iter().map(|(k, v)| (k.into(), v.into())));
+    }
     for (k, v) in &config.env {
         env.push((k.into(), v.into()));
     }
@@ -377,6 +393,25 @@ fn extra_env(
         env.push((k.into(), v.into()));
     }
     Ok(env)
+}
+
+/// What an `aws` grant puts in the sandbox's environment: its region, no
+/// instance metadata (there is none inside), and in SigV4 mode the
+/// placeholder keys the proxy re-signs for. (credential_process mode's
+/// `AWS_CONFIG_FILE` is the runtime's: its path depends on it.)
+fn aws_env(aws: &crate::aws::Session) -> Vec<(&'static str, String)> {
+    let mut env = vec![("AWS_EC2_METADATA_DISABLED", "true".to_owned())];
+    if let Some(r) = &aws.role.region {
+        env.push(("AWS_REGION", r.clone()));
+        env.push(("AWS_DEFAULT_REGION", r.clone()));
+    }
+    if aws.inject() == crate::aws::Inject::Sigv4 {
+        let ph = &aws.placeholders;
+        env.push(("AWS_ACCESS_KEY_ID", ph.access_key_id.clone()));
+        env.push(("AWS_SECRET_ACCESS_KEY", ph.secret_access_key.clone()));
+        env.push(("AWS_SESSION_TOKEN", ph.session_token.clone()));
+    }
+    env
 }
 
 /// The Java truststore for `bundle`, from `$MOAT_HOME/ca/` when one was

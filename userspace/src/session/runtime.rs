@@ -2,6 +2,7 @@
 //! Docker container, or in env mode. Each takes the same prepared run and
 //! returns the command's exit code.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
@@ -62,6 +63,38 @@ impl Runtime for Env {
     }
 }
 
+/// For an `aws` grant in credential_process mode: the sandbox's AWS config
+/// file, written at `host_path`, whose profile runs `moat_argv…
+/// __aws-credentials` (the sandbox's way to run this binary); the
+/// `AWS_CONFIG_FILE` entry pointing at it as the sandbox sees it (`inside`).
+fn aws_config(
+    aws: &Option<(String, Option<String>)>,
+    proxy: &crate::proxy::Engine,
+    moat_argv: Vec<String>,
+    host_path: &std::path::Path,
+    inside: &std::path::Path,
+) -> Result<Option<(OsString, OsString)>> {
+    use secrecy::ExposeSecret;
+    let Some((grant, region)) = aws else {
+        return Ok(None);
+    };
+    let token = proxy.self_token().expose_secret();
+    let text = crate::aws::process::config_file(&moat_argv, grant, token, region.as_deref());
+    if let Some(dir) = host_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(host_path, text).with_context(|| format!("writing {}", host_path.display()))?;
+    Ok(Some(("AWS_CONFIG_FILE".into(), inside.into())))
+}
+
+/// This binary's path, as a native sandbox sees it too (the host's tree).
+fn self_exe() -> Result<String> {
+    Ok(std::env::current_exe()
+        .context("finding moat's own binary")?
+        .to_string_lossy()
+        .into_owned())
+}
+
 #[cfg(target_os = "linux")]
 fn docker(
     home: &MoatHome,
@@ -82,6 +115,17 @@ fn docker(
         "JAVA_TOOL_OPTIONS".into(),
         trust::java_tool_options(d::JAVA_TRUSTSTORE_INSIDE).into(),
     ));
+    let home_files = p.dir.join("home-files");
+    let aws_inside = PathBuf::from(d::HOME_INSIDE).join(".aws/config");
+    if let Some(kv) = aws_config(
+        &p.aws_process,
+        &p.proxy,
+        d::moat_argv()?,
+        &home_files.join(".aws/config"),
+        &aws_inside,
+    )? {
+        env.push(kv);
+    }
     let env = merged(env, p.env_extra);
     let base = config
         .base_image
@@ -113,7 +157,7 @@ fn docker(
             nix::unistd::getgid().as_raw(),
         ),
     };
-    let home_files = p.dir.join("home-files");
+    let has_home_files = !p.home_files.is_empty() || p.aws_process.is_some();
     let code = d::run(
         d::DockerSpec {
             id: p.id,
@@ -130,7 +174,7 @@ fn docker(
             command: p.command,
             bundle: p.bundle,
             truststore: p.truststore,
-            home_files: (!p.home_files.is_empty()).then_some(home_files),
+            home_files: has_home_files.then_some(home_files),
             run_dir: p.dir,
             mask: p.masks,
             publish,
@@ -184,6 +228,17 @@ fn env_mode(home: &MoatHome, p: Prepared, publish: &[(u16, u16)], masked: bool) 
         "JAVA_TOOL_OPTIONS".into(),
         trust::java_tool_options(&p.truststore.to_string_lossy()).into(),
     ));
+    // Beside the trust files: outside $MOAT_HOME, which env mode masks.
+    let aws_file = p.bundle.with_file_name("aws-config");
+    if let Some(kv) = aws_config(
+        &p.aws_process,
+        &p.proxy,
+        vec![self_exe()?],
+        &aws_file,
+        &aws_file,
+    )? {
+        env.push(kv);
+    }
     let env = merged(env, p.env_extra);
     crate::sandbox::envmode::run(crate::sandbox::envmode::EnvRunSpec {
         proxy: p.proxy,
@@ -214,6 +269,18 @@ fn transparent(
         (p.bundle, PathBuf::from(init::BUNDLE_INSIDE)),
         (p.truststore, PathBuf::from(init::JAVA_TRUSTSTORE_INSIDE)),
     ];
+    let aws_host = p.dir.join("aws-config");
+    let aws_inside = PathBuf::from(init::HOME_INSIDE).join(".aws/config");
+    if let Some(kv) = aws_config(
+        &p.aws_process,
+        &p.proxy,
+        vec![self_exe()?],
+        &aws_host,
+        &aws_inside,
+    )? {
+        env.push(kv);
+        files.push((aws_host, aws_inside));
+    }
     for (host, rel) in p.home_files {
         files.push((host, PathBuf::from(init::HOME_INSIDE).join(rel)));
     }

@@ -1,4 +1,5 @@
-//! AWS: role assumption through STS, served to the sandbox via credential_process.
+//! AWS: role assumption through STS, served to the sandbox through
+//! credential_process or SigV4 re-signing (the flow and runs: `crate::aws`).
 
 use super::super::{Flow, Injection, Provider};
 use super::header_provider;
@@ -12,7 +13,9 @@ pub fn provider() -> Provider {
         "",
         "",
     );
-    p.injection = Injection::Special("AWS credential_process with STS temporary credentials");
-    p.flow = Flow::Pending("'moat grant aws --role ARN' is not in this build yet");
+    p.injection = Injection::Special(
+        "STS temporary credentials: credential_process, or SigV4 re-signing (--inject sigv4)",
+    );
+    p.flow = Flow::Aws;
     p
 }

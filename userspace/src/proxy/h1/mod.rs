@@ -59,6 +59,8 @@ pub(super) fn applies(target: &Target) -> bool {
         && plan.request_subst.is_none()
         && plan.response_subst.is_none()
         && plan.local.is_none()
+        // Re-signing (aws-chunked bodies) needs the whole request in hand.
+        && plan.sigv4.is_none()
         // Scrubbing a response in place keeps its framing only when no
         // replacement changes its length.
         && plan.reflect.as_ref().is_none_or(|s| !s.changes_length())

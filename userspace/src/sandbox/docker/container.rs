@@ -235,11 +235,6 @@ pub(super) fn container_body(
     }
     // The host's loader and libraries run the binary, whatever the image has.
     let libs = loaded_libraries()?;
-    let loader = libs
-        .iter()
-        .find(|p| is_loader(p))
-        .and_then(|p| p.file_name())
-        .ok_or_else(|| std::io::Error::other("cannot find this process's dynamic loader"))?;
     for lib in &libs {
         if let Some(name) = lib.file_name() {
             binds.push(format!(
@@ -249,13 +244,8 @@ pub(super) fn container_body(
             ));
         }
     }
-    let mut entrypoint = vec![
-        format!("{LIB_INSIDE}/{}", loader.to_string_lossy()),
-        "--library-path".into(),
-        LIB_INSIDE.into(),
-        BINARY_INSIDE.to_string(),
-        "__container-init".into(),
-    ];
+    let mut entrypoint = argv_inside(&libs)?;
+    entrypoint.push("__container-init".into());
     // Always a flag first: a leading `--` would be eaten by the CLI parser.
     entrypoint.push(if tty { "--tty" } else { "--no-tty" }.into());
     entrypoint.push("--".into());
@@ -306,6 +296,26 @@ pub(super) fn container_body(
         host_config: Some(host_config),
         ..Default::default()
     })
+}
+
+/// How a program in the container runs Moat's binary: through the host's
+/// loader and libraries (bind-mounted at `/.moat/lib`), whatever the image has.
+pub fn moat_argv() -> std::io::Result<Vec<String>> {
+    argv_inside(&loaded_libraries()?)
+}
+
+fn argv_inside(libs: &[PathBuf]) -> std::io::Result<Vec<String>> {
+    let loader = libs
+        .iter()
+        .find(|p| is_loader(p))
+        .and_then(|p| p.file_name())
+        .ok_or_else(|| std::io::Error::other("cannot find this process's dynamic loader"))?;
+    Ok(vec![
+        format!("{LIB_INSIDE}/{}", loader.to_string_lossy()),
+        "--library-path".into(),
+        LIB_INSIDE.into(),
+        BINARY_INSIDE.to_string(),
+    ])
 }
 
 /// The shared objects this process has mapped (the dynamic loader, libc,
