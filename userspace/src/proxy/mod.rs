@@ -20,6 +20,7 @@ pub mod peek;
 pub mod refresh;
 pub mod rules;
 pub mod server;
+pub mod sigv4;
 pub mod substitute;
 pub mod target;
 pub mod upstream;
