@@ -54,7 +54,9 @@
 //! line of at most [`MAX_LINE`], never the whole body.
 //!
 //! Refused ([`Refusal`], which the proxy turns into a 4xx from Moat): anything
-//! else that carries the placeholder key — a malformed `Authorization`, SigV4a
+//! else that carries the placeholder key — the key anywhere outside the one
+//! signature re-signed (another header, the path, another parameter), a
+//! malformed `Authorization`, SigV4a
 //! (`AWS4-ECDSA-P256-SHA256`), SigV2, two signatures, an unknown
 //! `x-amz-content-sha256`, a body whose hash is not sent, a multipart POST
 //! form (S3 POST policy: the signature is in the body), chunk framing errors,
@@ -271,14 +273,19 @@ fn resign_with(
         creds,
         now,
     };
+    let signed = match (&header, &query) {
+        (Some(_), Some(_)) => return Err(Refusal::TwoSignatures),
+        (Some(_), None) => Some(Signed::Header),
+        (None, Some(_)) => Some(Signed::Query),
+        (None, None) => None,
+    };
+    if let Some(place) = placeholder_place(req.parts, placeholder, signed) {
+        return Err(place);
+    }
     match (header, query) {
-        (Some(_), Some(_)) => Err(Refusal::TwoSignatures),
-        (Some(scope), None) => req.resign_headers(scope),
+        (Some(scope), _) => req.resign_headers(scope),
         (None, Some(presigned)) => req.resign_query(presigned),
         (None, None) => {
-            if let Some(place) = placeholder_place(req.parts, placeholder) {
-                return Err(place);
-            }
             if is_post_form(req.parts) && body.is_none_or(|b| contains(b, placeholder.as_bytes())) {
                 return Err(Refusal::PostForm);
             }
@@ -515,12 +522,18 @@ fn parse_amz_date(date: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(&rfc3339).ok()
 }
 
-/// Where the placeholder key shows outside a signature Moat knows, as a
+/// Where the placeholder key shows outside the signature Moat re-signs
+/// (the `Authorization` header, or the query's signing parameters), as a
 /// refusal naming the place.
-fn placeholder_place(parts: &Parts, placeholder: &str) -> Option<Refusal> {
+fn placeholder_place(parts: &Parts, placeholder: &str, signed: Option<Signed>) -> Option<Refusal> {
     let key = placeholder.as_bytes();
     if let Some(query) = parts.uri.query() {
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if signed == Some(Signed::Query)
+                && QUERY_AUTH.iter().any(|p| p.eq_ignore_ascii_case(&name))
+            {
+                continue;
+            }
             if value.contains(placeholder) || name.contains(placeholder) {
                 if name.eq_ignore_ascii_case("AWSAccessKeyId") {
                     return Some(Refusal::SigV2);
@@ -531,14 +544,23 @@ fn placeholder_place(parts: &Parts, placeholder: &str) -> Option<Refusal> {
             }
         }
     }
-    if contains(parts.uri.to_string().as_bytes(), key) {
+    let authority = parts.uri.authority().map_or("", |a| a.as_str());
+    if contains(parts.uri.path().as_bytes(), key) || contains(authority.as_bytes(), key) {
         return Some(Refusal::PlaceholderElsewhere("the URL".into()));
     }
     parts
         .headers
         .iter()
+        .filter(|(name, _)| !(signed == Some(Signed::Header) && *name == AUTHORIZATION))
         .find(|(_, v)| contains(v.as_bytes(), key))
         .map(|(name, _)| Refusal::PlaceholderElsewhere(format!("the {name} header")))
+}
+
+/// Where the signature being re-signed is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signed {
+    Header,
+    Query,
 }
 
 fn is_post_form(parts: &Parts) -> bool {
@@ -646,12 +668,9 @@ impl Request<'_> {
         }
         let path_and_query = PathAndQuery::try_from(format!("{}?{query}", self.parts.uri.path()))
             .map_err(|e| Refusal::Signing(e.to_string()))?;
-        let mut uri = std::mem::take(&mut self.parts.uri).into_parts();
+        let mut uri = self.parts.uri.clone().into_parts();
         uri.path_and_query = Some(path_and_query);
-        match Uri::from_parts(uri) {
-            Ok(uri) => self.parts.uri = uri,
-            Err(e) => return Err(Refusal::Signing(e.to_string())),
-        }
+        self.parts.uri = Uri::from_parts(uri).map_err(|e| Refusal::Signing(e.to_string()))?;
         // The token travels in the URL; a placeholder one in a header goes.
         self.parts.headers.remove(TOKEN);
         Ok(Resigned::Query)
@@ -667,7 +686,7 @@ impl Request<'_> {
         let mut values = self.parts.headers.get_all(CONTENT_SHA256).iter();
         if let Some(value) = values.next() {
             if values.next().is_some() {
-                return Err(Refusal::UnknownPayload("several values".into()));
+                return Err(Refusal::UnknownPayload("(sent more than once)".into()));
             }
             let Ok(v) = value.to_str() else {
                 return Err(Refusal::UnknownPayload(
@@ -2145,6 +2164,28 @@ mod tests {
             (
                 parts("GET", "/", &[("x-amz-meta-key", PLACEHOLDER)]),
                 |e| matches!(e, Refusal::PlaceholderElsewhere(p) if p == "the x-amz-meta-key header"),
+            ),
+            (
+                parts(
+                    "GET",
+                    &format!("/?list-type=2&prefix={PLACEHOLDER}"),
+                    &[(
+                        "authorization",
+                        &placeholder_auth("us-east-1", "s3", "host"),
+                    )],
+                ),
+                |e| matches!(e, Refusal::PlaceholderElsewhere(p) if p == "the URL parameter prefix"),
+            ),
+            (
+                parts(
+                    "GET",
+                    &format!(
+                        "/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={PLACEHOLDER}%2F20130524%2Fus-east-1%2Fs3%2Faws4_request\
+                         &X-Amz-Date=20130524T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature={FAKE_SIG}"
+                    ),
+                    &[("x-amz-meta-k", PLACEHOLDER)],
+                ),
+                |e| matches!(e, Refusal::PlaceholderElsewhere(p) if p == "the x-amz-meta-k header"),
             ),
             (
                 parts("GET", &format!("/{PLACEHOLDER}/x"), &[]),
