@@ -5,9 +5,11 @@
 //! session token. The AWS SDK or CLI inside signs every request with them;
 //! [`resign`] replaces that signature with one made from real temporary
 //! credentials, so no real key is ever inside. Pure: no I/O, no clock (the
-//! caller passes `now`), nothing read from the body. The canonical request,
-//! string to sign and signing key come from the `aws-sigv4` crate; only the
-//! aws-chunked framing is parsed here.
+//! caller passes `now`); [`resign`] reads no body, [`ChunkResigner`] only an
+//! aws-chunked one. The canonical request, string to sign, signing key and
+//! chunk signatures come from the `aws-sigv4` crate; only the aws-chunked
+//! framing is parsed here. The `Host` signed is the `host` the caller
+//! passes: the proxy sets `Host` itself.
 //!
 //! What [`resign`] finds and does:
 //!
@@ -56,11 +58,18 @@
 //! Refused ([`Refusal`], which the proxy turns into a 4xx from Moat): anything
 //! else that carries the placeholder key — the key anywhere outside the one
 //! signature re-signed (another header, the path, another parameter), a
-//! malformed `Authorization`, SigV4a
-//! (`AWS4-ECDSA-P256-SHA256`), SigV2, two signatures, an unknown
-//! `x-amz-content-sha256`, a body whose hash is not sent, a multipart POST
-//! form (S3 POST policy: the signature is in the body), chunk framing errors,
-//! an oversized chunk or line. On a refusal, `parts` is left as it was.
+//! malformed `Authorization`, SigV4a (`AWS4-ECDSA-P256-SHA256`), SigV2, two
+//! signatures, an unknown `x-amz-content-sha256`, a body whose hash is not
+//! sent, chunk framing errors, an oversized chunk or line. A multipart POST
+//! form without a header or URL signature is taken for an S3 POST-policy
+//! upload, whose signature is in the body: refused too ([`resign_buffered`]
+//! refuses it only when the body holds the key). On a refusal, `parts` is
+//! left as it was.
+//!
+//! Whatever the sandbox sends with the placeholder is signed for real: the
+//! region, service and request are the sandbox's choice. Which requests may
+//! be signed at all (say, none that mint credentials, like STS `AssumeRole`)
+//! is for the caller to decide.
 
 use std::borrow::Cow;
 use std::fmt;
