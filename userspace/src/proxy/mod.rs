@@ -21,6 +21,7 @@ pub mod refresh;
 pub mod rules;
 pub mod selfhost;
 pub mod server;
+pub mod sigv4;
 pub mod substitute;
 pub mod target;
 pub mod upstream;
