@@ -43,10 +43,16 @@ fi
 
 # The AWS stand-in (testkit/src/aws.rs): moto's server, the aws CLI and boto3
 # in a venv of their own, pinned by scripts/aws-requirements.txt. Skipped when
-# the venv was made from the same pins and still imports them.
+# the venv was made from the same pins and still imports them. Built on
+# Debian's /usr/bin/python3: the sandbox hides /root and /home, so a venv on
+# a pyenv python there would not run inside it (vm-tests/aws.rs runs the
+# aws CLI and boto3 in the sandbox).
 venv="${MOAT_AWS_VENV:-/opt/moat-aws-venv}"
 pins="$(dirname "$0")/aws-requirements.txt"
-if ! { cmp -s "$pins" "$venv/.moat-pins" && "$venv/bin/python" -c 'import moto.server, boto3, awscli' 2>/dev/null; }; then
+py=/usr/bin/python3
+if ! { cmp -s "$pins" "$venv/.moat-pins" \
+       && [ "$(readlink -f "$venv/bin/python")" = "$(readlink -f "$py")" ] \
+       && "$venv/bin/python" -c 'import moto.server, boto3, awscli' 2>/dev/null; }; then
   echo "setup: installing moto, awscli and boto3 into $venv" >&2
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -56,7 +62,7 @@ if ! { cmp -s "$pins" "$venv/.moat-pins" && "$venv/bin/python" -c 'import moto.s
   fi
   $sudo mkdir -p "$venv"
   $sudo chown "$(id -u):$(id -g)" "$venv"
-  python3 -m venv --clear "$venv"
+  "$py" -m venv --clear "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$pins"
   cp "$pins" "$venv/.moat-pins"
 fi

@@ -136,6 +136,13 @@ pub async fn forward(
             );
         }
     };
+    let body = match &plan.sigv4 {
+        Some(aws) if target.tls => match resign(&engine, &target, aws, &mut parts, body).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        },
+        _ => body,
+    };
     if target.tls {
         note_injection(&engine, &target, parts.method.as_str(), request_path);
     }
@@ -198,6 +205,133 @@ pub async fn forward(
         None => body.map_err(BoxError::from).boxed(),
     };
     Response::from_parts(parts, body)
+}
+
+/// STS and S3 Express calls that answer with credentials: re-signed with
+/// the real keys, they would hand the sandbox real credentials of its own.
+const MINTS_CREDENTIALS: &[&str] = &[
+    "AssumeRole",
+    "AssumeRoleWithSAML",
+    "AssumeRoleWithWebIdentity",
+    "AssumeRoot",
+    "GetFederationToken",
+    "GetSessionToken",
+];
+
+/// SigV4 mode: the request as the sandbox signed it (with placeholder
+/// keys), re-signed with the AWS grant's real temporary credentials
+/// (`proxy::sigv4`). Bodies the signature must hash and the client did not
+/// (most non-S3 APIs) are read whole, up to [`SMALL_BODY`]; aws-chunked
+/// bodies are re-signed chunk by chunk as they stream. What cannot be
+/// re-signed gets Moat's 400 saying why, not AWS's signature error.
+async fn resign(
+    engine: &Engine,
+    target: &Target,
+    aws: &crate::aws::Session,
+    parts: &mut http::request::Parts,
+    body: ProxyBody,
+) -> Result<ProxyBody, Response<ProxyBody>> {
+    use super::sigv4::{self, ChunkBody, Refusal, Resigned, SigningCreds};
+    let path = parts.uri.path().to_owned();
+    let creds = match aws.credentials().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(moat_response(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "Moat could not get AWS credentials for grant '{}': {e}",
+                    aws.grant
+                ),
+            ));
+        }
+    };
+    let creds = SigningCreds {
+        access_key_id: creds.access_key_id,
+        secret_access_key: creds.secret_access_key,
+        session_token: Some(creds.session_token),
+    };
+    let host = if target.port == 443 {
+        target.host.clone()
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let key = &aws.placeholders.access_key_id;
+    let now = std::time::SystemTime::now();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let is_sts = target.host.starts_with("sts.");
+    let s3_session =
+        target.host.contains("s3express") && query.split('&').any(|kv| kv == "session");
+    if (is_sts && mints(&query)) || s3_session {
+        return Err(sigv4_refusal(engine, target, &path, MINTS_WHY.into()));
+    }
+    match sigv4::resign(parts, &host, key, &creds, now) {
+        Ok(Resigned::Chunked(r)) => Ok(ChunkBody::new(body, *r).boxed()),
+        Ok(_) => Ok(body),
+        Err(Refusal::BodyNotHashed { .. }) => {
+            let whole = match read_whole(body).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return Err(sigv4_refusal(
+                        engine,
+                        target,
+                        &path,
+                        format!(
+                            "its body must be hashed and could not be read whole (at most {} KiB): {e}",
+                            SMALL_BODY / 1024
+                        ),
+                    ));
+                }
+            };
+            if is_sts && mints(&String::from_utf8_lossy(&whole)) {
+                return Err(sigv4_refusal(engine, target, &path, MINTS_WHY.into()));
+            }
+            match sigv4::resign_buffered(parts, &whole, &host, key, &creds, now) {
+                Ok(_) => {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
+                    Ok(full(whole))
+                }
+                Err(why) => Err(sigv4_refusal(engine, target, &path, why.to_string())),
+            }
+        }
+        Err(why) => Err(sigv4_refusal(engine, target, &path, why.to_string())),
+    }
+}
+
+/// `body` read whole, at most [`SMALL_BODY`].
+async fn read_whole(mut body: ProxyBody) -> Result<Bytes, String> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > SMALL_BODY as usize {
+                return Err(format!("larger than {} KiB", SMALL_BODY / 1024));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+const MINTS_WHY: &str = "it asks AWS for new credentials, which would reach the sandbox";
+
+/// Does a query string or form body call one of [`MINTS_CREDENTIALS`]?
+fn mints(text: &str) -> bool {
+    text.split('&').any(|kv| {
+        kv.strip_prefix("Action=")
+            .is_some_and(|a| MINTS_CREDENTIALS.contains(&a))
+    })
+}
+
+/// Moat's 400 for an AWS request it will not re-sign, recorded as a `deny`.
+fn sigv4_refusal(engine: &Engine, target: &Target, path: &str, why: String) -> Response<ProxyBody> {
+    let text = format!("Moat cannot re-sign this AWS request: {why}");
+    engine.emit(
+        "deny",
+        || serde_json::json!({"host": target.host, "port": target.port, "path": path, "reason": format!("sigv4: {why}")}),
+    );
+    moat_response(StatusCode::BAD_REQUEST, &text)
 }
 
 /// Why a request with `method` is never forwarded to `target`: `TRACE`

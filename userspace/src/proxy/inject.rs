@@ -224,6 +224,9 @@ pub struct InjectionTable {
     aws: Vec<Arc<crate::aws::Session>>,
     /// Hosts whose requests SigV4-mode sessions re-sign.
     sigv4: Vec<(HostPattern, Arc<crate::aws::Session>)>,
+    /// Every AWS grant's hosts: intercepted (and so recorded request by
+    /// request) in credential_process mode too, though nothing is injected.
+    aws_hosts: Vec<HostPattern>,
 }
 
 impl InjectionTable {
@@ -300,6 +303,7 @@ impl InjectionTable {
             }
             if let Some(aws) = &g.aws {
                 t.aws.push(aws.clone());
+                t.aws_hosts.extend(g.provider.hosts.iter().cloned());
                 if aws.inject() == crate::aws::Inject::Sigv4 {
                     for pattern in &g.provider.hosts {
                         t.sigv4.push((pattern.clone(), aws.clone()));
@@ -363,7 +367,7 @@ impl InjectionTable {
             || self.request.iter().any(|r| r.pattern.matches(host, port))
             || self.response.iter().any(|r| r.pattern.matches(host, port))
             || self.local.iter().any(|r| r.pattern.matches(host, port))
-            || self.sigv4.iter().any(|(p, _)| p.matches(host, port))
+            || self.aws_hosts.iter().any(|p| p.matches(host, port))
     }
 
     /// Refresh, where due, the refreshable credentials that apply to
