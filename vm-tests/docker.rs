@@ -841,3 +841,58 @@ python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect("/workspac
         "machine x password netrc-secret\n"
     );
 }
+
+/// `--grant aws` in a container: AWS_CONFIG_FILE's credential_process runs
+/// Moat's binary through the host's loader, asks the run's proxy on
+/// moat.internal, and prints the assumed role's temporary credentials
+/// (the role assumed by the proxy through STS at the moto stand-in).
+#[test]
+fn docker_aws_credential_process_reaches_the_runs_proxy() {
+    use moat_testkit::aws::{Moto, ROLE_ARN};
+    let s = setup();
+    let ca = TestCa::new().unwrap();
+    let moto = Moto::start(&ca).unwrap();
+    let keys = moto.seed().unwrap();
+    let creds = moto.credentials_file(&keys.user).unwrap();
+    let vars = [
+        ("MOAT_RESOLVE", moto.moat_resolve()),
+        ("MOAT_UPSTREAM_CA", moto.ca_path().display().to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
+        ("AWS_CONFIG_FILE", "/dev/null".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("MOAT_KEY_BACKEND", "file".into()),
+    ];
+    let out = s
+        .moat()
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .args(["grant", "aws", "--role", ROLE_ARN, "--region", "us-east-1"])
+        .output()
+        .unwrap();
+    ok(&out);
+    let out = s
+        .moat()
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .args(["run", s.workspace.to_str().unwrap(), "--grant", "aws"])
+        .args(["--runtime", "docker", "--"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "echo \"file=$AWS_CONFIG_FILE region=$AWS_REGION\"; \
+             cmd=$(sed -n 's/^credential_process = //p' \"$AWS_CONFIG_FILE\"); $cmd",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    let (first, json) = text.split_once('\n').unwrap();
+    assert_eq!(first, "file=/tmp/home/.aws/config region=us-east-1");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["Version"], 1);
+    assert!(
+        v["AccessKeyId"].as_str().unwrap().starts_with("ASIA"),
+        "{v}"
+    );
+    assert!(v["Expiration"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert_ne!(v["AccessKeyId"].as_str().unwrap(), keys.user.id);
+    assert!(s.containers_left().trim().is_empty());
+}
