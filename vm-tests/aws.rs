@@ -258,3 +258,47 @@ fn sigv4_mode_re_signs_every_request_and_no_key_is_inside() {
         stderr(&out)
     );
 }
+
+/// A role session past its expiry is assumed again, and the SDK inside,
+/// calling credential_process again as it must, never sees a failed call.
+/// `MOAT_AWS_REFRESH_MARGIN=899s` on 900-second sessions makes each
+/// session stale for Moat a second after it was issued (so the next ask is
+/// a fresh AssumeRole); botocore refreshes credentials that expire within
+/// 15 minutes, so every call asks.
+#[test]
+fn credential_process_refreshes_a_session_past_expiry_without_a_failed_call() {
+    let mut s = setup("credential-process");
+    s.vars
+        .push(("MOAT_AWS_REFRESH_MARGIN".into(), "899s".into()));
+    let script = r#"
+import time, boto3
+s = boto3.Session()
+sts = s.client("sts")
+keys = []
+for _ in range(4):
+    sts.get_caller_identity()
+    keys.append(s.get_credentials().get_frozen_credentials().access_key)
+    time.sleep(1.2)
+print(len(set(keys)))
+"#;
+    let out = s.run("nft", &[&s.venv("python"), "-c", script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let distinct: usize = stdout(&out).trim().parse().unwrap();
+    assert!(
+        distinct >= 3,
+        "the session was not refreshed: {}",
+        stdout(&out)
+    );
+    // Each refresh was an AssumeRole by the proxy, recorded by name.
+    let runs = s.env.run_ids();
+    let events = fs::read_to_string(
+        s.env
+            .home()
+            .join("runs")
+            .join(runs.iter().next_back().unwrap())
+            .join("events.jsonl"),
+    )
+    .unwrap();
+    let issued = events.matches("\"aws_credentials\"").count();
+    assert!(issued >= distinct, "{events}");
+}

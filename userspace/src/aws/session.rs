@@ -14,8 +14,18 @@ use super::role::{Inject, RoleConfig};
 use super::sdk::{self, AwsError, Issued};
 use crate::net::Upstream;
 
-/// Credentials are assumed again once they expire within this.
+/// Credentials are assumed again once they expire within this (unless
+/// `MOAT_AWS_REFRESH_MARGIN` says otherwise, e.g. `10m` for tools that
+/// cache credentials longer).
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// `MOAT_AWS_REFRESH_MARGIN` (a duration: `10m`, `899s`), else the default.
+fn refresh_margin() -> Duration {
+    std::env::var("MOAT_AWS_REFRESH_MARGIN")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(REFRESH_MARGIN)
+}
 
 /// What a SigV4-mode sandbox holds instead of keys: format-valid, random
 /// per run, useless anywhere but through this run's proxy.
@@ -55,6 +65,7 @@ pub struct Session {
     cache: Mutex<Option<Issued>>,
     /// `moat-<run>`: the role session name, seen in CloudTrail.
     session_name: String,
+    margin: Duration,
 }
 
 impl Session {
@@ -72,6 +83,7 @@ impl Session {
             conf: OnceCell::new(),
             cache: Mutex::new(None),
             session_name: format!("moat-{tag}"),
+            margin: refresh_margin(),
         }
     }
 
@@ -80,10 +92,13 @@ impl Session {
     }
 
     /// Current temporary credentials, assuming the role when none are
-    /// cached or they expire within [`REFRESH_MARGIN`].
+    /// cached or they expire within the margin ([`REFRESH_MARGIN`]).
     pub async fn credentials(&self) -> Result<Issued, AwsError> {
         let mut cache = self.cache.lock().await;
-        if let Some(c) = cache.as_ref().filter(|c| fresh(c, SystemTime::now())) {
+        if let Some(c) = cache
+            .as_ref()
+            .filter(|c| fresh(c, SystemTime::now(), self.margin))
+        {
             return Ok(c.clone());
         }
         let conf = self
@@ -103,9 +118,9 @@ impl Session {
     }
 }
 
-/// Good for at least [`REFRESH_MARGIN`] more?
-fn fresh(c: &Issued, now: SystemTime) -> bool {
-    c.expiration > now + REFRESH_MARGIN
+/// Good for at least `margin` more?
+fn fresh(c: &Issued, now: SystemTime, margin: Duration) -> bool {
+    c.expiration > now + margin
 }
 
 /// The `credential_process` answer (AWS CLI "sourcing credentials with an
@@ -143,9 +158,10 @@ mod tests {
     #[test]
     fn cached_until_five_minutes_before_expiry() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        assert!(fresh(&issued(now + Duration::from_secs(301)), now));
-        assert!(!fresh(&issued(now + Duration::from_secs(300)), now));
-        assert!(!fresh(&issued(now - Duration::from_secs(1)), now));
+        let m = REFRESH_MARGIN;
+        assert!(fresh(&issued(now + Duration::from_secs(301)), now, m));
+        assert!(!fresh(&issued(now + Duration::from_secs(300)), now, m));
+        assert!(!fresh(&issued(now - Duration::from_secs(1)), now, m));
     }
 
     #[test]
