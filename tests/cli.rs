@@ -1288,7 +1288,8 @@ fn providers_listing_is_true_and_revoke_help_uses_a_real_example() {
         names.contains(&"github") && names.contains(&"mcp"),
         "{text}"
     );
-    for pending in ["aws", "ssh"] {
+    assert!(names.contains(&"aws"), "{text}");
+    for pending in ["ssh"] {
         assert!(
             !names.contains(&pending),
             "{pending} listed as usable:\n{text}"
@@ -1303,7 +1304,7 @@ fn providers_listing_is_true_and_revoke_help_uses_a_real_example() {
         serde_json::from_slice(&ok(&env.run(&["grant", "providers", "--json"], &[])).stdout)
             .unwrap();
     for p in list.as_array().unwrap() {
-        let pending = p["name"] == "aws" || p["name"] == "ssh";
+        let pending = p["name"] == "ssh";
         assert_eq!(p["available"], !pending, "{p}");
     }
     // Each example of moat revoke --help names something moat grant can store.
@@ -1452,10 +1453,14 @@ fn readme_providers_paragraph_is_true() {
         .find(|l| l.contains("being built"))
         .expect("a being-built line");
     assert!(!building.contains("PKCE"), "{building}");
-    for name in ["aws", "ssh"] {
+    for name in ["ssh"] {
         assert!(building.to_lowercase().contains(name), "{building}");
         assert_eq!(available(name), Some(false), "{name}");
     }
+    assert!(
+        para.contains("aws (") && available("aws") == Some(true),
+        "{para}"
+    );
     // The browser login it names exists.
     assert!(
         para.contains("PKCE") && para.contains("--auth-url"),

@@ -8,7 +8,7 @@ pub fn provider() -> Provider {
     let mut p = header_provider(
         "aws",
         "AWS",
-        "AWS IAM role assumed through STS (credential_process)",
+        "AWS IAM role assumed through STS (credential_process or SigV4 re-signing)",
         &["*.amazonaws.com"],
         "",
         "",
