@@ -92,14 +92,15 @@ impl Session {
     }
 
     /// Current temporary credentials, assuming the role when none are
-    /// cached or they expire within the margin ([`REFRESH_MARGIN`]).
-    pub async fn credentials(&self) -> Result<Issued, AwsError> {
+    /// cached or they expire within the margin ([`REFRESH_MARGIN`]); `true`
+    /// when this call assumed it (for the run's events).
+    pub async fn credentials(&self) -> Result<(Issued, bool), AwsError> {
         let mut cache = self.cache.lock().await;
         if let Some(c) = cache
             .as_ref()
             .filter(|c| fresh(c, SystemTime::now(), self.margin))
         {
-            return Ok(c.clone());
+            return Ok((c.clone(), false));
         }
         let conf = self
             .conf
@@ -114,7 +115,19 @@ impl Session {
         let issued = sdk::assume_role(conf, &self.role, &self.session_name).await?;
         tracing::info!(grant = %self.grant, role = %self.role.role_arn, expires = ?issued.expiration, "assumed the role");
         *cache = Some(issued.clone());
-        Ok(issued)
+        Ok((issued, true))
+    }
+
+    /// The run's event for a role just assumed: names and the key's id
+    /// (not a secret: AWS logs it too), never the secret or token.
+    pub fn assumed_event(&self, c: &Issued) -> serde_json::Value {
+        serde_json::json!({
+            "grant": self.grant,
+            "role": self.role.role_arn,
+            "inject": self.role.inject.as_str(),
+            "access_key_id": c.access_key_id,
+            "expires": crate::store::credential::rfc3339(c.expiration),
+        })
     }
 }
 

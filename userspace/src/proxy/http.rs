@@ -234,7 +234,12 @@ async fn resign(
     use super::sigv4::{self, ChunkBody, Refusal, Resigned, SigningCreds};
     let path = parts.uri.path().to_owned();
     let creds = match aws.credentials().await {
-        Ok(c) => c,
+        Ok((c, assumed)) => {
+            if assumed {
+                engine.emit("aws_credentials", || aws.assumed_event(&c));
+            }
+            c
+        }
         Err(e) => {
             return Err(moat_response(
                 StatusCode::BAD_GATEWAY,

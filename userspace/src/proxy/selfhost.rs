@@ -79,11 +79,10 @@ pub async fn answer(engine: &Arc<Engine>, req: Request<Incoming>) -> Response<Pr
         );
     };
     match aws.credentials().await {
-        Ok(c) => {
-            engine.emit(
-                "aws_credentials",
-                || serde_json::json!({"grant": grant, "role": aws.role.role_arn, "access_key_id": c.access_key_id}),
-            );
+        Ok((c, assumed)) => {
+            if assumed {
+                engine.emit("aws_credentials", || aws.assumed_event(&c));
+            }
             let mut resp = Response::new(full(session::process_json(&c)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
