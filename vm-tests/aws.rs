@@ -1,9 +1,9 @@
 //! `moat run --grant aws`, as root, against a real moto server (STS, S3)
 //! behind TLS, reached by the real AWS host names through `MOAT_RESOLVE`:
 //! the real aws CLI and boto3 inside the sandbox, both ways in
-//! (credential_process and SigV4 re-signing), nft and eBPF redirects. moto
-//! checks every SigV4 header signature (testkit/src/aws.rs), so a request
-//! the proxy re-signed wrongly fails. Nothing tries the internet: the
+//! (credential_process and SigV4 re-signing), nft and eBPF redirects and env
+//! mode. moto checks every SigV4 header signature (testkit/src/aws.rs), so a
+//! request the proxy re-signed wrongly fails. Nothing tries the internet: the
 //! sandbox reaches only its proxy, the proxy only the stand-in.
 
 #![cfg(target_os = "linux")]
@@ -69,11 +69,19 @@ fn setup(inject: &str) -> Setup {
 }
 
 impl Setup {
+    /// `moat run --grant aws` with `redirect` (`nft`, `ebpf`, or `env`:
+    /// env mode, where the helper and clients reach Moat through the proxy
+    /// variables).
     fn run(&self, redirect: &str, command: &[&str]) -> Output {
+        let how: &[&str] = match redirect {
+            "env" => &["--network-mode", "env"],
+            r => &["--redirect", r],
+        };
         self.env
             .cmd()
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
-            .args(["run", "--grant", "aws", "--redirect", redirect])
+            .args(["run", "--grant", "aws"])
+            .args(how)
             .arg(&self.ws)
             .arg("--")
             .args(command)
@@ -161,7 +169,7 @@ fn check(s: &Setup, redirect: &str) {
 #[test]
 fn credential_process_serves_the_role_to_the_aws_cli_and_boto3() {
     let s = setup("credential-process");
-    for redirect in ["nft", "ebpf"] {
+    for redirect in ["nft", "ebpf", "env"] {
         check(&s, redirect);
     }
     // The profile runs Moat's helper; its temporary key is the only one
@@ -197,7 +205,7 @@ fn credential_process_serves_the_role_to_the_aws_cli_and_boto3() {
 #[test]
 fn sigv4_mode_re_signs_every_request_and_no_key_is_inside() {
     let s = setup("sigv4");
-    for redirect in ["nft", "ebpf"] {
+    for redirect in ["nft", "ebpf", "env"] {
         check(&s, redirect);
     }
     // Inside: placeholder keys only. Nothing the child can read names a
