@@ -87,7 +87,11 @@ fn aws_config(
     Ok(Some(("AWS_CONFIG_FILE".into(), inside.into())))
 }
 
-/// This binary's path, as a native sandbox sees it too (the host's tree).
+/// Where a native sandbox gets a copy of this binary when its own path is
+/// hidden there (under /tmp, /home, /root, /run).
+const MOAT_COPY_INSIDE: &str = "/tmp/.moat/moat";
+
+/// This binary's path, as env mode's command sees it too (the host's tree).
 fn self_exe() -> Result<String> {
     Ok(std::env::current_exe()
         .context("finding moat's own binary")?
@@ -269,23 +273,6 @@ fn transparent(
         (p.bundle, PathBuf::from(init::BUNDLE_INSIDE)),
         (p.truststore, PathBuf::from(init::JAVA_TRUSTSTORE_INSIDE)),
     ];
-    let aws_host = p.dir.join("aws-config");
-    let aws_inside = PathBuf::from(init::HOME_INSIDE).join(".aws/config");
-    if let Some(kv) = aws_config(
-        &p.aws_process,
-        &p.proxy,
-        vec![self_exe()?],
-        &aws_host,
-        &aws_inside,
-    )? {
-        env.push(kv);
-        files.push((aws_host, aws_inside));
-    }
-    for (host, rel) in p.home_files {
-        files.push((host, PathBuf::from(init::HOME_INSIDE).join(rel)));
-    }
-    let env = merged(env, p.env_extra);
-
     // Whole directories: the real homes (every user's), /root, and every
     // host socket directory. The workspace stays visible inside them; the
     // masks are covered even there.
@@ -297,6 +284,33 @@ fn transparent(
         .collect();
     hide.sort();
     hide.dedup();
+    // credential_process runs this binary inside: at its own path when the
+    // sandbox shows it, else a copy in the sandbox's /tmp, run through the
+    // host's loader (the copy is not executable; the loader only reads it).
+    if p.aws_process.is_some() {
+        let exe = std::env::current_exe().context("finding moat's own binary")?;
+        let hidden = exe.starts_with("/tmp") || hide.iter().any(|h| exe.starts_with(h));
+        let argv = if hidden {
+            files.push((exe, PathBuf::from(MOAT_COPY_INSIDE)));
+            let loader = crate::sandbox::docker::host_loader()?;
+            vec![
+                loader.to_string_lossy().into_owned(),
+                MOAT_COPY_INSIDE.to_owned(),
+            ]
+        } else {
+            vec![exe.to_string_lossy().into_owned()]
+        };
+        let aws_host = p.dir.join("aws-config");
+        let aws_inside = PathBuf::from(init::HOME_INSIDE).join(".aws/config");
+        if let Some(kv) = aws_config(&p.aws_process, &p.proxy, argv, &aws_host, &aws_inside)? {
+            env.push(kv);
+            files.push((aws_host, aws_inside));
+        }
+    }
+    for (host, rel) in p.home_files {
+        files.push((host, PathBuf::from(init::HOME_INSIDE).join(rel)));
+    }
+    let env = merged(env, p.env_extra);
     let code = run::run(run::RunSpec {
         id: p.id,
         redirect: match redirect {

@@ -304,6 +304,14 @@ pub fn moat_argv() -> std::io::Result<Vec<String>> {
     argv_inside(&loaded_libraries()?)
 }
 
+/// This process's dynamic loader, as the host sees it.
+pub fn host_loader() -> std::io::Result<PathBuf> {
+    loaded_libraries()?
+        .into_iter()
+        .find(|p| is_loader(p))
+        .ok_or_else(|| std::io::Error::other("cannot find this process's dynamic loader"))
+}
+
 fn argv_inside(libs: &[PathBuf]) -> std::io::Result<Vec<String>> {
     let loader = libs
         .iter()

@@ -45,7 +45,7 @@ mod engine;
 mod entrypoint;
 mod tty;
 
-pub use container::{moat_argv, run};
+pub use container::{host_loader, moat_argv, run};
 pub use engine::{MoatContainer, connect, containers, ensure_image, kill_now, remove, removed};
 pub use entrypoint::{InitArgs, init_main, parse_init_args};
 
