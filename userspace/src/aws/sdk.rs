@@ -18,8 +18,10 @@ use aws_smithy_runtime_api::client::http::{
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use bytes::Bytes;
 use secrecy::SecretString;
 
@@ -196,9 +198,7 @@ fn credentials_error(e: &CredentialsError, profile: Option<&str>) -> AwsError {
         .map(str::to_owned)
         .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()));
     if let Some(p) = profile
-        && (text.contains("ProfileNotDefined")
-            || text.contains(&format!("profile `{p}` was not defined"))
-            || text.contains("not defined"))
+        && (text.contains("ProfileNotDefined") || text.contains("not defined"))
     {
         return AwsError::UnknownProfile(p);
     }
@@ -215,7 +215,6 @@ pub async fn assume_role(
     role: &RoleConfig,
     session_name: &str,
 ) -> Result<Issued, AwsError> {
-    use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
     let client = aws_sdk_sts::Client::new(conf);
     let secs = i32::try_from(role.duration.as_secs()).unwrap_or(i32::MAX);
     let sent = client
@@ -226,38 +225,20 @@ pub async fn assume_role(
         .set_external_id(role.external_id.clone())
         .send()
         .await;
-    let out = match sent {
-        Ok(out) => out,
-        Err(SdkError::ServiceError(e)) => {
-            let (code, message) = service_error(e.err().code(), e.err().message(), e.raw());
-            return Err(if code == "AccessDenied" {
-                AwsError::AccessDenied {
-                    role: role.role_arn.clone(),
-                    message,
-                    external_id: if role.external_id.is_some() {
-                        " with this external ID"
-                    } else {
-                        ""
-                    },
-                }
-            } else {
-                AwsError::Service {
-                    service: "STS",
-                    code,
-                    message,
-                }
-            });
-        }
-        Err(SdkError::ResponseError(r)) => {
-            let (code, message) = service_error(None, None, r.raw());
-            return Err(AwsError::Service {
-                service: "STS",
-                code,
+    let out = sent.map_err(|e| match sdk_error(e, "STS", role.profile.as_deref()) {
+        AwsError::Service { code, message, .. } if code == "AccessDenied" => {
+            AwsError::AccessDenied {
+                role: role.role_arn.clone(),
                 message,
-            });
+                external_id: if role.external_id.is_some() {
+                    " with this external ID"
+                } else {
+                    ""
+                },
+            }
         }
-        Err(e) => return Err(dispatch_error(e, "STS", role.profile.as_deref())),
-    };
+        e => e,
+    })?;
     let c = out.credentials.ok_or_else(|| AwsError::Service {
         service: "STS",
         code: "no credentials".into(),
@@ -270,6 +251,29 @@ pub async fn assume_role(
         session_token: SecretString::from(c.session_token),
         expiration,
     })
+}
+
+/// Any failed SDK call as an [`AwsError`]: the service's answer (parsed
+/// by the SDK, or read from a body it could not parse: a stand-in's, a
+/// proxy's), or a failure before any service answered.
+fn sdk_error<E>(
+    e: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    service: &'static str,
+    profile: Option<&str>,
+) -> AwsError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    let (code, message) = match &e {
+        SdkError::ServiceError(s) => service_error(s.err().code(), s.err().message(), s.raw()),
+        SdkError::ResponseError(r) => service_error(None, None, r.raw()),
+        _ => return dispatch_error(e, service, profile),
+    };
+    AwsError::Service {
+        service,
+        code,
+        message,
+    }
 }
 
 /// The error's code and message: as the SDK parsed them, else read from the
@@ -315,16 +319,11 @@ fn service_error(
 
 /// A failure before any service answered: credentials that would not load,
 /// or the endpoint out of reach.
-fn dispatch_error<E, R>(
-    e: aws_smithy_runtime_api::client::result::SdkError<E, R>,
-    service: &'static str,
-    profile: Option<&str>,
-) -> AwsError
+fn dispatch_error<E, R>(e: SdkError<E, R>, service: &'static str, profile: Option<&str>) -> AwsError
 where
     E: std::error::Error + 'static,
     R: std::fmt::Debug + 'static,
 {
-    use aws_smithy_runtime_api::client::result::SdkError;
     // Identity resolution failures arrive wrapped; find the credentials
     // error among the causes.
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
@@ -347,7 +346,6 @@ where
 
 /// `ssm:GetParameter` with decryption, in `region` (else the configured one).
 pub async fn get_parameter(conf: &SdkConfig, name: &str) -> Result<SecretString, AwsError> {
-    use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
     let client = aws_sdk_ssm::Client::new(conf);
     let sent = client
         .get_parameter()
@@ -365,23 +363,6 @@ pub async fn get_parameter(conf: &SdkConfig, name: &str) -> Result<SecretString,
                 code: "no value".into(),
                 message: format!("parameter {name} has no value"),
             }),
-        Err(SdkError::ServiceError(e)) => {
-            let (code, message) = service_error(e.err().code(), e.err().message(), e.raw());
-            Err(AwsError::Service {
-                service: "SSM",
-                code,
-                message,
-            })
-        }
-        // An error body the SDK could not parse (a stand-in's, a proxy's).
-        Err(SdkError::ResponseError(r)) => {
-            let (code, message) = service_error(None, None, r.raw());
-            Err(AwsError::Service {
-                service: "SSM",
-                code,
-                message,
-            })
-        }
-        Err(e) => Err(dispatch_error(e, "SSM", None)),
+        Err(e) => Err(sdk_error(e, "SSM", None)),
     }
 }
