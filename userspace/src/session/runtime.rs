@@ -64,13 +64,14 @@ impl Runtime for Env {
 }
 
 /// For an `aws` grant in credential_process mode: the sandbox's AWS config
-/// file, written at `host_path`, whose profile runs `moat_argv…
-/// __aws-credentials` (the sandbox's way to run this binary); the
+/// file, written at `host_path`, whose profile runs `moat_argv()…
+/// __aws-credentials` (the sandbox's way to run this binary, only asked
+/// when there is such a grant); the
 /// `AWS_CONFIG_FILE` entry pointing at it as the sandbox sees it (`inside`).
 fn aws_config(
     aws: &Option<(String, Option<String>)>,
     proxy: &crate::proxy::Engine,
-    moat_argv: Vec<String>,
+    moat_argv: impl FnOnce() -> Result<Vec<String>>,
     host_path: &std::path::Path,
     inside: &std::path::Path,
 ) -> Result<Option<(OsString, OsString)>> {
@@ -79,7 +80,7 @@ fn aws_config(
         return Ok(None);
     };
     let token = proxy.self_token().expose_secret();
-    let text = crate::aws::process::config_file(&moat_argv, grant, token, region.as_deref());
+    let text = crate::aws::process::config_file(&moat_argv()?, grant, token, region.as_deref());
     if let Some(dir) = host_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -124,7 +125,7 @@ fn docker(
     if let Some(kv) = aws_config(
         &p.aws_process,
         &p.proxy,
-        d::moat_argv()?,
+        || Ok(d::moat_argv()?),
         &home_files.join(".aws/config"),
         &aws_inside,
     )? {
@@ -237,7 +238,7 @@ fn env_mode(home: &MoatHome, p: Prepared, publish: &[(u16, u16)], masked: bool) 
     if let Some(kv) = aws_config(
         &p.aws_process,
         &p.proxy,
-        vec![self_exe()?],
+        || Ok(vec![self_exe()?]),
         &aws_file,
         &aws_file,
     )? {
@@ -302,7 +303,13 @@ fn transparent(
         };
         let aws_host = p.dir.join("aws-config");
         let aws_inside = PathBuf::from(init::HOME_INSIDE).join(".aws/config");
-        if let Some(kv) = aws_config(&p.aws_process, &p.proxy, argv, &aws_host, &aws_inside)? {
+        if let Some(kv) = aws_config(
+            &p.aws_process,
+            &p.proxy,
+            || Ok(argv),
+            &aws_host,
+            &aws_inside,
+        )? {
             env.push(kv);
             files.push((aws_host, aws_inside));
         }
