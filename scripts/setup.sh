@@ -27,6 +27,8 @@ packages=(
   busybox-static   # the userland of the registry-free test image (scripts/test-image.sh)
   keyutils         # keyctl: vm-tests/containment.rs checks the session keyring stays out of reach
   gcc              # builds the escape probes of vm-tests/containment.rs (open_by_handle_at, clone3)
+  openssh-server   # sshd: the real SSH servers of vm-tests/ssh.rs (started by the tests, in their netns)
+  openssh-client   # ssh, ssh-agent, ssh-add, ssh-keygen: the real clients of vm-tests/ssh.rs
 )
 
 missing=()
@@ -37,8 +39,18 @@ if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: installing ${missing[*]}" >&2
+  # No package's service may start on this host (sshd would listen on :22;
+  # the tests start their own servers): policy-rc.d says no while apt runs,
+  # unless the machine already has one.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+  fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$policy" ] || $sudo rm -f "$policy"
 fi
 
 # The AWS stand-in (testkit/src/aws.rs): moto's server, the aws CLI and boto3

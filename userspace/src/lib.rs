@@ -17,4 +17,5 @@ pub mod runs;
 pub mod sandbox;
 pub mod secrets;
 pub mod session;
+pub mod ssh;
 pub mod store;

@@ -9,6 +9,7 @@ mod gemini;
 mod meta;
 mod npm;
 mod oauth;
+pub mod ssh;
 
 use std::io::{IsTerminal, Read};
 
@@ -46,6 +47,8 @@ Examples:
                                          assume the role with the host's AWS credentials; the role is stored, no key
   moat grant aws --role ARN --inject sigv4   the sandbox gets placeholder keys; Moat re-signs its AWS requests
   moat grant mcp context7                stored as mcp-context7
+  moat grant ssh --host github.com       a key of your SSH agent (SSH_AUTH_SOCK) for github.com, stored as ssh:github.com
+  moat grant ssh --host git.corp.test --key SHA256:…   the agent's key with that fingerprint (or comment)
   moat grant github --profile work       into the 'work' profile
   moat grant github --host ghe.corp.test GitHub Enterprise (API at /api/v3), stored as github:ghe.corp.test
   moat grant list --json
@@ -75,9 +78,15 @@ pub struct GrantArgs {
     /// For 'npm': the registry host (or URL) to add or replace; repeated
     /// calls merge into one credential. For 'oauth': a host to inject the
     /// access token on (repeatable). For 'github': a GitHub Enterprise Server
-    /// host (stored as github:HOST)
+    /// host (stored as github:HOST). For 'ssh': the host the key is for
+    /// (stored as ssh:HOST; required)
     #[arg(long, value_name = "HOST")]
     host: Vec<String>,
+    /// For 'ssh': which key of your SSH agent to grant, by fingerprint
+    /// (SHA256:…, as 'ssh-add -l' prints it) or comment (default: the only
+    /// key; with several, a question on the terminal)
+    #[arg(long, value_name = "FINGERPRINT|COMMENT")]
+    key: Option<String>,
     /// For 'oauth': the token endpoint (https://…/token)
     #[arg(long, value_name = "URL")]
     token_url: Option<String>,
@@ -191,8 +200,18 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
         ("github", [_, _, ..]) => {
             bail!("name one GitHub Enterprise host per call: moat grant github --host HOST")
         }
+        ("ssh", [host]) => (
+            provider,
+            CredName::parse(&format!("ssh:{}", ssh::host_name(host)?))?,
+        ),
+        ("ssh", []) => bail!(
+            "moat grant ssh needs the host the key is for: moat grant ssh --host HOST, e.g. moat grant ssh --host github.com"
+        ),
+        ("ssh", _) => bail!(
+            "name one host per call: moat grant ssh --host HOST (grant the same key again for another host)"
+        ),
         (_, [_, ..]) if !matches!(provider.flow, Flow::Npm | Flow::Oauth) => bail!(
-            "--host is for 'moat grant npm', 'moat grant oauth' and 'moat grant github' (Enterprise); 'moat grant {}' does not take it",
+            "--host is for 'moat grant ssh', 'moat grant npm', 'moat grant oauth' and 'moat grant github' (Enterprise); 'moat grant {}' does not take it",
             provider.name
         ),
         _ => (provider, credential_name(provider, args.server.as_deref())?),
@@ -213,10 +232,17 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
             "--role, --region, --session-duration, --external-id, --aws-profile and --inject are for 'moat grant aws'"
         );
     }
+    if args.key.is_some() && provider.flow != Flow::Ssh {
+        bail!("--key is for 'moat grant ssh'");
+    }
     let store = ctx.store()?;
 
     let mut cred = match provider.flow {
         Flow::Aws => aws::obtain(args)?,
+        Flow::Ssh => {
+            let host = name.as_str().strip_prefix("ssh:").unwrap_or_default();
+            ssh::obtain(host, args.key.as_deref())?
+        }
         Flow::Claude => claude::obtain(provider, args)?,
         Flow::Npm => npm::obtain(provider, args, store.get(&name).ok())?,
         Flow::Oauth => oauth::obtain(provider, args)?,
@@ -251,6 +277,8 @@ fn grant(ctx: &Ctx, requested: &str, args: &GrantArgs) -> Result<()> {
         output::json(
             &json!({ "name": name.as_str(), "provider": provider.name, "profile": store.profile().map(|p| p.as_str()), "saved": true }),
         )?;
+    } else if let Some(host) = name.as_str().strip_prefix("ssh:") {
+        outln!("Granted SSH access to {host}")?;
     } else if name.as_str() == provider.name {
         outln!("{} credential saved", provider.title)?;
     } else {

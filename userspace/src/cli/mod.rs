@@ -72,7 +72,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Store a credential, or list what is stored and what can be granted
-    Grant(grant::GrantArgs),
+    Grant(Box<grant::GrantArgs>),
     /// Delete a stored credential
     Revoke(revoke::RevokeArgs),
     /// Run a command in the sandbox: all egress through the injecting proxy
@@ -226,7 +226,7 @@ pub fn main() -> ExitCode {
         other => other,
     };
     let result = match command {
-        Command::Grant(args) => grant::run(&ctx, args),
+        Command::Grant(args) => grant::run(&ctx, *args),
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Proxy(args) => proxy::run(&ctx, args),
         Command::List => runs::list(&ctx),

@@ -9,7 +9,7 @@ use crate::store::CredName;
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  moat revoke github\n  moat revoke github:ghe.corp.test\n  moat revoke mcp-context7 --profile work"
+    after_help = "Examples:\n  moat revoke github\n  moat revoke github:ghe.corp.test\n  moat revoke ssh:github.com\n  moat revoke mcp-context7 --profile work"
 )]
 pub struct RevokeArgs {
     /// Credential to delete (as shown by 'moat grant list')

@@ -121,6 +121,9 @@ pub enum Flow {
     /// AWS: an IAM role assumed through STS (`moat grant aws --role ARN`);
     /// the record holds the role's configuration, never a key.
     Aws,
+    /// SSH: a key of the host's agent for one host (`moat grant ssh --host
+    /// HOST`); the record holds the public key only.
+    Ssh,
     /// A provider-specific flow not in this build yet (the text says what to do).
     Pending(&'static str),
 }

@@ -120,6 +120,9 @@ pub struct Engine {
     guard: Arc<SharedGuard>,
     connections: Arc<tokio::sync::Semaphore>,
     events: std::sync::OnceLock<Events>,
+    /// With `ssh:` grants: where spliced SSH connections' server host keys
+    /// are recorded, for the run's SSH agent (`crate::ssh`).
+    ssh_host_keys: std::sync::OnceLock<Arc<crate::ssh::HostKeys>>,
     /// Authenticates the sandbox to [`selfhost`] (random per engine).
     self_token: secrecy::SecretString,
 }
@@ -151,6 +154,7 @@ impl Engine {
             guard,
             connections,
             events: std::sync::OnceLock::new(),
+            ssh_host_keys: std::sync::OnceLock::new(),
             self_token: random_token(),
         }))
     }
@@ -168,6 +172,12 @@ impl Engine {
     /// are ignored).
     pub fn set_events(&self, events: Events) {
         let _ = self.events.set(events);
+    }
+
+    /// Record the server host key of every spliced SSH connection in
+    /// `keys` (once; later calls are ignored).
+    pub fn watch_ssh(&self, keys: Arc<crate::ssh::HostKeys>) {
+        let _ = self.ssh_host_keys.set(keys);
     }
 
     /// Record `event` in the run's events; `fields` is only built when the

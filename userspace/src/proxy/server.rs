@@ -102,6 +102,7 @@ impl Engine {
                 return;
             }
         };
+        let ssh = buf.starts_with(b"SSH-");
         let stream = Prefixed::new(Bytes::from(buf), stream);
         let host = match &peeked {
             Peeked::Tls { sni: Some(sni), .. } => sni.clone(),
@@ -127,7 +128,7 @@ impl Engine {
             _ => Action::Splice,
         };
         if action == Action::Splice {
-            return self.splice(stream, host, port, tls, http).await;
+            return self.splice(stream, host, port, (tls, http, ssh)).await;
         }
         self.emit(
             "connect",
@@ -243,14 +244,14 @@ impl Engine {
     /// cannot be made, a client speaking HTTP (in the clear, or over TLS that
     /// Moat may terminate) gets Moat's `403`/`502`/`504` saying why instead
     /// of a closed connection; a refusal by the safety guard is recorded as
-    /// a `deny` event, with its reason.
+    /// a `deny` event, with its reason. An SSH client's connection (`ssh`)
+    /// has its server host key recorded when the run has `ssh:` grants.
     async fn splice<S>(
         self: Arc<Self>,
         mut stream: S,
         host: String,
         port: u16,
-        tls: bool,
-        http: bool,
+        (tls, http, ssh): (bool, bool, bool),
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -263,7 +264,14 @@ impl Engine {
                 );
                 tracing::debug!(%host, port, "splicing");
                 let mut upstream = super::upstream::with_idle_timeout(u, self.limits.idle_timeout);
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                match self.ssh_host_keys.get() {
+                    Some(keys) if ssh => {
+                        self.splice_ssh(stream, upstream, &host, keys).await;
+                    }
+                    _ => {
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                    }
+                }
                 return;
             }
             Err(e) => e,
@@ -293,6 +301,57 @@ impl Engine {
         } else {
             let _ = stream.shutdown().await;
         }
+    }
+
+    /// [`Self::splice`] for an SSH connection: the server's bytes pass
+    /// through [`HostKeyWatch`](crate::ssh::wire::HostKeyWatch) until its
+    /// host key is recorded for `host`, before the client gets them (so
+    /// before the client can ask the agent to bind to it).
+    async fn splice_ssh<S, U>(
+        &self,
+        client: S,
+        upstream: U,
+        host: &str,
+        keys: &crate::ssh::HostKeys,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        use crate::ssh::wire::{HostKeyWatch, Watch};
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
+        let up = async {
+            let _ = tokio::io::copy(&mut client_r, &mut up_w).await;
+            let _ = up_w.shutdown().await;
+        };
+        let down = async {
+            let mut watch = HostKeyWatch::new();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match up_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let verdict = watch.feed(&buf[..n]);
+                if let Watch::HostKey(blob) = &verdict
+                    && let Some(print) = keys.record(host, blob)
+                {
+                    self.emit(
+                        "ssh",
+                        || json!({"op": "host-key", "host": host, "host_key": print}),
+                    );
+                }
+                if client_w.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                if verdict != Watch::More {
+                    break;
+                }
+            }
+            let _ = tokio::io::copy(&mut up_r, &mut client_w).await;
+            let _ = client_w.shutdown().await;
+        };
+        tokio::join!(up, down);
     }
 
     /// The next connection within the run's connection limit (over the limit,

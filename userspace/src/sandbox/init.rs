@@ -51,6 +51,10 @@ pub const SANDBOX_ID_BASE: u32 = 0x7ffe_0000;
 const SANDBOX_IDS: u32 = 65536;
 /// The sandbox's fresh HOME.
 pub const HOME_INSIDE: &str = "/tmp/home";
+/// Where the sandbox finds the run's SSH agent (`SSH_AUTH_SOCK`), with
+/// `ssh:` grants: bound by the init in the sandbox's own /tmp, so no other
+/// process of the host can reach it, and served by Moat.
+pub const SSH_AGENT_INSIDE: &str = "/tmp/.moat/ssh/agent.sock";
 
 /// What `moat run` asks of the init (passed as arguments).
 #[derive(Debug, Default)]
@@ -76,6 +80,9 @@ pub struct InitArgs {
     /// The run's cgroup (`--redirect ebpf`): PID 1, and so the command and
     /// everything it starts, is born in it.
     pub cgroup: Option<PathBuf>,
+    /// Bind [`SSH_AGENT_INSIDE`] and pass it to Moat (`'a'` + the listener
+    /// over the sync socket) before waiting for the go.
+    pub ssh_agent: bool,
     pub command: Vec<OsString>,
 }
 
@@ -117,6 +124,11 @@ pub fn main(args: InitArgs) -> ! {
     // The filesystem takes shape while Moat plumbs the network: the
     // command does not exist before `g`, so nothing runs unredirected.
     if let Err(e) = shape_filesystem(&args, userns.as_ref(), &LinuxKernel) {
+        die(&e);
+    }
+    if args.ssh_agent
+        && let Err(e) = ssh_agent_socket(&sync, home_owner(&args, userns.is_some()))
+    {
         die(&e);
     }
     // Blocked before the go: Moat forwards signals to this process from
@@ -232,6 +244,48 @@ fn rootless(sync: &UnixStream, dial: bool) -> Result<(), String> {
     LinuxKernel
         .unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| format!("creating the PID namespace: {e}"))?;
+    Ok(())
+}
+
+/// Bind the run's SSH agent socket at [`SSH_AGENT_INSIDE`] in the fresh
+/// /tmp, for the command's user (`owner`; rootless: this process's) alone,
+/// and send the listener to Moat, which serves it.
+fn ssh_agent_socket(sync: &UnixStream, owner: Option<(u32, u32)>) -> Result<(), String> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use nix::unistd::{Gid, Uid};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let sock = Path::new(SSH_AGENT_INSIDE);
+    let dir = sock.parent().expect("an absolute path");
+    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", dir.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir.parent().expect("under /tmp"))
+        .map_err(|e| fail("creating", e))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail("creating", e))?;
+    let listener = std::os::unix::net::UnixListener::bind(sock)
+        .map_err(|e| format!("binding the SSH agent socket {SSH_AGENT_INSIDE}: {e}"))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail("securing the socket in", e))?;
+    if let Some((uid, gid)) = owner {
+        let ids = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        for path in [sock, dir] {
+            nix::unistd::chown(path, ids.0, ids.1)
+                .map_err(|e| format!("chown {}: {e}", path.display()))?;
+        }
+    }
+    sendmsg::<()>(
+        sync.as_raw_fd(),
+        &[std::io::IoSlice::new(b"a")],
+        &[ControlMessage::ScmRights(&[listener.as_raw_fd()])],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|_| "moat went away before the SSH agent was ready".to_string())?;
     Ok(())
 }
 

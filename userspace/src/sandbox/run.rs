@@ -74,6 +74,9 @@ pub struct RunSpec {
     pub events: Events,
     /// `-p HOSTPORT:PORT`: host 127.0.0.1:HOSTPORT → sandbox 127.0.0.1:PORT.
     pub publish: Vec<(u16, u16)>,
+    /// With `ssh:` grants: the agent served on the socket the init binds
+    /// at [`init::SSH_AGENT_INSIDE`].
+    pub ssh_agent: Option<Arc<crate::ssh::Agent>>,
 }
 
 /// Run the command in the sandbox; its exit code (128+N for signal N).
@@ -116,6 +119,9 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
         }
     } else if let Some((uid, gid)) = spec.run_as {
         cmd.arg("--run-as").arg(format!("{uid}:{gid}"));
+    }
+    if spec.ssh_agent.is_some() {
+        cmd.arg("--ssh-agent");
     }
     // The init forks PID 1 straight into the run's cgroup: the command and
     // everything it starts are born in it (no process is ever moved).
@@ -240,10 +246,42 @@ type Plumbed = (
 /// (proxy listener, DNS UDP, DNS TCP; see `init::rootless`). None if the
 /// init failed (it said why on stderr) or sent something else.
 fn receive_sockets(sync: &UnixStream) -> Option<netns::SandboxNet> {
+    let fds = receive_fds::<3>(sync, b'r')?;
+    let mut fds = fds.into_iter();
+    let (Some(proxy), Some(udp), Some(tcp)) = (fds.next(), fds.next(), fds.next()) else {
+        return None;
+    };
+    let proxy_listener = std::net::TcpListener::from(proxy);
+    let dns_udp = std::net::UdpSocket::from(udp);
+    let dns_tcp = std::net::TcpListener::from(tcp);
+    let proxy_port = proxy_listener.local_addr().ok()?.port();
+    let dns_port = dns_udp.local_addr().ok()?.port();
+    Some(netns::SandboxNet {
+        proxy_listener,
+        dns_udp,
+        dns_tcp,
+        proxy_port,
+        dns_port,
+    })
+}
+
+/// The SSH agent listener the init sends (`'a'` + one descriptor; see
+/// `init::ssh_agent_socket`). None if the init failed (it said why).
+fn receive_agent_socket(sync: &UnixStream) -> Option<std::os::unix::net::UnixListener> {
+    let mut fds = receive_fds::<1>(sync, b'a')?;
+    let listener = std::os::unix::net::UnixListener::from(fds.pop()?);
+    listener.set_nonblocking(true).ok()?;
+    Some(listener)
+}
+
+/// One message from the init on the sync socket: the byte `tag` with
+/// exactly `N` descriptors attached (`SCM_RIGHTS`). None for anything else
+/// (the init failed and said why on stderr).
+fn receive_fds<const N: usize>(sync: &UnixStream, tag: u8) -> Option<Vec<std::os::fd::OwnedFd>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let mut byte = [0u8; 1];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; N]);
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
     let msg = recvmsg::<()>(
         sync.as_raw_fd(),
@@ -262,26 +300,7 @@ fn receive_sockets(sync: &UnixStream) -> Option<netns::SandboxNet> {
             );
         }
     }
-    let got = msg.bytes;
-    if got != 1 || byte[0] != b'r' || fds.len() != 3 {
-        return None;
-    }
-    let mut fds = fds.into_iter();
-    let (Some(proxy), Some(udp), Some(tcp)) = (fds.next(), fds.next(), fds.next()) else {
-        return None;
-    };
-    let proxy_listener = std::net::TcpListener::from(proxy);
-    let dns_udp = std::net::UdpSocket::from(udp);
-    let dns_tcp = std::net::TcpListener::from(tcp);
-    let proxy_port = proxy_listener.local_addr().ok()?.port();
-    let dns_port = dns_udp.local_addr().ok()?.port();
-    Some(netns::SandboxNet {
-        proxy_listener,
-        dns_udp,
-        dns_tcp,
-        proxy_port,
-        dns_port,
-    })
+    (msg.bytes == 1 && byte[0] == tag && fds.len() == N).then_some(fds)
 }
 
 /// Serve the proxy and DNS on the sandbox's sockets, let the init go on,
@@ -302,6 +321,16 @@ fn serve(
         }
     };
     serve_sandbox(&rt, spec.proxy.clone(), net, dst, &spec.events)?;
+    if let Some(agent) = spec.ssh_agent.clone() {
+        let Some(listener) = receive_agent_socket(&ours) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(RunError::InitFailed);
+        };
+        let _rt = rt.enter();
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        rt.spawn(agent.serve(listener));
+    }
     // Ctrl-C reaches the command straight from the terminal; signals other
     // processes send to Moat are passed on (see `signals`). From before the
     // go: `moat stop` may signal as soon as `started` has told it the id.
@@ -499,6 +528,7 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
             "--rootless" => args.rootless = true,
             "--cgroup" => args.cgroup = Some(argv.value(&flag)?.into()),
             "--dial" => args.dial = true,
+            "--ssh-agent" => args.ssh_agent = true,
             "--run-as" => args.run_as = Some(argv.ids(&flag)?),
             _ => return Err(super::argv::unexpected(&flag)),
         }

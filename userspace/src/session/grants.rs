@@ -41,6 +41,8 @@ pub struct Loaded {
     pub grants: Vec<Grant>,
     /// Placeholder config files for the sandbox HOME (`.npmrc`, …).
     pub files: Vec<crate::providers::SandboxFile>,
+    /// `ssh:HOST` grants: served by the run's SSH agent, not the proxy.
+    pub ssh: Vec<crate::ssh::SshGrant>,
 }
 
 /// An MCP server from `moat.yaml`: the credential (`mcp-<name>`) whose token
@@ -62,9 +64,16 @@ pub fn load(
 ) -> Result<Loaded> {
     let mut grants = Vec::new();
     let mut files = Vec::new();
+    let mut ssh = Vec::new();
     for raw in names {
         let name = CredName::parse(raw)?;
         if grants.iter().any(|g: &Grant| g.name == name.as_str()) {
+            continue;
+        }
+        if let Some(host) = name.as_str().strip_prefix("ssh:") {
+            if !ssh.iter().any(|g: &crate::ssh::SshGrant| g.host == host) {
+                ssh.push(ssh_grant(store, &name, host)?);
+            }
             continue;
         }
         let (cred, key) = store.get_with_placeholder_key(&name)?;
@@ -143,7 +152,29 @@ pub fn load(
             aws: None,
         });
     }
-    Ok(Loaded { grants, files })
+    Ok(Loaded { grants, files, ssh })
+}
+
+/// The public key stored as `ssh:HOST`.
+fn ssh_grant(store: &Store, name: &CredName, host: &str) -> Result<crate::ssh::SshGrant> {
+    use secrecy::ExposeSecret;
+    let cred = store.get(name)?;
+    if cred.provider != "ssh" {
+        anyhow::bail!(
+            "credential '{name}' is for provider '{}', not ssh",
+            cred.provider
+        );
+    }
+    let key = ssh_key::PublicKey::from_openssh(cred.token.expose_secret()).map_err(|e| {
+        anyhow!(
+            "credential '{name}' does not hold a readable public key ({e}); run '{}' again",
+            name.regrant_command()
+        )
+    })?;
+    Ok(crate::ssh::SshGrant {
+        host: host.to_owned(),
+        key,
+    })
 }
 
 /// How Moat reaches upstreams: `MOAT_RESOLVE` plus `--resolve` flags (the

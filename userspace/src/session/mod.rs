@@ -80,6 +80,9 @@ pub(crate) struct Prepared {
     /// An `aws` grant in credential_process mode: (grant, region). The
     /// runtime writes the sandbox's AWS config file for it.
     aws_process: Option<(String, Option<String>)>,
+    /// With `ssh:` grants: the run's SSH agent, which the runtime serves on
+    /// a socket only the sandbox reaches, pointing `SSH_AUTH_SOCK` at it.
+    ssh_agent: Option<Arc<crate::ssh::Agent>>,
 }
 
 pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
@@ -174,6 +177,7 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
         args.upstream_ca.as_deref(),
     )?);
     let loaded = grants::load(&store, &registry, &grant_names, &mcp, &aws_upstream)?;
+    let ssh_upstream = ssh_upstream(&loaded.ssh, mode, runtime)?;
     let grants = loaded.grants;
     // Secrets are fetched before anything is created: a failing one leaves no run behind.
     let env_extra = extra_env(&grants, &config, &args.env)?;
@@ -243,6 +247,16 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
     // One proxy for the run, whatever runs the command; its events are the run's.
     let proxy = grants::engine(ca, &grants, upstream, policy)?;
     proxy.set_events(events.clone());
+    let ssh_agent = ssh_upstream.map(|host_agent| {
+        let seen = Arc::new(crate::ssh::HostKeys::default());
+        proxy.watch_ssh(seen.clone());
+        Arc::new(crate::ssh::Agent::new(
+            crate::ssh::by_key(&loaded.ssh),
+            host_agent,
+            seen,
+            events.clone(),
+        ))
+    });
     tracing::debug!("run prepared in {:?}", t0.elapsed());
     let prepared = Prepared {
         id: id.clone(),
@@ -262,6 +276,7 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
             .filter_map(|g| g.aws.as_ref())
             .find(|a| a.inject() == crate::aws::Inject::CredentialProcess)
             .map(|a| (a.grant.clone(), a.role.region.clone())),
+        ssh_agent,
     };
     let trust_files = [prepared.bundle.clone(), prepared.truststore.clone()];
     let home_files_dir = dir.join("home-files");
@@ -290,6 +305,36 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
         Err(e) => events.emit("exit", serde_json::json!({"error": format!("{e:#}")})),
     }
     result
+}
+
+/// With `ssh:` grants, the host's agent the run's agent forwards to
+/// (`SSH_AUTH_SOCK`); refused where Moat cannot see SSH connections.
+fn ssh_upstream(
+    ssh: &[crate::ssh::SshGrant],
+    mode: Mode,
+    runtime: RuntimeKind,
+) -> Result<Option<PathBuf>> {
+    let Some(first) = ssh.first() else {
+        return Ok(None);
+    };
+    if runtime == RuntimeKind::Native && mode == Mode::Env {
+        bail!(
+            "--grant ssh:{} needs the transparent sandbox or --runtime docker: in env mode \
+             SSH connections do not pass through Moat, so its agent could not tell which host \
+             a signature is for",
+            first.host
+        );
+    }
+    let sock = std::env::var_os("SSH_AUTH_SOCK")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--grant ssh:{} needs your SSH agent, and SSH_AUTH_SOCK is not set: start \
+                 ssh-agent and ssh-add your key (under sudo, keep it: sudo --preserve-env=SSH_AUTH_SOCK)",
+                first.host
+            )
+        })?;
+    Ok(Some(PathBuf::from(sock)))
 }
 
 /// The sudo caller's home, when Moat runs under sudo for them.

@@ -131,6 +131,9 @@ fn docker(
     )? {
         env.push(kv);
     }
+    if p.ssh_agent.is_some() {
+        env.push(("SSH_AUTH_SOCK".into(), d::SSH_AGENT_INSIDE.into()));
+    }
     let env = merged(env, p.env_extra);
     let base = config
         .base_image
@@ -183,6 +186,7 @@ fn docker(
             run_dir: p.dir,
             mask: p.masks,
             publish,
+            ssh_agent: p.ssh_agent,
         },
         p.proxy,
     )?;
@@ -317,6 +321,9 @@ fn transparent(
     for (host, rel) in p.home_files {
         files.push((host, PathBuf::from(init::HOME_INSIDE).join(rel)));
     }
+    if p.ssh_agent.is_some() {
+        env.push(("SSH_AUTH_SOCK".into(), init::SSH_AGENT_INSIDE.into()));
+    }
     let env = merged(env, p.env_extra);
     let code = run::run(run::RunSpec {
         id: p.id,
@@ -335,6 +342,7 @@ fn transparent(
         command: p.command,
         events: p.events,
         publish,
+        ssh_agent: p.ssh_agent,
     })?;
     Ok(code)
 }

@@ -50,6 +50,8 @@ pub(super) fn bind(p: &Provider, cred: &Credential) -> Result<Vec<Binding>, Bind
         "npm" => npm::bind(p, cred),
         "oauth" => oauth::bind(p, cred),
         "gemini" => Ok(gemini::bind(p, cred)),
+        // The sandbox's SSH agent serves it (`crate::ssh`), not the proxy.
+        "ssh" => Ok(Vec::new()),
         "github" => match cred.metadata.get(github::ENTERPRISE_HOST) {
             Some(host) => Ok(vec![Binding {
                 provider: github::enterprise(p, host)?,

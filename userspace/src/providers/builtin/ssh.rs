@@ -1,4 +1,6 @@
-//! SSH: an agent proxy that only offers keys mapped to the granted host.
+//! SSH: an agent proxy that only offers keys mapped to the granted host
+//! (the agent: `crate::ssh`; the grant: `cli/grant/ssh.rs`). No HTTP
+//! injection: `bind` gives no bindings.
 
 use super::super::{Flow, Injection, Provider};
 use super::header_provider;
@@ -13,6 +15,6 @@ pub fn provider() -> Provider {
         "",
     );
     p.injection = Injection::Special("SSH agent proxy, keys filtered per host");
-    p.flow = Flow::Pending("'moat grant ssh --host HOST' is not in this build yet");
+    p.flow = Flow::Ssh;
     p
 }

@@ -45,6 +45,22 @@ pub fn run(spec: DockerSpec, proxy: Arc<dyn Front>) -> Result<i32, DockerError> 
     };
     let ctl = spec.run_dir.join("container-ctl");
     let listener = make_ctl_socket(&ctl, spec.user)?;
+    // The agent's socket: the same kind of directory, for the same user.
+    let ssh_dir = ssh_dir(&spec);
+    let agent = match (&spec.ssh_agent, &ssh_dir) {
+        (Some(agent), Some(dir)) => Some((agent.clone(), make_ctl_socket(dir, spec.user)?)),
+        _ => None,
+    };
+    if let Some((agent, listener)) = agent {
+        let _rt = rt.enter();
+        rt.spawn(agent.serve(tokio::net::UnixListener::from_std(listener)?));
+    }
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(&ctl);
+        if let Some(dir) = &ssh_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    };
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
         && nix::unistd::isatty(std::io::stdout()).unwrap_or(false);
     let name = format!("moat-{}", spec.id);
@@ -63,7 +79,7 @@ pub fn run(spec: DockerSpec, proxy: Arc<dyn Front>) -> Result<i32, DockerError> 
     let created = match result {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&ctl);
+            cleanup();
             return Err(e.into());
         }
     };
@@ -85,9 +101,16 @@ pub fn run(spec: DockerSpec, proxy: Arc<dyn Front>) -> Result<i32, DockerError> 
             spec.id
         );
     }
-    let _ = std::fs::remove_dir_all(&ctl);
+    cleanup();
     rt.shutdown_timeout(Duration::from_millis(100));
     outcome
+}
+
+/// The host directory holding the SSH agent's socket, with `ssh:` grants.
+fn ssh_dir(spec: &DockerSpec) -> Option<PathBuf> {
+    spec.ssh_agent
+        .as_ref()
+        .map(|_| spec.run_dir.join("container-ssh"))
 }
 
 /// The control directory holding Moat's control socket `sock`, which only
@@ -195,6 +218,9 @@ pub(super) fn container_body(
     }
     if let Some(h) = &spec.home_files {
         binds.push(format!("{}:{HOME_FILES_INSIDE}:ro", lossy(h)));
+    }
+    if let Some(dir) = ssh_dir(spec) {
+        binds.push(format!("{}:{MOAT_DIR}/ssh:ro", lossy(&dir)));
     }
     // Host directory → where the container sees it.
     let mut shown = vec![(spec.workspace.clone(), PathBuf::from(WORKSPACE_INSIDE))];

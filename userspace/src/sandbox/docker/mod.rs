@@ -58,6 +58,9 @@ pub const LIB_INSIDE: &str = "/.moat/lib";
 /// Moat's control socket (in the bind-mounted control directory): the
 /// entrypoint's go signal, lifeline and exit-code report.
 pub const CTL_INSIDE: &str = "/.moat/ctl/sock";
+/// With `ssh:` grants: the run's SSH agent (`SSH_AUTH_SOCK`), in a
+/// directory of the run's bind-mounted like the control socket's.
+pub const SSH_AGENT_INSIDE: &str = "/.moat/ssh/sock";
 /// Labels on every container Moat creates.
 pub const LABEL_RUN: &str = "io.moat.run";
 pub const LABEL_HOME: &str = "io.moat.home";
@@ -154,4 +157,6 @@ pub struct DockerSpec {
     pub mask: Vec<PathBuf>,
     /// `-p` / `ports:`: host 127.0.0.1:HOSTPORT → container 127.0.0.1:PORT.
     pub publish: Vec<(u16, u16)>,
+    /// With `ssh:` grants: the agent served at [`SSH_AGENT_INSIDE`].
+    pub ssh_agent: Option<std::sync::Arc<crate::ssh::Agent>>,
 }
