@@ -3,11 +3,14 @@
 # registry: a rootfs from this host's files (busybox-static, curl, python3 and
 # their shared libraries, glibc) `docker import`ed. A stand-in `apt-get`
 # records what a generated Dockerfile asks for, so image builds stay offline.
-# Idempotent: nothing is done when the image exists (MOAT_TEST_IMAGE_REBUILD=1
-# forces). Uses DOCKER_HOST as given (scripts/test-dockerd.sh prints one).
+# Idempotent: nothing is done when the image exists and was made by this
+# version of the script (MOAT_TEST_IMAGE_REBUILD=1 forces). Uses DOCKER_HOST
+# as given (scripts/test-dockerd.sh prints one).
 set -euo pipefail
 image=moat-test-base:latest
-if [ -z "${MOAT_TEST_IMAGE_REBUILD:-}" ] && docker image inspect "$image" >/dev/null 2>&1; then
+version=$(sha256sum "$0" | cut -c1-16)
+if [ -z "${MOAT_TEST_IMAGE_REBUILD:-}" ] &&
+  [ "$(docker image inspect --format '{{index .Config.Labels "io.moat.test-image"}}' "$image" 2>/dev/null)" = "$version" ]; then
   exit 0
 fi
 command -v busybox >/dev/null || { echo "test-image: busybox-static missing (scripts/setup.sh installs it)" >&2; exit 1; }
@@ -28,7 +31,9 @@ copy() { # a host file with its directory, following symlinks' targets too
   cp -a "$f" "$root$f"
   if [ -L "$f" ]; then copy "$(readlink -f "$f")"; fi
 }
-bins=(/usr/bin/curl /usr/bin/python3)
+# ssh, ssh-add, ssh-keygen and git (its exec path is /usr/lib/git-core): the
+# clients of vm-tests/ssh.rs.
+bins=(/usr/bin/curl /usr/bin/python3 /usr/bin/ssh /usr/bin/ssh-add /usr/bin/ssh-keygen /usr/bin/git /usr/lib/git-core/git)
 py=$(readlink -f /usr/bin/python3)
 bins+=("$py")
 for b in "${bins[@]}"; do
@@ -54,5 +59,5 @@ APT
 chmod 755 "$root/usr/bin/apt-get"
 tar -C "$root" -cf - . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  --change 'CMD ["/bin/sh"]' - "$image" >/dev/null
+  --change 'CMD ["/bin/sh"]' --change "LABEL io.moat.test-image=$version" - "$image" >/dev/null
 echo "test-image: built $image" >&2

@@ -17,61 +17,7 @@ use common::*;
 use moat_testkit::{Registry, StubServer, TestCa, fake_github_accepting};
 
 const REAL: &str = "ghp_RealTokenInsideNothing0123456789abcd";
-const IMAGE: &str = "moat-test-base:latest";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The socket of the private engine `scripts/test-dockerd.sh` runs.
-const PRIVATE_SOCKET: &str = "/run/moat-test-docker.sock";
-
-extern "C" fn stop_private_engine() {
-    let _ = Command::new(repo().join("scripts/test-dockerd.sh"))
-        .arg("stop")
-        .output();
-}
-
-/// The engine's address: DOCKER_HOST as given, else the private test engine
-/// (started if needed); the test image is made if missing.
-fn docker_host() -> String {
-    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| {
-        let host = match std::env::var("DOCKER_HOST") {
-            Ok(h) => h,
-            Err(_) => {
-                let running = std::path::Path::new(PRIVATE_SOCKET).exists()
-                    && Command::new("docker")
-                        .env("DOCKER_HOST", format!("unix://{PRIVATE_SOCKET}"))
-                        .arg("version")
-                        .output()
-                        .is_ok_and(|o| o.status.success());
-                let out = Command::new(repo().join("scripts/test-dockerd.sh"))
-                    .arg("start")
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "test-dockerd: {}", stderr(&out));
-                if !running {
-                    // Started here: stopped when this test binary exits.
-                    // SAFETY: registers a plain function with the C runtime.
-                    unsafe { nix::libc::atexit(stop_private_engine) };
-                }
-                stdout(&out)
-                    .trim()
-                    .strip_prefix("DOCKER_HOST=")
-                    .unwrap()
-                    .to_owned()
-            }
-        };
-        let out = Command::new(repo().join("scripts/test-image.sh"))
-            .env("DOCKER_HOST", &host)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "test-image: {}", stderr(&out));
-        host
-    })
-    .clone()
-}
+const IMAGE: &str = TEST_IMAGE;
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker")

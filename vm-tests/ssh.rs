@@ -596,6 +596,35 @@ fn ssh_grant_over_nft_and_ebpf_signs_only_for_the_granted_host() {
     check_events(&w);
 }
 
+/// The same in a container (the test image carries ssh, ssh-add and git;
+/// the container's user gets a passwd entry, which ssh needs).
+#[test]
+fn ssh_grant_in_docker_signs_only_for_the_granted_host() {
+    let w = World::start();
+    w.grant("git.test", &w.key1);
+    let ws = w.workspace("ws-docker", Some("/workspace"));
+    fs::write(
+        ws.join("moat.yaml"),
+        format!("runtime: docker\nimage: {TEST_IMAGE}\n"),
+    )
+    .unwrap();
+    let host = docker_host();
+    let mut args = vec!["run", "--grant", "ssh:git.test", "--runtime", "docker"];
+    let ws_arg = ws.display().to_string();
+    let script = script(&w, "/workspace");
+    args.extend([ws_arg.as_str(), "--", "sh", "-c", &script]);
+    let out = w
+        .env
+        .cmd()
+        .envs(w.vars())
+        .env("DOCKER_HOST", host)
+        .args(&args)
+        .output()
+        .unwrap();
+    check_run(&w, &out, "/.moat/ssh/sock");
+    check_events(&w);
+}
+
 /// A crafted agent client (python, the system's `cryptography`) sends
 /// session-binds ssh never would: to a host key no connection was served,
 /// and one whose signature is not the host's. Neither gets key 1 a

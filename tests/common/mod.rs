@@ -519,3 +519,61 @@ pub fn ns_inode(path: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .ino()
 }
+
+/// The image vm-tests run containers from (scripts/test-image.sh).
+pub const TEST_IMAGE: &str = "moat-test-base:latest";
+
+/// The repository's root (scripts live there).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The socket of the private Docker engine `scripts/test-dockerd.sh` runs.
+const PRIVATE_SOCKET: &str = "/run/moat-test-docker.sock";
+
+extern "C" fn stop_private_engine() {
+    let _ = Command::new(repo().join("scripts/test-dockerd.sh"))
+        .arg("stop")
+        .output();
+}
+
+/// The engine's address: DOCKER_HOST as given, else the private test engine
+/// (started if needed); the test image is made if missing.
+pub fn docker_host() -> String {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let host = match std::env::var("DOCKER_HOST") {
+            Ok(h) => h,
+            Err(_) => {
+                let running = Path::new(PRIVATE_SOCKET).exists()
+                    && Command::new("docker")
+                        .env("DOCKER_HOST", format!("unix://{PRIVATE_SOCKET}"))
+                        .arg("version")
+                        .output()
+                        .is_ok_and(|o| o.status.success());
+                let out = Command::new(repo().join("scripts/test-dockerd.sh"))
+                    .arg("start")
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "test-dockerd: {}", stderr(&out));
+                if !running {
+                    // Started here: stopped when this test binary exits.
+                    // SAFETY: registers a plain function with the C runtime.
+                    unsafe { nix::libc::atexit(stop_private_engine) };
+                }
+                stdout(&out)
+                    .trim()
+                    .strip_prefix("DOCKER_HOST=")
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let out = Command::new(repo().join("scripts/test-image.sh"))
+            .env("DOCKER_HOST", &host)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "test-image: {}", stderr(&out));
+        host
+    })
+    .clone()
+}

@@ -83,6 +83,9 @@ pub fn run(spec: DockerSpec, proxy: Arc<dyn Front>) -> Result<i32, DockerError> 
             return Err(e.into());
         }
     };
+    if spec.user.0 != 0 {
+        rt.block_on(super::passwd::ensure(&docker, &name, spec.user));
+    }
     spec.events.emit(
         "container",
         serde_json::json!({"name": name, "id": created.id, "image": image, "tty": tty}),

@@ -43,6 +43,7 @@ use crate::events::Events;
 mod container;
 mod engine;
 mod entrypoint;
+mod passwd;
 mod tty;
 
 pub use container::{host_loader, moat_argv, run};
