@@ -472,6 +472,7 @@ fn script(w: &World, cfg: &str) -> String {
     format!(
         "set -u\n\
          echo \"sock=$SSH_AUTH_SOCK\"\n\
+         echo \"socket-mode=$(stat -c %a:%u \"$SSH_AUTH_SOCK\") me=600:$(id -u)\"\n\
          {ssh} git@git.test 'echo login-ok' || echo login-failed\n\
          GIT_SSH_COMMAND='{ssh}' git clone -q git@git.test:repo.git clone && cat clone/README || echo clone-failed\n\
          echo listed; ssh-add -L; echo end-listed\n\
@@ -492,6 +493,16 @@ fn check_run(w: &World, out: &Output, sock: &str) {
     let all = format!("{text}\nstderr: {}\nsshd:\n{}", stderr(out), w.sshd_log());
     assert!(out.status.success(), "{all}");
     assert!(text.contains(&format!("sock={sock}")), "{all}");
+    // Only the command's user may connect.
+    let modes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("socket-mode="))
+        .unwrap_or_default();
+    let (mode, me) = modes.split_once(" me=").unwrap_or_default();
+    assert!(
+        !mode.is_empty() && mode == me,
+        "socket mode and owner: {all}"
+    );
     assert!(text.contains("login-ok"), "ssh git.test: {all}");
     assert!(
         text.contains("cloned through moat's ssh agent"),
@@ -834,6 +845,31 @@ fn grant_errors_say_what_to_do() {
         stderr(&run).contains("SSH_AUTH_SOCK is not set"),
         "{}",
         stderr(&run)
+    );
+    // A granted key missing from the agent: the run starts, and says so.
+    sh(Command::new("ssh-add")
+        .arg("-d")
+        .arg(k2.path.with_extension("pub"))
+        .env("SSH_AUTH_SOCK", &sock));
+    let missing = env.run(
+        &[
+            "run",
+            "--grant",
+            "ssh:git.test",
+            ws.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        &[("SSH_AUTH_SOCK", &sock)],
+    );
+    ok(&missing);
+    assert!(
+        stderr(&missing).contains(&format!(
+            "the key granted for git.test ({}) is not in your SSH agent",
+            k2.fingerprint()
+        )),
+        "{}",
+        stderr(&missing)
     );
     ok(&env.run(&["revoke", "ssh:git.test"], &[]));
     assert!(!stdout(&env.run(&["grant", "list"], &[])).contains("ssh:git.test"));

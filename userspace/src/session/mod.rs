@@ -248,10 +248,14 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
     let proxy = grants::engine(ca, &grants, upstream, policy)?;
     proxy.set_events(events.clone());
     let ssh_agent = ssh_upstream.map(|host_agent| {
+        let keys = crate::ssh::by_key(&loaded.ssh);
+        for problem in crate::ssh::agent::host_agent_problems(&host_agent, &keys) {
+            eprintln!("moat: {problem}");
+        }
         let seen = Arc::new(crate::ssh::HostKeys::default());
         proxy.watch_ssh(seen.clone());
         Arc::new(crate::ssh::Agent::new(
-            crate::ssh::by_key(&loaded.ssh),
+            keys,
             host_agent,
             seen,
             events.clone(),

@@ -163,6 +163,41 @@ pub fn bind(current: &Binding, ext: &Extension) -> Result<Binding, &'static str>
     })
 }
 
+/// What is wrong with the host's agent for these grants, as lines to show
+/// before the run starts: it does not answer, or lacks a granted key.
+pub fn host_agent_problems(upstream: &std::path::Path, keys: &[KeyGrant]) -> Vec<String> {
+    let listed = std::os::unix::net::UnixStream::connect(upstream)
+        .and_then(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            Ok(s)
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            ssh_agent_lib::blocking::Client::new(s)
+                .request_identities()
+                .map_err(|e| e.to_string())
+        });
+    let held = match listed {
+        Ok(ids) => ids,
+        Err(e) => {
+            return vec![format!(
+                "your SSH agent ({}) does not answer ({e}): SSH logins from the sandbox will fail",
+                upstream.display()
+            )];
+        }
+    };
+    keys.iter()
+        .filter(|k| !held.iter().any(|id| *id.credential.key_data() == k.key))
+        .map(|k| {
+            format!(
+                "the key granted for {} ({}) is not in your SSH agent: ssh-add it, or logins there will fail",
+                k.hosts.join(", "),
+                k.fingerprint
+            )
+        })
+        .collect()
+}
+
 /// The agent a run's sandbox talks to.
 pub struct Agent {
     keys: Vec<KeyGrant>,
