@@ -2,6 +2,7 @@
 //! benchmarks: a throwaway CA and HTTPS servers on 127.0.0.1 that record what
 //! they receive. Nothing here ever reaches beyond loopback.
 
+pub mod agents;
 pub mod apis;
 pub mod aws;
 

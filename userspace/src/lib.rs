@@ -5,6 +5,7 @@
 //! modules that know nothing of sockets or namespaces and is unit-tested
 //! without privileges.
 
+pub mod agents;
 pub mod aws;
 pub mod cli;
 pub mod config;

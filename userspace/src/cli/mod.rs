@@ -6,6 +6,7 @@
 
 #![deny(clippy::print_stdout)]
 
+mod agent;
 pub(crate) mod config_trust;
 mod detach;
 mod doctor;
@@ -77,6 +78,15 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Run a command in the sandbox: all egress through the injecting proxy
     Run(run::RunArgs),
+    /// Run Claude Code in the sandbox (installed on first use; 'claude' grant, else 'anthropic')
+    #[command(after_help = agent::AGENT_HELP)]
+    Claude(agent::AgentArgs),
+    /// Run OpenAI's Codex CLI in the sandbox (installed on first use; 'openai' grant)
+    #[command(after_help = agent::AGENT_HELP)]
+    Codex(agent::AgentArgs),
+    /// Run Google's Gemini CLI in the sandbox (installed on first use; 'gemini' grant)
+    #[command(after_help = agent::AGENT_HELP)]
+    Gemini(agent::AgentArgs),
     /// List runs (running, exited, stopped, killed) with their exit codes
     List,
     /// Print a detached run's output (-f: follow it until the run ends)
@@ -212,8 +222,16 @@ pub fn main() -> ExitCode {
             };
         }
         // Exit codes as docker run: the command's, or 125 when Moat fails.
-        Command::Run(args) => {
-            return match run::run(&ctx, args) {
+        run @ (Command::Run(_) | Command::Claude(_) | Command::Codex(_) | Command::Gemini(_)) => {
+            use crate::agents::Agent;
+            let result = match run {
+                Command::Run(args) => run::run(&ctx, args),
+                Command::Claude(args) => agent::run(&ctx, Agent::Claude, args),
+                Command::Codex(args) => agent::run(&ctx, Agent::Codex, args),
+                Command::Gemini(args) => agent::run(&ctx, Agent::Gemini, args),
+                _ => unreachable!("matched above"),
+            };
+            return match result {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 // `moat run -d … | true`: the run started; only its id went unread.
                 Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
@@ -247,6 +265,9 @@ pub fn main() -> ExitCode {
             crate::store::keyring::helper_main(&op).context("keychain helper")
         }
         Command::Run(_)
+        | Command::Claude(_)
+        | Command::Codex(_)
+        | Command::Gemini(_)
         | Command::AwsCredentials { .. }
         | Command::SandboxInit { .. }
         | Command::EnvInit { .. }

@@ -110,10 +110,12 @@ pub struct RunArgs {
 }
 
 pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
-    let store = || ctx.store();
-    let registry = || ctx.registry();
-    let detach = |home: &crate::home::MoatHome| super::detach::start(ctx, home);
-    let request = session::Request {
+    start(ctx, request(args))
+}
+
+/// What `moat run`'s flags ask for.
+pub fn request(args: RunArgs) -> session::Request {
+    session::Request {
         dir: args.dir,
         grants: args.grants,
         env: args.env,
@@ -129,7 +131,15 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<i32> {
         resolve: args.resolve,
         upstream_ca: args.upstream_ca,
         command: args.command,
-    };
+        extras: session::Extras::default(),
+    }
+}
+
+/// Run `request` (for `moat run` and the agent commands).
+pub fn start(ctx: &Ctx, request: session::Request) -> Result<i32> {
+    let store = || ctx.store();
+    let registry = || ctx.registry();
+    let detach = |home: &crate::home::MoatHome| super::detach::start(ctx, home);
     session::run(
         request,
         session::Sources {

@@ -69,6 +69,19 @@ pub struct Config {
     /// `ports:` published on the host's 127.0.0.1, as `-p` (HOSTPORT, PORT).
     pub ports: Vec<(u16, u16)>,
     pub container: ContainerLimits,
+    /// `agent:` defaults of `moat claude|codex|gemini`, by agent name.
+    pub agent: BTreeMap<String, AgentDefaults>,
+}
+
+/// `agent: {claude: {version: 2.1.197, args: [--model, sonnet]}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDefaults {
+    /// The CLI version (`--agent-version` wins).
+    pub version: Option<String>,
+    /// Arguments put before the command line's agent arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// `mounts: - src:dst[:ro]` (src relative to the workspace unless absolute).
@@ -198,6 +211,8 @@ struct Doc {
     #[serde(default)]
     ports: Vec<Scalar>,
     container: Option<ContainerDoc>,
+    #[serde(default)]
+    agent: BTreeMap<String, AgentDefaults>,
 }
 
 #[derive(Deserialize)]
@@ -431,7 +446,18 @@ impl Config {
                 container.cpus = Some(cpus);
             }
         }
+        if let Some(name) = doc
+            .agent
+            .keys()
+            .find(|k| !matches!(k.as_str(), "claude" | "codex" | "gemini"))
+        {
+            return Err(at(
+                &format!("{name}:"),
+                format!("agent: '{name}' is not an agent (claude, codex or gemini)"),
+            ));
+        }
         Ok(Config {
+            agent: doc.agent,
             runtime: doc.runtime,
             image: doc.image,
             base_image: doc.base_image,

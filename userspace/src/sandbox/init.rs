@@ -80,6 +80,10 @@ pub struct InitArgs {
     /// The run's cgroup (`--redirect ebpf`): PID 1, and so the command and
     /// everything it starts, is born in it.
     pub cgroup: Option<PathBuf>,
+    /// Host directories attached inside, under /tmp (`moat claude`'s
+    /// install and state): (host, inside, read-only). Opened before
+    /// anything is mounted, like the workspace, and id-mapped with it.
+    pub dirs: Vec<(PathBuf, PathBuf, bool)>,
     /// Bind [`SSH_AGENT_INSIDE`] and pass it to Moat (`'a'` + the listener
     /// over the sync socket) before waiting for the go.
     pub ssh_agent: bool,
@@ -435,6 +439,15 @@ pub enum MountOp {
     /// again at `path` (id-mapped to the command's user namespace if
     /// `idmap`).
     Workspace { path: PathBuf, idmap: bool },
+    /// Extra directory `index` of [`InitArgs::dirs`], opened like the
+    /// workspace, attached at `path` (id-mapped if `idmap`, read-only if
+    /// `read_only`).
+    Dir {
+        index: usize,
+        path: PathBuf,
+        idmap: bool,
+        read_only: bool,
+    },
     /// A fresh /proc (nosuid, nodev, noexec), in PID 1.
     Proc,
     /// `mkdir` (`-p` if `parents`).
@@ -741,6 +754,16 @@ pub fn mount_plan(args: &InitArgs, host: &Host, probe: &dyn Probe, userns: bool)
         view.make(&args.workspace, Kind::Dir, true);
         view.mount(&args.workspace, false);
     }
+    for (index, (_, inside, read_only)) in args.dirs.iter().enumerate() {
+        plan.push(Dir {
+            index,
+            path: inside.clone(),
+            idmap: userns,
+            read_only: *read_only,
+        });
+        view.make(inside, Kind::Dir, true);
+        view.mount(inside, false);
+    }
 
     // Every mask that is reachable now, covered with an empty, read-only
     // directory or file (both on one read-only tmpfs, made and detached
@@ -799,6 +822,8 @@ struct Exec<'a> {
     kernel: &'a dyn Kernel,
     /// The workspace, opened before anything was mounted.
     workspace: Option<BorrowedFd<'a>>,
+    /// [`InitArgs::dirs`], opened before anything was mounted.
+    dirs: Vec<BorrowedFd<'a>>,
     /// The command's user namespace, for the id-mapped workspace.
     userns: Option<BorrowedFd<'a>>,
 }
@@ -871,7 +896,30 @@ impl Exec<'_> {
             MountOp::DetachMasks { scratch } => {
                 k.umount_detach(scratch).map_err(|e| format!("masks: {e}"))
             }
-            MountOp::Workspace { path, idmap } => self.workspace(path, *idmap),
+            MountOp::Workspace { path, idmap } => {
+                let ws = self
+                    .workspace
+                    .ok_or("mounting the workspace: it was not opened")?;
+                self.attach(ws, path, *idmap, "the workspace")
+            }
+            MountOp::Dir {
+                index,
+                path,
+                idmap,
+                read_only,
+            } => {
+                let what = format!("{}", path.display());
+                let dir = *self
+                    .dirs
+                    .get(*index)
+                    .ok_or_else(|| format!("mounting {what}: it was not opened"))?;
+                self.attach(dir, path, *idmap, &what)?;
+                if *read_only {
+                    k.remount_read_only(path)
+                        .map_err(|e| format!("making {what} read-only: {e}"))?;
+                }
+                Ok(())
+            }
             MountOp::Proc => k
                 .mount(
                     Some(Path::new("proc")),
@@ -903,23 +951,29 @@ impl Exec<'_> {
         }
     }
 
-    fn workspace(&self, path: &Path, idmap: bool) -> Result<(), String> {
+    /// The directory opened as `dir` attached again at `path` (id-mapped
+    /// to the command's user namespace if `idmap`); `what` names it in
+    /// errors.
+    fn attach(
+        &self,
+        dir: BorrowedFd<'_>,
+        path: &Path,
+        idmap: bool,
+        what: &str,
+    ) -> Result<(), String> {
         let k = self.kernel;
-        let ws = self
-            .workspace
-            .ok_or("mounting the workspace: it was not opened")?;
         k.create_dir(path, true)
-            .map_err(|e| format!("re-creating the workspace mount point: {e}"))?;
+            .map_err(|e| format!("re-creating the mount point of {what}: {e}"))?;
         let tree = k
-            .clone_tree(ws)
-            .map_err(|e| format!("copying the workspace mount: {e}"))?;
+            .clone_tree(dir)
+            .map_err(|e| format!("copying the mount of {what}: {e}"))?;
         if idmap {
             let userns = self
                 .userns
-                .ok_or("id-mapping the workspace: no user namespace")?;
+                .ok_or_else(|| format!("id-mapping {what}: no user namespace"))?;
             k.idmap(tree.as_fd(), userns).map_err(|e| {
                 format!(
-                    "id-mapping the workspace {} ({e}): its filesystem does not support \
+                    "id-mapping {what} {} ({e}): its filesystem does not support \
                      id-mapped mounts. Run Moat as the workspace's owner (rootless), or \
                      with sudo from that user",
                     path.display()
@@ -927,7 +981,7 @@ impl Exec<'_> {
             })?;
         }
         k.move_mount_onto(tree.as_fd(), path)
-            .map_err(|e| format!("mounting the workspace: {e}"))
+            .map_err(|e| format!("mounting {what}: {e}"))
     }
 }
 
@@ -941,6 +995,13 @@ fn shape_filesystem(
 ) -> Result<(), String> {
     let ws = std::fs::File::open(&args.workspace)
         .map_err(|e| format!("opening the workspace {}: {e}", args.workspace.display()))?;
+    let dirs = args
+        .dirs
+        .iter()
+        .map(|(host, _, _)| {
+            std::fs::File::open(host).map_err(|e| format!("opening {}: {e}", host.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     // Read before /tmp is replaced: the host files may live under /tmp.
     let files = args
         .files
@@ -964,6 +1025,7 @@ fn shape_filesystem(
     Exec {
         kernel,
         workspace: Some(ws.as_fd()),
+        dirs: dirs.iter().map(|d| d.as_fd()).collect(),
         userns: userns.map(|u| u.as_fd()),
     }
     .all(&plan)
@@ -1060,6 +1122,7 @@ fn pid1(args: &InitArgs, set: &SigSet, parent_alive: OwnedFd, userns: Option<Own
     let exec = Exec {
         kernel: &LinuxKernel,
         workspace: None,
+        dirs: Vec::new(),
         userns: None,
     };
     if let Err(e) = exec.run(&MountOp::Proc) {
@@ -1413,6 +1476,26 @@ mod tests {
     }
 
     #[test]
+    fn extra_dirs_are_attached_under_the_fresh_tmp_id_mapped_with_the_workspace() {
+        let mut a = args("/srv/p");
+        a.dirs = vec![
+            ("/h/agent".into(), "/tmp/.moat/agent".into(), true),
+            ("/h/state".into(), "/tmp/home/.claude".into(), false),
+        ];
+        let plan = plan(&a, true);
+        let dir = |index, path: &str, read_only| MountOp::Dir {
+            index,
+            path: path.into(),
+            idmap: true,
+            read_only,
+        };
+        let agent = at(&plan, &dir(0, "/tmp/.moat/agent", true));
+        let state = at(&plan, &dir(1, "/tmp/home/.claude", false));
+        assert!(at(&plan, &tmpfs("/tmp", "mode=1777")) < agent && agent < state);
+        assert!(at(&plan, &workspace("/srv/p", true)) < agent, "{plan:#?}");
+    }
+
+    #[test]
     fn the_hidden_directories_are_covered_then_sealed_last() {
         let plan = plan(&args("/srv/p"), false);
         let covered: Vec<&Path> = plan
@@ -1631,6 +1714,7 @@ mod tests {
         Exec {
             kernel,
             workspace: Some(dir.as_fd()),
+            dirs: Vec::new(),
             userns: userns.then(|| dir.as_fd()),
         }
         .all(plan)
@@ -1672,7 +1756,7 @@ mod tests {
             ("/sys", "making /sys read-only: "),
             ("/sys/fs/cgroup", "making /sys/fs/cgroup read-only: "),
             ("/tmp/.moat-dev", "/tmp/.moat-dev: "),
-            ("/home/u", "re-creating the workspace mount point: "),
+            ("/home/u", "re-creating the mount point of the workspace: "),
         ] {
             let kernel = RecordingKernel::failing(move |c| c.path() == Some(Path::new(path)));
             let err = execute(&kernel, &plan, true).unwrap_err();

@@ -77,6 +77,8 @@ pub struct RunSpec {
     /// With `ssh:` grants: the agent served on the socket the init binds
     /// at [`init::SSH_AGENT_INSIDE`].
     pub ssh_agent: Option<Arc<crate::ssh::Agent>>,
+    /// Host directories attached inside under /tmp: (host, inside, read-only).
+    pub dirs: Vec<(PathBuf, PathBuf, bool)>,
 }
 
 /// Run the command in the sandbox; its exit code (128+N for signal N).
@@ -122,6 +124,12 @@ pub fn run(spec: RunSpec) -> Result<i32, RunError> {
     }
     if spec.ssh_agent.is_some() {
         cmd.arg("--ssh-agent");
+    }
+    for (host, inside, read_only) in &spec.dirs {
+        cmd.arg("--dir")
+            .arg(host)
+            .arg(inside)
+            .arg(if *read_only { "ro" } else { "rw" });
     }
     // The init forks PID 1 straight into the run's cgroup: the command and
     // everything it starts are born in it (no process is ever moved).
@@ -529,6 +537,16 @@ pub fn parse_init_args(raw: Vec<OsString>) -> Result<init::InitArgs, String> {
             "--cgroup" => args.cgroup = Some(argv.value(&flag)?.into()),
             "--dial" => args.dial = true,
             "--ssh-agent" => args.ssh_agent = true,
+            "--dir" => {
+                let host = argv.value(&flag)?.into();
+                let inside = argv.value(&flag)?.into();
+                let read_only = match argv.value(&flag)?.to_str() {
+                    Some("ro") => true,
+                    Some("rw") => false,
+                    _ => return Err("--dir HOST INSIDE takes ro or rw last".into()),
+                };
+                args.dirs.push((host, inside, read_only));
+            }
             "--run-as" => args.run_as = Some(argv.ids(&flag)?),
             _ => return Err(super::argv::unexpected(&flag)),
         }
@@ -568,6 +586,35 @@ mod tests {
             args(&["--workspace", "/w", "--rootless"]).is_err(),
             "no command"
         );
+    }
+
+    #[test]
+    fn init_args_carry_extra_dirs_and_the_agent_socket() {
+        let a = args(&[
+            "--workspace",
+            "/w",
+            "--dir",
+            "/h/agent",
+            "/tmp/.moat/agent",
+            "ro",
+            "--dir",
+            "/h/state",
+            "/tmp/home/.claude",
+            "rw",
+            "--ssh-agent",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert!(a.ssh_agent);
+        assert_eq!(
+            a.dirs,
+            [
+                ("/h/agent".into(), "/tmp/.moat/agent".into(), true),
+                ("/h/state".into(), "/tmp/home/.claude".into(), false),
+            ]
+        );
+        assert!(args(&["--workspace", "/w", "--dir", "/a", "/b", "x", "--", "t"]).is_err());
     }
 
     #[test]

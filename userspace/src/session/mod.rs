@@ -43,6 +43,18 @@ pub struct Request {
     pub resolve: Vec<String>,
     pub upstream_ca: Option<PathBuf>,
     pub command: Vec<OsString>,
+    /// What a command like `moat claude` adds (`cli/agent.rs`).
+    pub extras: Extras,
+}
+
+/// What a run started by `moat claude|codex|gemini` adds to `moat run`.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Environment for the command (moat.yaml's `env:` and `-e` win).
+    pub env: Vec<(String, String)>,
+    /// Host directories the sandbox shows: (host, absolute path inside,
+    /// read-only). Under /tmp (native) or anywhere (Docker); not in env mode.
+    pub dirs: Vec<(PathBuf, PathBuf, bool)>,
 }
 
 /// Where a run gets what it does not own.
@@ -83,6 +95,8 @@ pub(crate) struct Prepared {
     /// With `ssh:` grants: the run's SSH agent, which the runtime serves on
     /// a socket only the sandbox reaches, pointing `SSH_AUTH_SOCK` at it.
     ssh_agent: Option<Arc<crate::ssh::Agent>>,
+    /// [`Extras::dirs`].
+    dirs: Vec<(PathBuf, PathBuf, bool)>,
 }
 
 pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
@@ -145,6 +159,12 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
             eprintln!("moat: {note}");
         }
     }
+    if runtime == RuntimeKind::Native && mode == Mode::Env && !args.extras.dirs.is_empty() {
+        bail!(
+            "this command needs the transparent sandbox or --runtime docker (env mode cannot \
+             show the agent's install and state directories)"
+        );
+    }
     if runtime == RuntimeKind::Native && !config.mounts.is_empty() {
         bail!(
             "moat.yaml mounts: need --runtime docker (native runs see the host's directories \
@@ -180,7 +200,7 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
     let ssh_upstream = ssh_upstream(&loaded.ssh, mode, runtime)?;
     let grants = loaded.grants;
     // Secrets are fetched before anything is created: a failing one leaves no run behind.
-    let env_extra = extra_env(&grants, &config, &args.env)?;
+    let env_extra = extra_env(&grants, &args.extras.env, &config, &args.env)?;
     let ca = Arc::new(MoatCa::load_or_create(&home)?);
 
     // A fresh run directory, or the one `moat run -d` made for this run.
@@ -281,6 +301,7 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
             .find(|a| a.inject() == crate::aws::Inject::CredentialProcess)
             .map(|a| (a.grant.clone(), a.role.region.clone())),
         ssh_agent,
+        dirs: args.extras.dirs,
     };
     let trust_files = [prepared.bundle.clone(), prepared.truststore.clone()];
     let home_files_dir = dir.join("home-files");
@@ -409,10 +430,12 @@ fn write_trust_files(
 }
 
 /// The variables a run adds to the base environment, later ones winning:
-/// each grant's placeholder, moat.yaml `env:`, moat.yaml `secrets:` (fetched
-/// now: op://, ssm://, env://), then `-e KEY=VALUE`.
+/// each grant's placeholder, the command's own (`moat claude`'s), moat.yaml
+/// `env:`, moat.yaml `secrets:` (fetched now: op://, ssm://, env://), then
+/// `-e KEY=VALUE`.
 fn extra_env(
     grants: &[crate::proxy::Grant],
+    command_env: &[(String, String)],
     config: &Config,
     flags: &[String],
 ) -> Result<Vec<(OsString, OsString)>> {
@@ -425,7 +448,7 @@ fn extra_env(
     if let Some(aws) = grants.iter().find_map(|g| g.aws.as_ref()) {
         env.extend(aws_env(aws).into_iter().map(|(k, v)| (k.into(), v.into())));
     }
-    for (k, v) in &config.env {
+    for (k, v) in command_env.iter().chain(&config.env) {
         env.push((k.into(), v.into()));
     }
     for (k, r) in &config.secrets {

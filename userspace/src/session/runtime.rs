@@ -175,6 +175,7 @@ fn docker(
             keep,
             workspace: p.workspace,
             mounts: config.mounts.clone(),
+            dirs: p.dirs,
             limits: config.container.clone(),
             env,
             user,
@@ -343,6 +344,7 @@ fn transparent(
         events: p.events,
         publish,
         ssh_agent: p.ssh_agent,
+        dirs: p.dirs,
     })?;
     Ok(code)
 }

@@ -158,6 +158,7 @@ impl Views {
         for m in &spec.mounts {
             sources.push(std::fs::canonicalize(&m.src)?);
         }
+        sources.extend(spec.dirs.iter().map(|(src, _, _)| src.clone()));
         for (i, src) in sources.into_iter().enumerate() {
             if views.at.iter().any(|(s, _)| *s == src) || !src.is_dir() {
                 continue;
@@ -224,6 +225,14 @@ pub(super) fn container_body(
     }
     if let Some(dir) = ssh_dir(spec) {
         binds.push(format!("{}:{MOAT_DIR}/ssh:ro", lossy(&dir)));
+    }
+    for (src, dst, read_only) in &spec.dirs {
+        binds.push(format!(
+            "{}:{}{}",
+            lossy(views.of(src)),
+            lossy(dst),
+            if *read_only { ":ro" } else { "" }
+        ));
     }
     // Host directory → where the container sees it.
     let mut shown = vec![(spec.workspace.clone(), PathBuf::from(WORKSPACE_INSIDE))];

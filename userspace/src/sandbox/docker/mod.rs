@@ -158,6 +158,10 @@ pub struct DockerSpec {
     pub mask: Vec<PathBuf>,
     /// `-p` / `ports:`: host 127.0.0.1:HOSTPORT → container 127.0.0.1:PORT.
     pub publish: Vec<(u16, u16)>,
+    /// Moat's own directories bound in (`moat claude`'s install and state):
+    /// (host, inside, read-only). Unlike `mounts`, they may lie in
+    /// `$MOAT_HOME`, whose mask covers the rest.
+    pub dirs: Vec<(PathBuf, PathBuf, bool)>,
     /// With `ssh:` grants: the agent served at [`SSH_AGENT_INSIDE`].
     pub ssh_agent: Option<std::sync::Arc<crate::ssh::Agent>>,
 }
