@@ -79,4 +79,33 @@ if ! { cmp -s "$pins" "$venv/.moat-pins" \
   cp "$pins" "$venv/.moat-pins"
 fi
 
+# The agent CLIs of vm-tests/agents.rs (the real npm packages, pinned by
+# scripts/agent-packages.txt) in an npm cache of their own, so the tests'
+# `moat claude|codex|gemini` install them with npm offline (npm_config_offline)
+# and nothing in a test reaches the registry. Skipped when the cache was
+# filled from the same pins.
+cache="${MOAT_AGENT_NPM_CACHE:-/opt/moat-npm-cache}"
+agent_pins="$(dirname "$0")/agent-packages.txt"
+if ! cmp -s "$agent_pins" "$cache/.moat-pins"; then
+  if ! command -v npm >/dev/null; then
+    # Debian's nodejs comes without npm; a NodeSource nodejs has its own.
+    echo "setup: installing nodejs and npm" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "setup: caching the agent CLIs' npm packages in $cache" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo mkdir -p "$cache"
+  $sudo chown "$(id -u):$(id -g)" "$cache"
+  scratch=$(mktemp -d)
+  grep -v '^#' "$agent_pins" | while read -r spec; do
+    [ -n "$spec" ] || continue
+    npm install --no-audit --no-fund --loglevel=error --cache "$cache" --prefix "$scratch/$spec" "$spec" >/dev/null
+  done
+  rm -rf "$scratch"
+  cp "$agent_pins" "$cache/.moat-pins"
+fi
+
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }

@@ -491,9 +491,9 @@ fn openai_response(seen: &Seen, reply: &str) -> Reply {
 ///   "role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":…,
 ///   "modelVersion":M}`;
 /// - `POST …:generateContent`: the same response as JSON (when the request
-///   asks for `responseMimeType: application/json`, the reply is wrapped as a
-///   JSON object so the CLI's side calls — routing, next-speaker checks —
-///   parse it);
+///   asks for `responseMimeType: application/json`, an object fitting its
+///   `responseJsonSchema`, so the CLI's side calls — the model router's
+///   complexity score, next-speaker checks — parse it);
 /// - `POST …:countTokens`: `{"totalTokens":N}`; `POST …:embedContent` /
 ///   `:batchEmbedContents`: a small embedding;
 /// - `GET /v1beta/models[/M]`: one model;
@@ -571,6 +571,42 @@ pub fn fake_gemini(real_key: &str, reply: &str) -> Handler {
     })
 }
 
+/// A value of the JSON schema `schema` (OpenAPI-style `type` names, either
+/// case): strings are `reply`, numbers 1, booleans false, the first `enum`
+/// value when there is one; objects get every property.
+fn fit_schema(schema: &Value, reply: &str) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return first.clone();
+    }
+    let kind = schema["type"]
+        .as_str()
+        .or_else(|| schema["type"].as_array().and_then(|t| t.first()?.as_str()))
+        .unwrap_or(if schema["properties"].is_object() {
+            "object"
+        } else {
+            "string"
+        })
+        .to_ascii_lowercase();
+    match kind.as_str() {
+        "object" => Value::Object(
+            schema["properties"]
+                .as_object()
+                .map(|props| {
+                    props
+                        .iter()
+                        .map(|(k, v)| (k.clone(), fit_schema(v, reply)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        "array" => json!([]),
+        "integer" | "number" => json!(1),
+        "boolean" => json!(false),
+        "null" => Value::Null,
+        _ => json!(reply),
+    }
+}
+
 fn google_error(code: u16, status: &str, message: &str) -> Reply {
     (
         code,
@@ -592,12 +628,16 @@ fn gemini_model(id: &str) -> Value {
 fn gemini_response(seen: &Seen, model: &str, reply: &str) -> Value {
     let req = body_json(seen);
     let config = &req["generationConfig"];
-    let wants_json = config["responseMimeType"].as_str() == Some("application/json")
-        || req["config"]["responseMimeType"].as_str() == Some("application/json");
+    let wants_json = config["responseMimeType"].as_str() == Some("application/json");
     let text = if wants_json {
-        // A structured side call: answer an object (the CLI falls back to
-        // its defaults for fields it does not find).
-        json!({ "reasoning": reply, "next_speaker": "user" }).to_string()
+        // A structured side call (the CLI's model router, next-speaker and
+        // loop checks): an object that fits the schema asked for.
+        let schema = [&config["responseJsonSchema"], &config["responseSchema"]]
+            .into_iter()
+            .find(|s| s.is_object())
+            .cloned()
+            .unwrap_or(Value::Null);
+        fit_schema(&schema, reply).to_string()
     } else {
         reply.to_owned()
     };
@@ -795,6 +835,25 @@ mod tests {
         assert_eq!(ev["modelVersion"], "gemini-2.5-pro");
         let (s, _, _) = h(&seen("POST", &format!("{path}&key=AIzaReal"), &[], "{}"));
         assert_eq!(s, 200);
+        let routed = r#"{"generationConfig":{"responseMimeType":"application/json","responseJsonSchema":{"type":"OBJECT","properties":{"complexity_reasoning":{"type":"STRING"},"complexity_score":{"type":"INTEGER"}}}}}"#;
+        let (s, _, text) = h(&seen(
+            "POST",
+            "/v1beta/models/gemini-flash-lite:generateContent",
+            &[("x-goog-api-key", "AIzaReal")],
+            routed,
+        ));
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let inner: Value = serde_json::from_str(
+            v["candidates"][0]["content"]["parts"][0]["text"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            inner,
+            json!({"complexity_reasoning": "pong", "complexity_score": 1})
+        );
         let (s, _, text) = h(&seen("POST", path, &[("x-goog-api-key", "AIzaFake")], "{}"));
         assert_eq!(s, 401);
         assert!(text.contains("UNAUTHENTICATED"));

@@ -76,7 +76,11 @@ impl Agent {
                 ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
             ],
             Self::Codex => vec![("CODEX_HOME", state)],
-            Self::Gemini => vec![("GEMINI_CLI_NO_RELAUNCH", "true".into())],
+            Self::Gemini => vec![
+                ("GEMINI_CLI_NO_RELAUNCH", "true".into()),
+                // The workspace is the one the user gave Moat: trusted.
+                ("GEMINI_CLI_TRUST_WORKSPACE", "true".into()),
+            ],
         };
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
