@@ -204,6 +204,21 @@ fn claude_prints_the_reply_with_its_oauth_grant_then_starts_from_the_cache() {
         keys.iter().any(|k| k == &format!("Bearer {CLAUDE_TOKEN}")),
         "the stand-in got the real token: {keys:?}"
     );
+    // Claude Code's own betas stay; Moat adds the OAuth flag beside them.
+    let betas: Vec<String> = s
+        .standins
+        .anthropic
+        .seen()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/messages"))
+        .flat_map(|r| r.header("anthropic-beta").into_iter().map(str::to_owned))
+        .collect();
+    assert!(
+        betas
+            .iter()
+            .any(|b| b.contains("oauth-2025-04-20") && b.contains("claude-code-")),
+        "{betas:?}"
+    );
     s.assert_no_key_inside();
     // The second start uses the cache: an npm that fails if called.
     let stub = s.env.dir.path().join("no-npm");

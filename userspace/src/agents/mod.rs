@@ -105,27 +105,47 @@ impl Agent {
                     .to_string(),
                 )]
             }
+            // The built-in provider ignores OPENAI_API_KEY in `exec` and tries
+            // a WebSocket seven times before HTTPS; this one uses the key (a
+            // placeholder: Moat's proxy holds the real one) and HTTPS. Codex's
+            // own sandbox (bubblewrap) cannot start inside Moat's, which is
+            // the boundary here. Plugins would fetch from chatgpt.com and
+            // GitHub, analytics go to ab.chatgpt.com: off.
             Self::Codex => vec![(
                 "config.toml".into(),
                 "# Written by Moat on first run; yours to change.\n\
+                 model_provider = \"openai-http\"\n\
+                 sandbox_mode = \"danger-full-access\"\n\
                  check_for_update_on_startup = false\n\
+                 \n\
+                 [model_providers.openai-http]\n\
+                 name = \"OpenAI (HTTPS)\"\n\
+                 base_url = \"https://api.openai.com/v1\"\n\
+                 env_key = \"OPENAI_API_KEY\"\n\
+                 wire_api = \"responses\"\n\
+                 supports_websockets = false\n\
+                 \n\
+                 [features]\nplugins = false\n\
+                 \n\
                  [analytics]\nenabled = false\n\
+                 \n\
+                 [feedback]\nenabled = false\n\
+                 \n\
                  [otel]\nexporter = \"none\"\n"
                     .into(),
             )],
+            // An OAuth grant's own settings.json (Google login) is merged over
+            // this one by the run (session: home files in a shown directory).
             Self::Gemini => {
-                let auth = if grant == "gemini" {
-                    "gemini-api-key"
-                } else {
-                    "oauth-personal"
-                };
+                let _ = grant;
+                let auth = "gemini-api-key";
                 vec![(
                     "settings.json".into(),
                     serde_json::json!({
                         "security": {"auth": {"selectedType": auth}},
                         "privacy": {"usageStatisticsEnabled": false},
                         "telemetry": {"enabled": false},
-                        "general": {"disableAutoUpdate": true, "disableUpdateNag": true},
+                        "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false},
                     })
                     .to_string(),
                 )]

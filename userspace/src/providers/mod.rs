@@ -52,7 +52,9 @@ pub enum HeaderValue {
     Prefixed(String),
     /// `Basic base64(user:token)` (GitHub's git endpoints).
     Basic { user: String },
-    /// A constant that goes with the credential (Claude's OAuth beta flag).
+    /// A constant that goes with the credential (Claude's OAuth beta flag),
+    /// added to the header's comma-separated list when the client's value
+    /// lacks it (the client's own items stay).
     Fixed(String),
 }
 

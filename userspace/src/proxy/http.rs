@@ -113,6 +113,12 @@ pub async fn forward(
             // sent under that name (a placeholder goes away).
             parts.headers.insert(name.clone(), value.clone());
         }
+        for (name, item) in &plan.list_items {
+            if let Some(v) = super::inject::with_list_item(parts.headers.get_all(name).iter(), item)
+            {
+                parts.headers.insert(name.clone(), v);
+            }
+        }
     } else if !plan.headers.is_empty() {
         tracing::warn!(host = %target.host, "not injecting credentials into plain HTTP");
     }

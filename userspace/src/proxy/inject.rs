@@ -49,6 +49,9 @@ struct HeaderRule {
     /// For a static value: its [`reflect_pairs`], compiled once (`None`
     /// when it carries no token).
     reflect: Option<Arc<Substitutions>>,
+    /// A list item ([`providers::HeaderValue::Fixed`]): added to the
+    /// client's comma-separated value, not replacing it.
+    list: bool,
 }
 
 /// Tokens shorter than this are not looked for in responses: they would
@@ -98,6 +101,25 @@ enum RuleValue {
         live: Arc<LiveToken>,
         render: providers::HeaderValue,
     },
+}
+
+/// The value of a comma-separated header (`anthropic-beta`) with `item`
+/// added, from the client's `values`; `None` when it has the item already.
+pub fn with_list_item<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+    item: &HeaderValue,
+) -> Option<HeaderValue> {
+    let want = item.to_str().ok()?;
+    let mut list: Vec<&str> = Vec::new();
+    for v in values {
+        let v = v.to_str().ok()?;
+        list.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty()));
+    }
+    if list.contains(&want) {
+        return None;
+    }
+    list.push(want);
+    HeaderValue::from_str(&list.join(",")).ok()
 }
 
 /// The header value for `token`, marked sensitive so nothing logs it.
@@ -176,6 +198,9 @@ struct LocalRule {
 pub struct Plan {
     /// Headers to set, replacing any the client sent (values are sensitive).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Items added to a comma-separated header unless the client's value
+    /// has them (Claude's OAuth beta flag beside Claude Code's own betas).
+    pub list_items: Vec<(HeaderName, HeaderValue)>,
     /// Placeholder → token, in the URL, headers and body.
     pub request_subst: Option<Arc<Substitutions>>,
     /// Token → placeholder, in response headers and body.
@@ -207,6 +232,7 @@ impl std::fmt::Debug for Plan {
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.headers.is_empty()
+            && self.list_items.is_empty()
             && self.request_subst.is_none()
             && self.response_subst.is_none()
             && self.local.is_none()
@@ -279,6 +305,7 @@ impl InjectionTable {
                                 grant: grant.clone(),
                                 placeholder: placeholder.clone(),
                                 reflect: reflect.clone(),
+                                list: matches!(rule.value, providers::HeaderValue::Fixed(_)),
                             });
                         }
                     }
@@ -408,6 +435,15 @@ impl InjectionTable {
             .filter(|r| r.pattern.matches(host, port))
         {
             if headers.iter().any(|(n, _)| n == r.name) {
+                continue;
+            }
+            if r.list {
+                if let RuleValue::Static(v) = &r.value
+                    && !plan.list_items.iter().any(|(n, _)| *n == r.name)
+                {
+                    plan.list_items.push((r.name.clone(), v.clone()));
+                    note(&r.grant);
+                }
                 continue;
             }
             let value = match &r.value {
@@ -572,8 +608,34 @@ mod tests {
             "Bearer sk-ant-oat01-x"
         );
         assert_eq!(header(&plan, "x-api-key").unwrap(), "sk-ant-api03-y");
-        assert_eq!(header(&plan, "anthropic-beta").unwrap(), "oauth-2025-04-20");
+        assert_eq!(header(&plan, "anthropic-beta"), None, "added, not replaced");
+        let (name, item) = &plan.list_items[0];
+        assert_eq!(
+            (name.as_str(), item.to_str().unwrap()),
+            ("anthropic-beta", "oauth-2025-04-20")
+        );
         assert_eq!(plan.grants.len(), 2);
+    }
+
+    #[test]
+    fn a_list_item_joins_the_clients_list_once() {
+        let item = HeaderValue::from_static("oauth-2025-04-20");
+        let client = [
+            HeaderValue::from_static("claude-code-20250219, context-management-2025-06-27"),
+            HeaderValue::from_static("effort-2025-11-24"),
+        ];
+        assert_eq!(
+            with_list_item(client.iter(), &item).unwrap(),
+            "claude-code-20250219,context-management-2025-06-27,effort-2025-11-24,oauth-2025-04-20"
+        );
+        let has = [HeaderValue::from_static(
+            "claude-code-20250219,oauth-2025-04-20",
+        )];
+        assert_eq!(with_list_item(has.iter(), &item), None);
+        assert_eq!(
+            with_list_item([].iter(), &item).unwrap(),
+            "oauth-2025-04-20"
+        );
     }
 
     #[test]

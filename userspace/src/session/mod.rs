@@ -10,7 +10,7 @@ pub mod plan;
 mod runtime;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
@@ -237,6 +237,25 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
     // Placeholder config files (.npmrc, …) for the sandbox's fresh HOME.
     let mut home_files = Vec::new();
     for f in loaded.files {
+        // A file in a directory the command shows in HOME (`moat gemini`'s
+        // ~/.gemini) goes into that directory, which would cover it.
+        let inside = Path::new(crate::sandbox::init::HOME_INSIDE).join(&f.rel_path);
+        let shown = args.extras.dirs.iter().find_map(|(host, at, read_only)| {
+            let rest = inside.strip_prefix(at).ok()?;
+            (!read_only).then(|| host.join(rest))
+        });
+        if let Some(path) = shown {
+            // JSON settings merge over what is there (the user's, the agent's).
+            let old = std::fs::read_to_string(&path).ok();
+            let contents = match old.as_deref().map(|o| merge_json(o, &f.contents)) {
+                Some(Some(merged)) => merged,
+                _ => f.contents.clone(),
+            };
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+            home.chown(&path)?;
+            continue;
+        }
         let host = dir.join("home-files").join(&f.rel_path);
         if let Some(parent) = host.parent() {
             std::fs::create_dir_all(parent)?;
@@ -360,6 +379,28 @@ fn ssh_upstream(
             )
         })?;
     Ok(Some(PathBuf::from(sock)))
+}
+
+/// `new`'s keys over `old`'s, objects merged key by key, when both are JSON
+/// objects; `None` otherwise.
+fn merge_json(old: &str, new: &str) -> Option<String> {
+    fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let mut a: serde_json::Value = serde_json::from_str(old).ok()?;
+    let b: serde_json::Value = serde_json::from_str(new).ok()?;
+    if !(a.is_object() && b.is_object()) {
+        return None;
+    }
+    merge(&mut a, b);
+    Some(format!("{a:#}\n"))
 }
 
 /// The sudo caller's home, when Moat runs under sudo for them.
@@ -516,4 +557,19 @@ fn java_truststore_cached(home: &crate::home::MoatHome, bundle: &[u8]) -> Result
         }
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_settings_merge_key_by_key() {
+        let old = r#"{"privacy":{"usageStatisticsEnabled":false},"security":{"auth":{"selectedType":"gemini-api-key"},"x":1}}"#;
+        let new = r#"{"security":{"auth":{"selectedType":"oauth-personal"}}}"#;
+        let merged: serde_json::Value =
+            serde_json::from_str(&super::merge_json(old, new).unwrap()).unwrap();
+        assert_eq!(merged["security"]["auth"]["selectedType"], "oauth-personal");
+        assert_eq!(merged["security"]["x"], 1);
+        assert_eq!(merged["privacy"]["usageStatisticsEnabled"], false);
+        assert_eq!(super::merge_json("not json", new), None);
+    }
 }

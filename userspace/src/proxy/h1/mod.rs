@@ -59,6 +59,8 @@ pub(super) fn applies(target: &Target) -> bool {
         && plan.request_subst.is_none()
         && plan.response_subst.is_none()
         && plan.local.is_none()
+        // A list item is merged into the client's header: hyper's path.
+        && plan.list_items.is_empty()
         // Re-signing (aws-chunked bodies) needs the whole request in hand.
         && plan.sigv4.is_none()
         // Scrubbing a response in place keeps its framing only when no
