@@ -40,8 +40,9 @@ for b in "${bins[@]}"; do
   copy "$b"
   for lib in $(ldd "$b" | grep -o '/[^ ]*'); do copy "$lib"; done
 done
-# glibc's pieces loaded at run time (NSS, the dynamic loader under all names).
-for f in /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libm.so.6 /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libnss_files.so.2 /lib/x86_64-linux-gnu/libnss_dns.so.2 /lib/x86_64-linux-gnu/libresolv.so.2; do copy "$f"; done
+# glibc's pieces loaded at run time (NSS, the dynamic loader under all names,
+# the compatibility libraries a prebuilt binary such as Claude Code links).
+for f in /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/librt.so.1 /lib/x86_64-linux-gnu/libpthread.so.0 /lib/x86_64-linux-gnu/libdl.so.2 /lib/x86_64-linux-gnu/libm.so.6 /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libnss_files.so.2 /lib/x86_64-linux-gnu/libnss_dns.so.2 /lib/x86_64-linux-gnu/libresolv.so.2; do copy "$f"; done
 # Python's standard library (and its compiled modules) without tests.
 pyver=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 tar -C / --exclude="python$pyver/test" --exclude='__pycache__' --exclude='site-packages' \

@@ -178,6 +178,26 @@ fn grep(dir: &Path, needle: &str) -> Vec<PathBuf> {
     hits
 }
 
+impl Setup {
+    /// The agents made no connection the strict policy had to refuse: with
+    /// telemetry, error reports and update checks off, they call only their
+    /// API.
+    fn assert_nothing_refused(&self) {
+        let mut refused = Vec::new();
+        for id in self.env.run_ids() {
+            let path = self.env.home().join("runs").join(id).join("events.jsonl");
+            for l in fs::read_to_string(path).unwrap_or_default().lines() {
+                let e: serde_json::Value = serde_json::from_str(l).unwrap();
+                let action = e["action"].as_str().unwrap_or_default();
+                if e["event"] == "connect" && matches!(action, "deny" | "refuse") {
+                    refused.push(format!("{}:{} {action}", e["host"], e["port"]));
+                }
+            }
+        }
+        assert!(refused.is_empty(), "needless connections: {refused:?}");
+    }
+}
+
 fn assert_replied(what: &str, out: &Output) {
     assert!(
         out.status.success() && stdout(out).contains(REPLY),
@@ -239,6 +259,7 @@ fn claude_prints_the_reply_with_its_oauth_grant_then_starts_from_the_cache() {
         stderr(&again)
     );
     assert!(!stderr(&again).contains("installing"), "{}", stderr(&again));
+    s.assert_nothing_refused();
 }
 
 #[test]
@@ -327,6 +348,7 @@ fn codex_exec_prints_the_reply_with_the_openai_grant() {
         s.keys_seen(AgentStandins::OPENAI_HOST)
     );
     s.assert_no_key_inside();
+    s.assert_nothing_refused();
 }
 
 #[test]
@@ -341,6 +363,36 @@ fn gemini_prints_the_reply_with_the_gemini_grant() {
             .any(|k| k == GEMINI_KEY),
         "{:?}",
         s.keys_seen(AgentStandins::GEMINI_HOST)
+    );
+    s.assert_no_key_inside();
+    s.assert_nothing_refused();
+}
+
+/// In a container: the test image (glibc, no node) runs Claude Code's
+/// native binary from Moat's cache, bound in read-only.
+#[test]
+fn claude_runs_in_docker_too() {
+    let s = setup();
+    s.grant("claude", CLAUDE_TOKEN);
+    let mut yaml = fs::read_to_string(s.ws.join("moat.yaml")).unwrap();
+    yaml.push_str(&format!("runtime: docker\nimage: {TEST_IMAGE}\n"));
+    fs::write(s.ws.join("moat.yaml"), yaml).unwrap();
+    let version = pinned("@anthropic-ai/claude-code");
+    let out = s
+        .env
+        .cmd()
+        .envs(s.vars())
+        .env("DOCKER_HOST", docker_host())
+        .args(["claude", "--yes", "--agent-version", &version])
+        .arg(&s.ws)
+        .args(["--", "-p", "say hello"])
+        .output()
+        .unwrap();
+    assert_replied("moat claude in docker", &out);
+    assert!(
+        s.keys_seen(AgentStandins::ANTHROPIC_HOST)
+            .iter()
+            .any(|k| k == &format!("Bearer {CLAUDE_TOKEN}"))
     );
     s.assert_no_key_inside();
 }
