@@ -978,4 +978,24 @@ dependencies: [git]
         std::fs::write(dir.path().join("moat.yaml"), "grants: [b]\n").unwrap();
         assert_eq!(Config::find(dir.path()).unwrap().grants, ["b"]);
     }
+
+    #[test]
+    fn agent_defaults_by_agent_name() {
+        let c = parse(
+            "agent:\n  claude:\n    version: 2.1.197\n    args: [--model, sonnet]\n  codex: {}\n",
+        )
+        .unwrap();
+        let claude = &c.agent["claude"];
+        assert_eq!(claude.version.as_deref(), Some("2.1.197"));
+        assert_eq!(claude.args, ["--model", "sonnet"]);
+        assert_eq!(c.agent["codex"], AgentDefaults::default());
+        let err = parse("grants: []\nagent:\n  cursor: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("moat.yaml:3:") && err.contains("'cursor' is not an agent"),
+            "{err}"
+        );
+        assert!(parse("agent:\n  claude: {versoin: 1}\n").is_err());
+    }
 }
