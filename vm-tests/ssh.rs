@@ -829,17 +829,11 @@ fn grant_errors_say_what_to_do() {
     // A run without the agent says so before anything starts.
     let ws = env.dir.path().join("ws");
     fs::create_dir_all(&ws).unwrap();
-    let run = env.run(
-        &[
-            "run",
-            "--grant",
-            "ssh:git.test",
-            ws.to_str().unwrap(),
-            "--",
-            "true",
-        ],
-        &[],
-    );
+    let run_true = |envs: &[(&str, &str)]| {
+        let ws = ws.to_str().unwrap();
+        env.run(&["run", "--grant", "ssh:git.test", ws, "--", "true"], envs)
+    };
+    let run = run_true(&[]);
     assert_eq!(run.status.code(), Some(125), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("SSH_AUTH_SOCK is not set"),
@@ -851,17 +845,7 @@ fn grant_errors_say_what_to_do() {
         .arg("-d")
         .arg(k2.path.with_extension("pub"))
         .env("SSH_AUTH_SOCK", &sock));
-    let missing = env.run(
-        &[
-            "run",
-            "--grant",
-            "ssh:git.test",
-            ws.to_str().unwrap(),
-            "--",
-            "true",
-        ],
-        &[("SSH_AUTH_SOCK", &sock)],
-    );
+    let missing = run_true(&[("SSH_AUTH_SOCK", &sock)]);
     ok(&missing);
     assert!(
         stderr(&missing).contains(&format!(

@@ -86,9 +86,14 @@ pub fn tag(dockerfile: &str) -> String {
 
 /// A tar archive holding one file, `Dockerfile` (the build context).
 pub fn context_tar(dockerfile: &str) -> Vec<u8> {
-    let body = dockerfile.as_bytes();
+    one_file_tar("Dockerfile", dockerfile.as_bytes())
+}
+
+/// A ustar archive of one regular file `name` (at most 100 bytes; root's,
+/// mode 0644, mtime 0).
+pub fn one_file_tar(name: &str, body: &[u8]) -> Vec<u8> {
     let mut header = [0u8; 512];
-    header[..10].copy_from_slice(b"Dockerfile");
+    header[..name.len()].copy_from_slice(name.as_bytes());
     let octal = |field: &mut [u8], value: u64| {
         let s = format!("{:0width$o}\0", value, width = field.len() - 1);
         field.copy_from_slice(s.as_bytes());

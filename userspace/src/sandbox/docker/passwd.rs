@@ -2,7 +2,8 @@
 //! for its uid: `ssh` (and git over ssh, `whoami`, …) refuse to run for a
 //! user they cannot look up. The image's file is read and written back
 //! through the engine's archive API before the container starts; the entry
-//! names HOME, [`super::HOME_INSIDE`].
+//! names HOME, [`super::HOME_INSIDE`]. (The archive is
+//! `image::one_file_tar`'s.)
 
 use bollard::Docker;
 use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
@@ -52,32 +53,6 @@ pub fn first_file(tar: &[u8]) -> Option<&[u8]> {
     tar.get(512..512 + size)
 }
 
-/// A ustar archive of one regular file `name` (root's, mode 0644).
-pub fn one_file(name: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    let octal = |field: &mut [u8], value: u64| {
-        let text = format!("{value:0width$o}\0", width = field.len() - 1);
-        field.copy_from_slice(text.as_bytes());
-    };
-    octal(&mut h[100..108], 0o644);
-    octal(&mut h[108..116], 0);
-    octal(&mut h[116..124], 0);
-    octal(&mut h[124..136], bytes.len() as u64);
-    octal(&mut h[136..148], 0);
-    h[156] = b'0';
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    let text = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(text.as_bytes());
-    let mut out = h.to_vec();
-    out.extend_from_slice(bytes);
-    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
-    out
-}
-
 /// Give `user` an entry in the created (not yet started) container's
 /// `/etc/passwd` if it has none. Best effort: an image without a readable
 /// passwd file keeps it as it is.
@@ -114,7 +89,9 @@ pub async fn ensure(docker: &Docker, container: &str, user: (u32, u32)) {
                 path: "/etc".into(),
                 ..Default::default()
             }),
-            bollard::body_full(one_file("passwd", new.as_bytes()).into()),
+            bollard::body_full(
+                crate::sandbox::image::one_file_tar("passwd", new.as_bytes()).into(),
+            ),
         )
         .await;
     if let Err(e) = upload {
@@ -141,25 +118,10 @@ mod tests {
     }
 
     #[test]
-    fn the_archive_round_trips_one_file() {
+    fn reads_the_file_of_a_one_file_archive() {
         let body = b"root:x:0:0:root:/root:/bin/sh\n";
-        let tar = one_file("passwd", body);
-        assert_eq!(tar.len() % 512, 0);
+        let tar = crate::sandbox::image::one_file_tar("passwd", body);
         assert_eq!(first_file(&tar), Some(&body[..]));
-        // The header checksum is what tar(1) computes.
-        let sum: u32 = tar[..512]
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u32::from(b)
-                }
-            })
-            .sum();
-        let stored = std::str::from_utf8(&tar[148..154]).unwrap();
-        assert_eq!(u32::from_str_radix(stored, 8).unwrap(), sum);
         assert_eq!(first_file(&tar[..100]), None);
     }
 }
