@@ -6,7 +6,9 @@
 WORKDIR/meta.tsv (key<TAB>value), WORKDIR/commands.log, for each contender
 WORKDIR/res/<name>/: unavailable | auth, rss-idle, rss-held, held,
 oha-{ka,new}-c{1,64}.json, big; and WORKDIR/startup.tsv (bench/startup.py's
-LABEL, median ms, p90 ms, runs, error) or WORKDIR/startup.unavailable.
+LABEL, median ms, p90 ms, runs, error) or WORKDIR/startup.unavailable;
+WORKDIR/agents.tsv (bench/agents.py's LABEL, median ms, p90 ms, runs,
+requests per run, requests, error) or WORKDIR/agents.unavailable.
 Anything missing is reported as n/a.
 """
 
@@ -187,8 +189,9 @@ def startup_section(work: Path, meta: dict) -> list[str]:
     rows: dict[str, tuple[float | None, float | None, str, str]] = {}
     for line in (read(work / "startup.tsv") or "").splitlines():
         f = line.split("\t")
-        if len(f) < 5:
+        if len(f) < 4:
             continue
+        f += [""] * (5 - len(f))  # read() strips the last row's empty error field
         label, med, p90, runs, err = f[:5]
         try:
             rows[label] = (float(med), float(p90), runs, "")
@@ -219,6 +222,70 @@ def startup_section(work: Path, meta: dict) -> list[str]:
         "commands taking turns. DIR is a workspace in the temp dir; the `moat run` rows use no grant. The "
         "target applies to the median. Reference floors when the target was set: `unshare -n true` ≈ 2 ms, "
         "`ip netns` add/exec/del ≈ 6 ms, `docker run --rm --network none` ≈ 350 ms (the Go Moat documents 1–3 s).\n"
+    )
+    return out
+
+
+AGENTS = {
+    "direct": "`claude -p \"say hello\"` directly: `ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL=https://localhost:PORT`",
+    "moat": "`moat claude --yes --agent-version V WS -- -p \"say hello\"` (grant `anthropic`)",
+}
+
+
+def agents_section(work: Path, meta: dict) -> list[str]:
+    out = ["## Agents: `moat claude -p` vs Claude Code directly\n"]
+    why = read(work / "agents.unavailable")
+    if why is not None:
+        out.append(f"n/a ({esc(why)}).\n")
+        return out
+    rows: dict[str, tuple] = {}
+    for line in (read(work / "agents.tsv") or "").splitlines():
+        f = line.split("\t")
+        if len(f) < 5:
+            continue
+        f += [""] * (7 - len(f))  # read() strips the last row's empty error field
+        label, med, p90, runs, nreq, reqs, err = f[:7]
+        try:
+            rows[label] = (float(med), float(p90), runs, nreq, reqs, "")
+        except ValueError:
+            rows[label] = (None, None, runs, nreq, reqs, err or "no runs")
+    if not rows:
+        out.append("n/a (bench/agents.py wrote nothing).\n")
+        return out
+    base = rows.get("direct", (None,))[0]
+    out.append("| command | median (ms) | p90 (ms) | × direct (median) | requests per run | requests (last run) |")
+    out.append("| --- | ---: | ---: | ---: | ---: | --- |")
+    for label, shown in AGENTS.items():
+        med, p90, _runs, nreq, reqs, err = rows.get(label, (None, None, "0", "", "", "not run"))
+        reqcell = esc(reqs.replace("; ", " · ")) or "—"
+        if med is None:
+            out.append(f"| {shown} | n/a ({esc(err)}) | — | — | {nreq or '—'} | {reqcell} |")
+        else:
+            out.append(f"| {shown} | {fmt(med, 'ms')} | {fmt(p90, 'ms')} | {ratio(med, base)} | {nreq} | {reqcell} |")
+    out.append("")
+    mo, di = rows.get("moat", (None,))[0], rows.get("direct", (None,))[0]
+    diff = "" if mo is None or di is None else f" Through Moat: {mo - di:+,.0f} ms on the median."
+    out.append(
+        f"Claude Code {meta.get('claude', '?')} (the pin in scripts/agent-packages.txt, installed from the npm "
+        "cache by the first, untimed, `moat claude` run), both sides against the same `moat-agent-standins` "
+        "(testkit's TLS stand-in of api.anthropic.com, which answers only the real key): through Moat, "
+        "`MOAT_RESOLVE` sends api.anthropic.com to it, the sandbox holds a placeholder and the proxy injects the "
+        "key (the workspace's moat.yaml: strict policy, only api.anthropic.com); directly, the CLI that run "
+        "installed, with the real key, the stand-in as `ANTHROPIC_BASE_URL`, its CA in `NODE_EXTRA_CA_CERTS`, a "
+        "fresh `HOME` (kept across the runs, as Moat keeps the workspace's state directory) and the same "
+        "telemetry/update switches Moat sets inside. Wall time of the whole command (`time.perf_counter` around "
+        f"`subprocess.run`, `bench/agents.py`): one discarded warm-up of each, then {meta.get('agent_runs', '?')} "
+        "timed runs of each, the two taking turns; a run counts only if it printed the stand-in's reply."
+        f"{diff}\n"
+    )
+    out.append(
+        "Not the same work: through Moat, Claude Code talks to what it takes for the real api.anthropic.com, so "
+        "it also asks for its settings (`/api/claude_code/settings`) and policy limits "
+        "(`/api/claude_code/policy_limits`) besides the message: 4 requests against 2 directly, where the custom "
+        "`ANTHROPIC_BASE_URL` skips them (the requests column counts what the stand-in logged per run). Its "
+        "`HEAD /` reachability check gets 401 directly (it carries no key) and 200 through Moat (the proxy "
+        "injects the key into it too). The rest of the difference is the sandbox start (see the `moat run DIR "
+        "-- true` rows above) and the proxy's TLS interception.\n"
     )
     return out
 
@@ -432,6 +499,7 @@ def main() -> int:
         out.append(f"Download runs, MB/s: {'; '.join(runs)}.\n")
     out.extend(floors_section(work, cs))
     out.extend(startup_section(work, meta))
+    out.extend(agents_section(work, meta))
     notes = [f"{c.name}: {esc(n)}" for c in cs.values() for n in dict.fromkeys(c.notes)]
     if notes:
         out.append("Warnings:\n")

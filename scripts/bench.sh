@@ -2,7 +2,9 @@
 # Side-by-side benchmark of Moat's proxy against a direct connection and
 # mitmproxy, all in one run, against a local nginx (TLS, a throwaway CA) on
 # 127.0.0.1; as root also Moat's transparent mode (the client inside `moat run`)
-# and the cold start of `moat run -- true` next to unshare, ip netns and docker.
+# and the cold start of `moat run -- true` next to unshare, ip netns and docker;
+# and the wall time of `moat claude -p` next to the same Claude Code run
+# directly, both against a local stand-in of api.anthropic.com.
 # Writes bench/results/<UTC timestamp>.md and bench/results/latest.md
 # and prints the table. See docs/performance.md.
 #
@@ -22,6 +24,9 @@
 #   BENCH_STARTS=30      timed runs per command in the startup section (0: skip it)
 #   BENCH_DOCKER_IMAGE=  image for the docker startup row (default: a local
 #                        busybox/alpine/debian/ubuntu image, else the first one)
+#   BENCH_AGENT_RUNS=10  timed runs of each side in the agents section (0: skip it)
+#   BENCH_STANDINS=PATH  the moat-agent-standins binary (default target/release/,
+#                        built on its own, else target/debug/)
 #   BENCH_SKIP_BUILD=1   do not run cargo build (use target/release/moat as is)
 #   BENCH_MOAT=PATH      benchmark this binary as Moat (implies BENCH_SKIP_BUILD)
 #   BENCH_RELAY=PATH     the moat-bench-relay binary (default target/release/)
@@ -34,7 +39,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 cmdline="./scripts/bench.sh${*:+ $*}"
-for v in BENCH_RELAY BENCH_SECONDS BENCH_ROUNDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE BENCH_STARTS BENCH_DOCKER_IMAGE; do
+for v in BENCH_RELAY BENCH_SECONDS BENCH_ROUNDS BENCH_CONNS BENCH_BIG_MIB BENCH_BIG_RUNS BENCH_NGINX_WORKERS BENCH_ONLY BENCH_SKIP_BUILD BENCH_MOAT BENCH_CPU_IDLE BENCH_STARTS BENCH_DOCKER_IMAGE BENCH_AGENT_RUNS BENCH_STANDINS; do
   [ -n "${!v:-}" ] && cmdline="$v='${!v}' $cmdline"
 done
 
@@ -46,6 +51,7 @@ big_runs=${BENCH_BIG_RUNS:-3}
 nginx_workers=${BENCH_NGINX_WORKERS:-auto}
 only=${BENCH_ONLY:-direct mitmproxy moat transparent}
 starts=${BENCH_STARTS:-30}
+agent_runs=${BENCH_AGENT_RUNS:-10}
 OHA_VERSION=1.16.0 # builds with Rust 1.88+; pinned so runs stay comparable
 token=bench-secret # the fake credential that gets injected
 
@@ -143,7 +149,7 @@ mkdir -p "$res" "$ws"
 # ---------------------------------------------------------------- moat build
 moat=${BENCH_MOAT:-$root/target/release/moat}
 moat_reason=""
-if [[ " $only " == *" moat "* || " $only " == *" transparent "* ]] || ((starts > 0)); then
+if [[ " $only " == *" moat "* || " $only " == *" transparent "* ]] || ((starts > 0 || agent_runs > 0)); then
   if [ -z "${BENCH_SKIP_BUILD:-}${BENCH_MOAT:-}" ]; then
     say "building moat (cargo build --release --locked --bin moat --bin moat-bench-relay)"
     if ! cargo build --release --locked --bin moat --bin moat-bench-relay >"$work/build.log" 2>&1; then
@@ -582,6 +588,59 @@ else
 fi
 [ -z "$startup_reason" ] || printf '%s\n' "$startup_reason" >"$work/startup.unavailable"
 
+# ---------------------------------------------------------------- agents
+# `moat claude -p "say hello"` next to the same Claude Code run directly with
+# the real key, both against moat-agent-standins (testkit's TLS stand-in of
+# api.anthropic.com, which answers only that key): bench/agents.py installs
+# the pinned CLI from the npm cache with the first `moat claude` run, warms
+# each side up once, then times BENCH_AGENT_RUNS runs of each, taking turns,
+# and counts the requests each run made (the stand-in's log). Writes
+# agents.tsv (or agents.unavailable). Needs the pinned CLI in the npm cache
+# scripts/setup.sh fills (npm runs offline) and moat built; else skipped.
+agents_reason=""
+claude_version=$(sed -n 's|^@anthropic-ai/claude-code@||p' scripts/agent-packages.txt | head -n 1)
+npm_cache=${MOAT_AGENT_NPM_CACHE:-/opt/moat-npm-cache}
+standins=${BENCH_STANDINS:-$root/target/release/moat-agent-standins}
+if ((agent_runs > 0)) && [ -z "${BENCH_STANDINS:-}" ]; then
+  # its own build: a testkit that does not build costs this section only
+  if [ -z "${BENCH_SKIP_BUILD:-}${BENCH_MOAT:-}" ]; then
+    say "building moat-agent-standins (cargo build --release --locked --bin moat-agent-standins)"
+    cargo build --release --locked --bin moat-agent-standins >"$work/standins-build.log" 2>&1 ||
+      tail -n 15 "$work/standins-build.log" >&2
+  fi
+  [ -x "$standins" ] || standins=$root/target/debug/moat-agent-standins
+fi
+if ((agent_runs <= 0)); then
+  agents_reason="skipped (BENCH_AGENT_RUNS=$agent_runs)"
+elif [ -n "$moat_reason" ]; then
+  agents_reason=$moat_reason
+elif [ -z "$claude_version" ]; then
+  agents_reason="no @anthropic-ai/claude-code pin in scripts/agent-packages.txt"
+elif ! command -v npm >/dev/null; then
+  agents_reason="npm not found (moat claude installs the CLI with npm; scripts/setup.sh installs it)"
+elif ! grep -rqsF "/claude-code-$claude_version.tgz" "$npm_cache/_cacache/index-v5"; then
+  agents_reason="@anthropic-ai/claude-code@$claude_version is not in the npm cache $npm_cache (scripts/setup.sh fills it)"
+elif [ ! -x "$standins" ]; then
+  agents_reason="$standins missing (cargo build -p moat-testkit --bin moat-agent-standins)"
+else
+  say "agents: moat claude vs claude directly, ${agent_runs} runs each (Claude Code $claude_version)"
+  mkdir -p "$work/agents"
+  log_cmd "$py" bench/agents.py --moat "${moat#"$root"/}" --standins "${standins#"$root"/}" \
+    --version "$claude_version" --runs "$agent_runs" --work "$work/agents" --out "$work/agents.tsv" \
+    --npm-cache "$npm_cache"
+  if ! "$py" "$root/bench/agents.py" --moat "$moat" --standins "$standins" --version "$claude_version" \
+    --runs "$agent_runs" --work "$work/agents" --out "$work/agents.tsv" --npm-cache "$npm_cache"; then
+    agents_reason="bench/agents.py failed"
+  elif [ "$(cut -f1 "$work/agents.tsv" | head -n 1)" = unavailable ]; then
+    agents_reason=$(cut -f2- "$work/agents.tsv" | head -n 1)
+  fi
+  cat "$work/agents/commands.txt" >>"$work/commands.log" 2>/dev/null || true # timed by bench/agents.py
+fi
+if [ -n "$agents_reason" ]; then
+  printf '%s\n' "$agents_reason" >"$work/agents.unavailable"
+  say "agents: n/a ($agents_reason)"
+fi
+
 # ---------------------------------------------------------------- report
 ver() { "$@" 2>&1 | head -n 1 || true; }
 {
@@ -608,6 +667,8 @@ ver() { "$@" 2>&1 | head -n 1 || true; }
   echo "big_mib	$big_mib"
   echo "big_runs	$big_runs"
   echo "starts	$starts"
+  echo "agent_runs	$agent_runs"
+  echo "claude	${claude_version:-?}"
   [ -z "$docker_image" ] || echo "docker	$(ver docker --version) (image $docker_image)"
 } >"$work/meta.tsv"
 redact=""
