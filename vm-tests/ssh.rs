@@ -607,6 +607,98 @@ fn ssh_grant_over_nft_and_ebpf_signs_only_for_the_granted_host() {
     check_events(&w);
 }
 
+/// Rootless: Moat as `nobody` (its own agent, keys, MOAT_HOME and HOME),
+/// the init binding the socket inside its user namespace.
+#[test]
+fn ssh_grant_rootless_as_nobody() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::start();
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let own = |p: &Path| std::os::unix::fs::chown(p, Some(NOBODY_ID), Some(NOBODY_ID)).unwrap();
+    let (home, moat_home, ws) = (
+        dir.path().join("home"),
+        dir.path().join("moat"),
+        dir.path().join("ws"),
+    );
+    for d in [&home, &moat_home, &ws] {
+        fs::create_dir_all(d).unwrap();
+        own(d);
+    }
+    let key = home.join("id_ed25519");
+    fs::copy(&w.key1.path, &key).unwrap();
+    own(&key);
+    let sock = home.join("agent.sock");
+    let _agent = Kill(
+        setpriv_nobody()
+            .arg("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(5, "nobody's ssh-agent", || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    });
+    let nobody = |args: &[&str]| {
+        let mut c = setpriv_nobody();
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("MOAT_HOME", &moat_home)
+            .env("MOAT_KEY_BACKEND", "file")
+            .env("MOAT_RESOLVE", &w.resolve)
+            .env("SSH_AUTH_SOCK", &sock)
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    ok(&nobody(&["ssh-add", key.to_str().unwrap()]));
+    ok(&nobody(&[MOAT, "grant", "ssh", "--host", "git.test"]));
+    fs::write(ws.join("known_hosts"), &w.known_hosts).unwrap();
+    let at = ws.display();
+    fs::write(
+        ws.join("ssh_config"),
+        format!(
+            "Host *\n  UserKnownHostsFile {at}/known_hosts\n  StrictHostKeyChecking yes\n  \
+             BatchMode yes\n  ConnectTimeout 10\n"
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "echo \"sock=$SSH_AUTH_SOCK\"; ssh -F {at}/ssh_config git@git.test 'echo login-ok' || echo login-failed; \
+         ssh -F {at}/ssh_config git@other.test 'echo OTHER-LOGGED-IN' 2>/dev/null || echo other-refused"
+    );
+    let out = nobody(&[
+        MOAT,
+        "run",
+        "--network-mode",
+        "transparent",
+        "--grant",
+        "ssh:git.test",
+        ws.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let text = stdout(&out);
+    let all = format!("{text}\nstderr: {}\nsshd:\n{}", stderr(&out), w.sshd_log());
+    assert!(out.status.success(), "{all}");
+    assert!(text.contains("sock=/tmp/.moat/ssh/agent.sock"), "{all}");
+    assert!(
+        text.contains("login-ok") && !text.contains("login-failed"),
+        "{all}"
+    );
+    assert!(
+        text.contains("other-refused") && !text.contains("OTHER-LOGGED-IN"),
+        "{all}"
+    );
+}
+
 /// The same in a container (the test image carries ssh, ssh-add and git;
 /// the container's user gets a passwd entry, which ssh needs).
 #[test]
