@@ -138,13 +138,14 @@ fn state_dir(
         home.ensure_dir(d)?;
     }
     let grant = grant.unwrap_or(agent.default_grant());
+    // The sandbox writes here too: what is there (the user's, the agent's,
+    // or anything planted) is kept and never followed.
     for (rel, contents) in agent.state_files(grant) {
-        let path = dir.join(&rel);
-        if path.symlink_metadata().is_ok() {
+        if dir.join(&rel).symlink_metadata().is_ok() {
             continue;
         }
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-        home.chown(&path)?;
+        crate::store::fsio::replace_in_shared_dir(home, &dir, &rel, contents.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", dir.join(&rel).display()))?;
     }
     Ok(dir)
 }

@@ -238,22 +238,24 @@ pub fn run(args: Request, src: Sources<'_>) -> Result<i32> {
     let mut home_files = Vec::new();
     for f in loaded.files {
         // A file in a directory the command shows in HOME (`moat gemini`'s
-        // ~/.gemini) goes into that directory, which would cover it.
+        // ~/.gemini) goes into that directory, which would cover it. The
+        // sandbox writes there too: nothing there is followed (a planted
+        // symlink is replaced), and JSON settings merge over what is there.
         let inside = Path::new(crate::sandbox::init::HOME_INSIDE).join(&f.rel_path);
         let shown = args.extras.dirs.iter().find_map(|(host, at, read_only)| {
             let rest = inside.strip_prefix(at).ok()?;
-            (!read_only).then(|| host.join(rest))
+            (!read_only && rest.components().count() == 1).then(|| (host, rest.to_path_buf()))
         });
-        if let Some(path) = shown {
-            // JSON settings merge over what is there (the user's, the agent's).
-            let old = std::fs::read_to_string(&path).ok();
+        if let Some((shared, name)) = shown {
+            use crate::store::fsio;
+            let old =
+                fsio::read_in_shared_dir(shared, &name).and_then(|b| String::from_utf8(b).ok());
             let contents = match old.as_deref().map(|o| merge_json(o, &f.contents)) {
                 Some(Some(merged)) => merged,
                 _ => f.contents.clone(),
             };
-            std::fs::write(&path, contents)
-                .with_context(|| format!("writing {}", path.display()))?;
-            home.chown(&path)?;
+            fsio::replace_in_shared_dir(&home, shared, &name, contents.as_bytes(), f.mode)
+                .with_context(|| format!("writing {}", shared.join(&name).display()))?;
             continue;
         }
         let host = dir.join("home-files").join(&f.rel_path);
