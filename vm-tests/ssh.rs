@@ -699,6 +699,40 @@ fn ssh_grant_rootless_as_nobody() {
     );
 }
 
+/// A server that says its banner and hangs up before the key exchange: the
+/// client (whose connection Moat watches for the host key) sees the close
+/// at once rather than waiting on a half-open connection.
+#[test]
+fn a_server_hanging_up_before_its_key_exchange_is_seen_closing() {
+    let mut w = World::start();
+    w.grant("git.test", &w.key1);
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        for mut c in dead.incoming().flatten() {
+            let _ = c.write_all(b"SSH-2.0-HangsUp\r\n");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    w.resolve
+        .push_str(&format!(",dead.test:22=127.0.0.1:{port}"));
+    let ws = w.workspace("ws", None);
+    let cfg = ws.display().to_string();
+    let out = w.run(
+        &["ssh:git.test"],
+        &["--redirect", "nft"],
+        &ws,
+        &format!("timeout 30 ssh -F {cfg}/ssh_config git@dead.test true; echo dead-rc=$?"),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("dead-rc=255"),
+        "ssh failed at once, not timed out (124): {text}\n{}",
+        stderr(&out)
+    );
+}
+
 /// The same in a container (the test image carries ssh, ssh-add and git;
 /// the container's user gets a passwd entry, which ssh needs).
 #[test]

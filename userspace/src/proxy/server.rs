@@ -329,8 +329,13 @@ impl Engine {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = match up_r.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
+                    Ok(n) if n > 0 => n,
+                    // The server is done (or gone) before its key exchange:
+                    // the client hears so, as copy_bidirectional would say it.
+                    _ => {
+                        let _ = client_w.shutdown().await;
+                        return;
+                    }
                 };
                 let verdict = watch.feed(&buf[..n]);
                 if let Watch::HostKey(blob) = &verdict

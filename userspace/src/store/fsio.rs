@@ -71,7 +71,9 @@ pub fn read_in_shared_dir(dir: &Path, name: &Path) -> Option<Vec<u8>> {
         return None;
     }
     let mut out = Vec::new();
-    std::io::Read::take(&mut f, 1 << 20).read_to_end(&mut out).ok()?;
+    std::io::Read::take(&mut f, 1 << 20)
+        .read_to_end(&mut out)
+        .ok()?;
     Some(out)
 }
 
